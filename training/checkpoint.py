@@ -1,0 +1,116 @@
+"""Loading and saving QDMN weights: this project's checkpoints and official `ckpt.pth` files."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import ConfigError, ModelConfig
+from training.model import QDMN
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable QDMN checkpoint."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file safely (`weights_only=True`) and report unreadable files clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def official_config(state: dict[str, torch.Tensor]) -> ModelConfig:
+    """Official checkpoints carry no config: they are ResNet-50 QDMNs with a ReLU score."""
+    conv1 = state.get("mask_rgb_encoder.conv1.weight")
+    channels = 5 if conv1 is None else int(conv1.shape[1])
+    # Single-object checkpoints (4 channels) are padded to 5 below, as the official loader does.
+    return ModelConfig(score_activation="relu", value_encoder_channels=max(channels, 5))
+
+
+def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_state(model: QDMN, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load `state`, with one error listing every missing/unexpected/mismatched key."""
+    state = _strip_module_prefix(dict(state))
+    own = model.state_dict()
+    conv1 = "mask_rgb_encoder.conv1.weight"
+    if conv1 in state and conv1 in own and state[conv1].shape[1] + 1 == own[conv1].shape[1]:
+        pad = torch.zeros_like(own[conv1][:, :1])
+        state[conv1] = torch.cat([state[conv1], pad], 1)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or wrong:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+        parts = [f"{source} does not match the QDMN model ({model.cfg.backbone}):"]
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatches: {show(wrong)}")
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_model(path: str | Path) -> tuple[QDMN, dict[str, Any]]:
+    """Build the network a checkpoint describes and load its weights (eval mode, FP32).
+
+    Returns the model and the checkpoint's metadata (everything but the tensors).
+    """
+    obj = read_checkpoint(path)
+    if "model" in obj and "config" in obj:
+        try:
+            cfg = ModelConfig.from_dict(obj["config"]["model"])
+        except (ConfigError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: bad model config in checkpoint: {e}") from None
+        state = obj["model"]
+        meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
+    elif any(k.split(".")[-1] in ("weight", "bias") for k in obj):
+        if not any("rgb_encoder" in k for k in obj):
+            raise CheckpointError(f"{path} is a state dict, but not of a QDMN network "
+                                  "(no rgb_encoder/mask_rgb_encoder weights)")
+        state = obj
+        cfg = official_config(_strip_module_prefix(obj))
+        meta = {"config": {"model": cfg.to_dict()}, "official": True}
+    else:
+        raise CheckpointError(f"{path} is neither a QDMN training checkpoint (model+config) nor "
+                              "an official QDMN state dict")
+    model = QDMN(cfg)
+    load_state(model, state, str(path))
+    return model.eval(), meta
+
+
+def save_weights(model: QDMN, path: str | Path, meta: dict[str, Any], half: bool = False) -> None:
+    """Write a shippable checkpoint: weights (optionally FP16) + config, no optimizer."""
+    state = {k: (v.half() if half and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
+    torch.save({"model": state, **meta}, path)
