@@ -72,6 +72,39 @@ class GraphSpec:
         )
 
 
+def graph_specs(
+    height: int, width: int, max_objects: int, capacity: int, key_dim: int, value_dim: int,
+    feature_dims: tuple[int, int, int], files: dict[str, str] | None = None,
+) -> dict[str, GraphSpec]:
+    """The four graphs' I/O for one static configuration (see the module docstring)."""
+    n, s = max_objects, capacity
+    h, w = height // 16, width // 16
+    _, c8, c4 = feature_dims
+    files = files or {g: f"{g}.onnx" for g in GRAPH_NAMES}
+
+    def t(name: str, *shape: int, dtype: str = "float32") -> TensorSpec:
+        return TensorSpec(name, tuple(shape), dtype)
+
+    image = t("image", 1, height, width, 3, dtype="uint8")
+    qk, qv = t("query_key", 1, key_dim, h, w), t("query_value", 1, value_dim, h, w)
+    f8, f4 = t("f8", 1, c8, height // 8, width // 8), t("f4", 1, c4, height // 4, width // 4)
+    readout = t("readout", n, value_dim, h, w)
+    return {
+        "encoder": GraphSpec(files["encoder"], (image, t("prev_prob", n, height, width)),
+                             (qk, qv, f8, f4)),
+        "qam": GraphSpec(files["qam"], (image, t("masks", n, height, width)),
+                         (t("mem_key", n, key_dim, h, w), t("mem_value", n, value_dim, h, w),
+                          t("quality", n))),
+        "memory_read": GraphSpec(
+            files["memory_read"],
+            (qk, t("mem_keys", s, n, key_dim, h, w), t("mem_values", s, n, value_dim, h, w),
+             t("mem_valid", s)),
+            (readout,)),
+        "decoder": GraphSpec(files["decoder"], (readout, qv, f8, f4, t("object_valid", n)),
+                             (t("prob", n + 1, height, width),)),
+    }
+
+
 def _find(specs: tuple[TensorSpec, ...], name: str, where: str) -> TensorSpec:
     for s in specs:
         if s.name == name:
