@@ -29,7 +29,7 @@ def toy_labels(shift: int = 1) -> np.ndarray:
 
 
 @pytest.fixture()
-def davis_root(tmp_path: Path) -> Path:
+def toy_root(tmp_path: Path) -> Path:
     root = tmp_path / "davis"
     for name in ("alpha", "beta"):
         img_dir = root / "JPEGImages/480p" / name
@@ -74,18 +74,18 @@ class Oracle:
 COPY_J = np.array([(SIDE - t) / (SIDE + t) for t in range(1, T - 1)])
 
 
-def test_oracle_scores_one(davis_root):
-    res = ev.evaluate_sequences(Oracle, davis_root, ["alpha", "beta"], progress=False)
+def test_oracle_scores_one(toy_root):
+    res = ev.evaluate_sequences(Oracle, toy_root, ["alpha", "beta"], progress=False)
     g = res.summary()
     assert (g.jf_mean, g.j_mean, g.f_mean, g.j_recall, g.j_decay) == (1.0, 1.0, 1.0, 1.0, 0.0)
     assert [o.name for o in res.objects] == ["alpha_1", "alpha_2", "beta_1", "beta_2"]
     assert all(s.frames == T and s.seconds >= 0 for s in res.sequences)
 
 
-def test_copy_first_matches_hand_computed_j(davis_root, tmp_path):
+def test_copy_first_matches_hand_computed_j(toy_root, tmp_path):
     shared = CopyFirst()  # one object for every sequence: start() resets it
     res = ev.evaluate_sequences(
-        lambda: shared, davis_root, ["alpha", "beta"], save_masks=tmp_path / "m", progress=False
+        lambda: shared, toy_root, ["alpha", "beta"], save_masks=tmp_path / "m", progress=False
     )
     for o in res.objects:
         np.testing.assert_allclose(o.j, COPY_J)
@@ -103,8 +103,8 @@ def test_copy_first_matches_hand_computed_j(davis_root, tmp_path):
     np.testing.assert_array_equal(read_labels(saved[-1]), toy_labels()[0])
 
 
-def test_write_csvs_toolkit_format(davis_root, tmp_path):
-    res = ev.evaluate_sequences(CopyFirst, davis_root, ["alpha", "beta"], progress=False)
+def test_write_csvs_toolkit_format(toy_root, tmp_path):
+    res = ev.evaluate_sequences(CopyFirst, toy_root, ["alpha", "beta"], progress=False)
     paths = ev.write_csvs(res, tmp_path / "out")
     assert [p.name for p in paths] == [
         "global_results-val.csv",
@@ -126,16 +126,16 @@ def test_write_csvs_toolkit_format(davis_root, tmp_path):
     assert "alpha" in table and f"{g.jf_mean:.3f}" in table
 
 
-def test_wrong_output_shape_raises(davis_root):
+def test_wrong_output_shape_raises(toy_root):
     class Bad(CopyFirst):
         def step(self, frame):
             return self.mask[:-1]
 
     with pytest.raises(EvaluationError, match="shape"):
-        ev.evaluate_sequences(Bad, davis_root, ["alpha"], progress=False)
+        ev.evaluate_sequences(Bad, toy_root, ["alpha"], progress=False)
 
 
-def test_cli_runtime_and_reference(davis_root, tmp_path, monkeypatch, capsys):
+def test_cli_runtime_and_reference(toy_root, tmp_path, monkeypatch, capsys):
     seen = {}
 
     def fake_runtime(args):
@@ -146,7 +146,7 @@ def test_cli_runtime_and_reference(davis_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ev, "build_reference_factory", lambda args: CopyFirst)
     out = tmp_path / "out"
     rc = ev.main(
-        ["--engine-dir", "eng", "--data", str(davis_root), "--out", str(out), "--reference",
+        ["--engine-dir", "eng", "--data", str(toy_root), "--out", str(out), "--reference",
          "x.pth", "--backend", "onnxruntime", "--memory-size", "3", "--no-progress"]
     )  # fmt: skip
     assert rc == 0
@@ -155,16 +155,16 @@ def test_cli_runtime_and_reference(davis_root, tmp_path, monkeypatch, capsys):
     assert (out / "reference/per-sequence_results-val.csv").is_file()
     text = capsys.readouterr().out
     assert "runtime" in text and "reference" in text
-    ref = ev.evaluate_sequences(CopyFirst, davis_root, ["alpha", "beta"], progress=False)
+    ref = ev.evaluate_sequences(CopyFirst, toy_root, ["alpha", "beta"], progress=False)
     ref_jf = ref.summary().jf_mean
     last = text.strip().splitlines()[-1].split()
     assert last == ["J&F-Mean", "1.000", f"{ref_jf:.3f}", f"{1.0 - ref_jf:+.3f}"]
 
 
-def test_cli_sequences_and_errors(davis_root, tmp_path, monkeypatch, capsys):
+def test_cli_sequences_and_errors(toy_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ev, "build_runtime_factory", lambda args: Oracle)
     out = tmp_path / "out"
-    rc = ev.main(["--engine-dir", "e", "--data", str(davis_root), "--out", str(out),
+    rc = ev.main(["--engine-dir", "e", "--data", str(toy_root), "--out", str(out),
                   "--sequences", "beta", "--set", "mini", "--no-progress"])  # fmt: skip
     assert rc == 0
     with open(out / "per-sequence_results-mini.csv") as f:
@@ -172,7 +172,7 @@ def test_cli_sequences_and_errors(davis_root, tmp_path, monkeypatch, capsys):
     rc = ev.main(["--engine-dir", "e", "--data", str(tmp_path / "nowhere"), "--out", str(out),
                   "--no-progress"])  # fmt: skip
     assert rc == 2 and "error:" in capsys.readouterr().err
-    rc = ev.main(["--engine-dir", "e", "--data", str(davis_root), "--out", str(out),
+    rc = ev.main(["--engine-dir", "e", "--data", str(toy_root), "--out", str(out),
                   "--sequences", "gamma", "--no-progress"])  # fmt: skip
     assert rc == 2 and "gamma" in capsys.readouterr().err
 
