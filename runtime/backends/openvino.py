@@ -1,0 +1,68 @@
+"""OpenVINO backend (CPU): the ONNX graphs compiled by OpenVINO, numpy I/O, host bank."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import HostBackend
+from runtime.errors import BackendUnavailableError, EngineMismatchError
+from runtime.manifest import GRAPH_NAMES, Manifest
+
+
+class OpenVinoBackend(HostBackend):
+    name = "openvino"
+
+    def __init__(self, manifest: Manifest, engine_dir: str | Path, *, threads: int | None = None,
+                 device: str = "CPU"):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise BackendUnavailableError(f"openvino is not installed ({e}): "
+                                          "pip install openvino") from None
+        super().__init__(manifest)
+        self._ov_version = ov.get_version()
+        self.threads = threads or os.cpu_count() or 1
+        self.device = device
+        props: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads,
+                                 "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if manifest.precision == "fp32":
+            # CPUs with AMX/AVX512-BF16 otherwise run FP32 graphs in bf16.
+            props["INFERENCE_PRECISION_HINT"] = "f32"
+        core = ov.Core()
+        self._requests: dict[str, Any] = {}
+        self._outputs: dict[str, list[tuple[str, Any]]] = {}
+        for g in GRAPH_NAMES:
+            path = Path(engine_dir) / manifest.graphs[g].file
+            try:
+                compiled = core.compile_model(core.read_model(str(path)), device, props)
+            except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+                raise EngineMismatchError(f"{path}: OpenVINO cannot compile it: "
+                                          f"{str(e).strip().splitlines()[0]}") from None
+            spec = manifest.graphs[g]
+            # A port may carry several names (ONNX value names of fused nodes): match by set.
+            ports = {n: p for p in (*compiled.inputs, *compiled.outputs) for n in p.get_names()}
+            for t in (*spec.inputs, *spec.outputs):
+                p = ports.get(t.name)
+                have = p and (tuple(p.get_shape()), p.get_element_type().to_dtype().name)
+                if have != (t.shape, t.dtype):
+                    raise EngineMismatchError(f"{path}: tensor {t.name!r} is {have}, "
+                                              f"the manifest says {(t.shape, t.dtype)}")
+            self._requests[g] = compiled.create_infer_request()
+            self._outputs[g] = [(t.name, ports[t.name]) for t in spec.outputs]
+
+    def _execute(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        req = self._requests[graph]
+        req.infer(inputs)
+        return {name: np.array(req.get_tensor(port).data, copy=True)
+                for name, port in self._outputs[graph]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "openvino": self._ov_version, "device": self.device,
+                "threads": self.threads}
+
+    def close(self) -> None:
+        self._requests.clear()

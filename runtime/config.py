@@ -1,0 +1,57 @@
+"""Runtime configuration: the knobs that do not change any graph's shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+from runtime.errors import RuntimeConfigError
+from runtime.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Memory policy and execution settings; `None` means "the manifest's value".
+
+    memory_size may only shrink the bank the graphs were exported for (unused dynamic slots stay
+    invalid); everything shape-related comes from the manifest alone.
+    """
+
+    memory_size: int | None = None  # dynamic (long-term) slots used, <= manifest.memory_size
+    mem_every: int | None = None  # min frames between two long-term insertions
+    quality_threshold: float | None = None  # sigma: accept when normalised score >= it
+    threads: int | None = None  # CPU threads for CPU backends (None: all cores)
+    device: int = 0  # GPU ordinal for GPU backends
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise RuntimeConfigError(f"{name}={v!r}: expected an integer >= 1")
+
+        for name in ("memory_size", "mem_every", "threads"):
+            positive_int(name)
+        q = self.quality_threshold
+        if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float))
+                              or not math.isfinite(q)):
+            raise RuntimeConfigError(f"quality_threshold={q!r}: expected a finite number")
+        if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
+            raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
+
+    def resolve(self, manifest: Manifest) -> RuntimeConfig:
+        """Fill every `None` from the manifest and reject values the graphs cannot honour."""
+        if self.memory_size is not None and self.memory_size > manifest.memory_size:
+            raise RuntimeConfigError(
+                f"memory_size={self.memory_size} exceeds the {manifest.memory_size} dynamic slots "
+                f"the graphs were exported with: use --memory-size <= {manifest.memory_size} or "
+                f"re-export with `python export/to_onnx.py CKPT --memory-size {self.memory_size}`")
+        return dataclasses.replace(
+            self,
+            memory_size=self.memory_size if self.memory_size is not None else manifest.memory_size,
+            mem_every=self.mem_every if self.mem_every is not None else manifest.mem_every,
+            quality_threshold=(float(self.quality_threshold) if self.quality_threshold is not None
+                               else float(manifest.quality_threshold)),
+            threads=self.threads if self.threads is not None else (os.cpu_count() or 1),
+        )

@@ -1,0 +1,245 @@
+"""The per-frame QDMN inference loop, written once for every backend.
+
+Frame 0: the given mask (one-hot, padded objects zero) is encoded by qam into slot 0 and its
+mean quality over the real objects with a positive score becomes the normaliser. Frame t > 0:
+
+    encoder(image_t, prev_prob) -> memory_read(query_key, bank) -> decoder -> prob (N+1, H, W)
+    qam(image_t, prob[1:]) -> mem_key, mem_value, quality  (skipped on a known last frame)
+    policy.decide(t, mean quality / first score) -> slot; bank.write(slot)
+
+The frame goes into the temp slot as the previous-frame memory, or into a dynamic slot when the
+policy accepts it (the temp slot is then emptied, the official code's `prev_in_mem`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends import create_backend
+from runtime.backends.base import Backend
+from runtime.config import RuntimeConfig
+from runtime.errors import InputError, MaskError, TooManyObjectsError
+from runtime.frames import fit_mask, object_ids, onehot, prob_to_labels, resize_frame, with_last
+from runtime.manifest import Manifest
+from runtime.memory_policy import Decision, MemoryPolicy
+
+STAGES = ("pre", "encoder", "memory_read", "decoder", "qam", "bank", "post")
+
+
+@dataclass
+class FrameRecord:
+    """What run.json logs per frame."""
+
+    frame: int
+    quality: list[float] | None  # raw QAM scores of the real objects; None: QAM skipped
+    score: float | None  # normalised frame score (mean quality / first frame's)
+    decision: dict[str, Any] | None
+    slots: dict[int, int]  # slot -> frame held, after this frame
+    ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["slots"] = {str(k): v for k, v in self.slots.items()}
+        d["ms"] = {k: round(v, 3) for k, v in self.ms.items()}
+        return d
+
+
+class Segmenter:
+    """Semi-supervised VOS on one video at a time: `start(frame, mask)`, then `step(frame)`.
+
+    frame: (H0, W0, 3) uint8 RGB at any size; mask: (H0, W0) uint8 object ids (0 = background).
+    Both return (H0, W0) uint8 object ids.
+    """
+
+    def __init__(self, engine_dir: str | Path, backend: str = "auto",
+                 config: RuntimeConfig | None = None):
+        manifest = Manifest.load(engine_dir)
+        resolved = (config or RuntimeConfig()).resolve(manifest)
+        self._setup(manifest, create_backend(backend, manifest, engine_dir, resolved), resolved)
+
+    @classmethod
+    def from_backend(cls, manifest: Manifest, backend: Backend,
+                     config: RuntimeConfig | None = None) -> Segmenter:
+        """A segmenter over an already built backend (e.g. the PyTorch reference)."""
+        self = cls.__new__(cls)
+        self._setup(manifest, backend, (config or RuntimeConfig()).resolve(manifest))
+        return self
+
+    def _setup(self, manifest: Manifest, backend: Backend, config: RuntimeConfig) -> None:
+        self.manifest, self.backend, self.config = manifest, backend, config
+        self.policy = MemoryPolicy(config.memory_size, config.mem_every,
+                                   config.quality_threshold, first_slot=manifest.first_slot,
+                                   temp_slot=manifest.temp_slot)
+        n, h, w = manifest.max_objects, manifest.height, manifest.width
+        self.object_ids: tuple[int, ...] = ()
+        self.first_score = math.nan
+        self.frame_index = -1
+        self.last_prob: np.ndarray | None = None  # (N+1, H, W) of the last frame
+        self.last_record: FrameRecord | None = None
+        self._prev_prob = np.zeros((n, h, w), np.float32)
+        self._object_valid = np.zeros(n, np.float32)
+        self._ended = False
+
+    # ----------------------------------------------------------------------------- frames
+    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """First frame with its annotation; resets the memory. Returns the mask's ids."""
+        ms: dict[str, float] = {}
+        t0 = time.perf_counter()
+        m = self.manifest
+        if frame.ndim != 3:
+            raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        h0, w0 = frame.shape[:2]
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise MaskError(f"the first mask must be (H, W) object ids, got {mask.shape}")
+        labels = fit_mask(mask.astype(np.uint8), h0, w0)
+        ids = object_ids(labels)
+        if not ids:
+            raise MaskError("the first mask marks no object")
+        if len(ids) > m.max_objects:
+            raise TooManyObjectsError(
+                f"the first mask has {len(ids)} objects (ids {list(ids)}) but the graphs were "
+                f"exported for at most {m.max_objects}: re-export with "
+                f"`python export/to_onnx.py CKPT --out DIR --max-objects {len(ids)}`")
+        image = resize_frame(frame, m.height, m.width)[None]  # (1, H, W, 3)
+        probs = onehot(labels, ids, m.max_objects, m.height, m.width)
+        for i, obj in enumerate(ids):
+            if not probs[i].any():
+                warnings.warn(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
+                              "resolution: it cannot be tracked", stacklevel=2)
+        self.object_ids = ids
+        self._object_valid[:] = 0.0
+        self._object_valid[: len(ids)] = 1.0
+        self.backend.bank.reset()
+        decision = self.policy.start(0)
+        t1 = time.perf_counter()
+        quality = self.backend.run("qam", {"image": image, "masks": probs},
+                                   fetch=("quality",))["quality"][: len(ids)]
+        t2 = time.perf_counter()
+        self.backend.bank.write(decision.slot)
+        t3 = time.perf_counter()
+        positive = quality[quality > 0]  # the official code drops zero (ReLU) scores here
+        self.first_score = float(positive.mean()) if positive.size else math.nan
+        if not positive.size:
+            warnings.warn("the first frame's quality scores are all zero: no frame will be "
+                          "accepted as a long-term memory", stacklevel=2)
+        self._prev_prob = probs
+        self.frame_index = 0
+        self._ended = False
+        bg = 1.0 - probs[: len(ids)].sum(0, keepdims=True)
+        self.last_prob = np.concatenate([bg, probs], 0)
+        ms.update(pre=(t1 - t0) * 1e3, qam=(t2 - t1) * 1e3, bank=(t3 - t2) * 1e3,
+                  post=(time.perf_counter() - t3) * 1e3)
+        self._record(decision, quality, 1.0, ms, t0)
+        return labels
+
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
+        """Segment the next frame. last=True skips memorising it (nothing follows it)."""
+        if self.frame_index < 0:
+            raise RuntimeError("Segmenter.step() before start()")
+        if self._ended:
+            raise RuntimeError("the video was ended with step(..., last=True); start() a new one")
+        m, be = self.manifest, self.backend
+        ms: dict[str, float] = {}
+        t = time.perf_counter()
+        t0 = t
+
+        def lap(stage: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            ms[stage] = ms.get(stage, 0.0) + (now - t) * 1e3
+            t = now
+
+        h0, w0 = frame.shape[:2]
+        image = resize_frame(frame, m.height, m.width)[None]  # (1, H, W, 3)
+        lap("pre")
+        be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
+        lap("encoder")
+        be.run("memory_read")
+        lap("memory_read")
+        prob = be.run("decoder", {"object_valid": self._object_valid}, fetch=("prob",))["prob"]
+        lap("decoder")
+        k = len(self.object_ids)
+        probs = np.ascontiguousarray(prob[1:])
+        probs[k:] = 0.0  # padded objects stay exactly empty, as on the first frame
+        self.frame_index += 1
+        decision, quality, score = None, None, None
+        if last:
+            self._ended = True
+        else:
+            # `image` is still in the backend's buffer from the encoder feed.
+            quality = be.run("qam", {"masks": probs}, fetch=("quality",))["quality"][:k]
+            lap("qam")
+            score = float(quality.mean()) / self.first_score
+            decision = self.policy.decide(self.frame_index, score)
+            be.bank.write(decision.slot)
+            lap("bank")
+        self._prev_prob = probs
+        self.last_prob = prob
+        labels = prob_to_labels(prob, self.object_ids, h0, w0)
+        lap("post")
+        self._record(decision, quality, score, ms, t0)
+        return labels
+
+    def segment(self, frames: Iterable[np.ndarray], mask: np.ndarray, *,
+                finite: bool = False) -> Iterator[np.ndarray]:
+        """Labels for every frame of `frames` (the first one annotated by `mask`).
+
+        finite=True looks one frame ahead to skip memorising the last frame (as the official
+        code); leave it False for live streams, where look-ahead would add a frame of latency.
+        """
+        it = iter(frames)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise InputError("no frames to segment") from None
+        yield self.start(first, mask)
+        pairs = with_last(it) if finite else ((f, False) for f in it)
+        for frame, is_last in pairs:
+            yield self.step(frame, last=is_last)
+
+    def _record(self, decision: Decision | None, quality: np.ndarray | None,
+                score: float | None, ms: dict[str, float], t0: float) -> None:
+        ms["total"] = (time.perf_counter() - t0) * 1e3
+        self.last_record = FrameRecord(
+            frame=self.frame_index,
+            quality=None if quality is None else [round(float(q), 6) for q in quality],
+            score=None if score is None or not math.isfinite(score) else round(score, 6),
+            decision=None if decision is None else decision.to_dict(),
+            slots=self.policy.contents(),
+            ms=ms,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def summarize(records: list[FrameRecord]) -> dict[str, Any]:
+    """Totals for run.json: frames, fps over the propagated frames, mean ms per stage."""
+    steps = [r for r in records if r.frame > 0]
+    mean = {s: round(float(np.mean([r.ms.get(s, 0.0) for r in steps])), 3)
+            for s in (*STAGES, "total")} if steps else {}
+    decisions = [r.decision for r in records[1:] if r.decision]
+    total_s = sum(r.ms.get("total", 0.0) for r in steps) / 1e3
+    return {
+        "frames": len(records),
+        "fps": round(len(steps) / total_s, 3) if total_s > 0 else None,
+        "mean_ms": mean,
+        "insertions": sum(1 for d in decisions if d["accepted"]),
+        "evictions": sum(1 for d in decisions if d["evicted"] is not None),
+    }

@@ -1,0 +1,102 @@
+"""Shared helpers for the runtime tests: a small exported checkpoint and real DAVIS clips.
+
+Imported by tests/test_runtime*.py and tests/test_reference.py (not a conftest, so the other
+layers' fixtures stay independent).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DAVIS = Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"
+SIZE = (128, 224)  # small static size the test graphs are exported at
+MAX_OBJECTS = 2
+MEMORY_SIZE = 2
+
+
+def davis_clip(seq: str, n: int) -> tuple[list[Path], Path]:
+    """First n frame paths and the first mask of a DAVIS-2016 sequence (skip if absent)."""
+    frames = DAVIS / "JPEGImages/480p" / seq
+    if not frames.is_dir():
+        pytest.skip(f"DAVIS-2016 data not found at {DAVIS}")
+    return sorted(frames.glob("*.jpg"))[:n], DAVIS / "Annotations/480p" / seq / "00000.png"
+
+
+def make_checkpoint(path: Path) -> Path:
+    """A light QDMN whose outputs are not degenerate without training.
+
+    Random trunks give ~1e-5 features (constant 0.5 quality, all-foreground masks), so the
+    ImageNet trunk is used when its package is installed, and the mask head's bias is shifted so
+    roughly half of the pixels are foreground: decisions and IoU then depend on the numbers.
+    """
+    import torch
+
+    from training.checkpoint import save_weights
+    from training.config import ModelConfig
+    from training.model import QDMN
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.light()
+    try:
+        model = QDMN(cfg, pretrained_backbone=True)
+        shift = 2.0
+    except (RuntimeError, ImportError, OSError):
+        model = QDMN(cfg)
+        shift = 0.0
+    with torch.no_grad():
+        model.decoder.pred.bias -= shift
+    save_weights(model.eval(), path, {"config": {"model": cfg.to_dict()}})
+    return path
+
+
+def export(ckpt: Path, out: Path, size: tuple[int, int] = SIZE, max_objects: int = MAX_OBJECTS,
+           memory_size: int = MEMORY_SIZE) -> Path:
+    from export.to_onnx import export_checkpoint
+
+    export_checkpoint(ckpt, out, size=size, max_objects=max_objects, memory_size=memory_size)
+    return out
+
+
+def side_by_side(seqs: tuple[str, str], n: int, out: Path) -> tuple[Path, Path]:
+    """A 2-object video (README of DAVIS2016): two sequences at half width, side by side.
+
+    Returns the frame folder and the first mask (palette PNG: 1 left, 2 right)."""
+    import cv2
+
+    (fa, ma), (fb, mb) = davis_clip(seqs[0], n), davis_clip(seqs[1], n)
+    frames = out / "frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    for i, (a, b) in enumerate(zip(fa, fb)):
+        ia, ib = cv2.imread(str(a)), cv2.imread(str(b))
+        h, w = ia.shape[:2]
+        both = np.concatenate([cv2.resize(ia, (w // 2, h), interpolation=cv2.INTER_AREA),
+                               cv2.resize(ib, (w - w // 2, h), interpolation=cv2.INTER_AREA)], 1)
+        cv2.imwrite(str(frames / f"{i:05d}.jpg"), both)
+    la, lb = (np.array(Image.open(m)) > 127 for m in (ma, mb))
+    h, w = la.shape
+    left = cv2.resize(la.astype(np.uint8), (w // 2, h), interpolation=cv2.INTER_NEAREST)
+    right = cv2.resize(lb.astype(np.uint8), (w - w // 2, h), interpolation=cv2.INTER_NEAREST)
+    labels = np.concatenate([left, right * 2], 1).astype(np.uint8)
+    mask = out / "mask.png"
+    save_palette(labels, mask)
+    return frames, mask
+
+
+def save_palette(labels: np.ndarray, path: Path) -> None:
+    from runtime.frames import save_palette_png
+
+    save_palette_png(labels, path)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over object ids present in either map (1.0 when both are empty)."""
+    ids = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
+    if not ids:
+        return 1.0
+    return float(np.mean([((a == i) & (b == i)).sum() / max(((a == i) | (b == i)).sum(), 1)
+                          for i in ids]))

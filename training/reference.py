@@ -1,0 +1,210 @@
+"""PyTorch reference inference: QDMN's four methods behind the runtime's backend interface.
+
+The decision logic (memory policy, slot writes, pre/post-processing) is the runtime's
+`Segmenter`, so the paper's inference loop exists once; only the graph execution differs. Use
+it to check exported graphs (same checkpoint, same decisions) and, with `memory_size=None`, as
+the unbounded-memory baseline (no eviction) for benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.backends.base import Bank, HostBackend
+from runtime.config import RuntimeConfig
+from runtime.manifest import Manifest, graph_specs
+from runtime.segmenter import Segmenter
+from training.checkpoint import file_sha256, load_model
+from training.config import ModelConfig
+from training.model import QDMN, normalize_uint8
+
+# "Unbounded" memory: more dynamic slots than any video has frames. The reference bank stores
+# only written slots, so this allocates nothing up front.
+UNBOUNDED_MEMORY = 1_000_000
+DEFAULT_MEMORY_SIZE = 25  # the exporter's default bank
+
+
+def reference_manifest(cfg: ModelConfig, height: int, width: int, max_objects: int,
+                       memory_size: int | None = None, **extra: object) -> Manifest:
+    """In-memory manifest for the reference (no files); memory_size None = unbounded."""
+    memory_size = UNBOUNDED_MEMORY if memory_size is None else memory_size
+    specs = graph_specs(height, width, max_objects, memory_size + 2, cfg.key_dim, cfg.value_dim,
+                        cfg.feature_dims)
+    m = Manifest(height=height, width=width, max_objects=max_objects, memory_size=memory_size,
+                 top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim,
+                 precision="fp32", graphs=specs, model_config=cfg.to_dict(), **extra)
+    m.validate()
+    return m
+
+
+class SparseBank(Bank):
+    """Host bank storing only the written slots; memory_read sees the valid ones in slot order.
+
+    Dropping invalid slots is exact: the graphs give them an affinity bias of -1e4, whose exp()
+    is 0 in FP32, and the top-k threshold then falls on a valid position or below all of them.
+    """
+
+    def __init__(self, manifest: Manifest, source: Mapping[str, np.ndarray]):
+        super().__init__(manifest)
+        self._slots: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._source = source  # the backend's buffers, where qam leaves mem_key/mem_value
+
+    def _store(self, slot: int) -> None:
+        self._slots[slot] = (self._source["mem_key"].copy(), self._source["mem_value"].copy())
+
+    def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check(slot)
+        k, v = self._slots[slot]
+        return k.copy(), v.copy()
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        slots = [s for s in sorted(self._slots) if self._valid[s] > 0]
+        return {"mem_keys": np.stack([self._slots[s][0] for s in slots]),
+                "mem_values": np.stack([self._slots[s][1] for s in slots]),
+                "mem_valid": np.ones(len(slots), np.float32)}
+
+
+class TorchBackend(HostBackend):
+    """Runs QDMN.encode_query / encode_memory / read_memory / decode in FP32 on the CPU."""
+
+    name = "torch"
+
+    def __init__(self, model: QDMN, manifest: Manifest):
+        self.model = model.eval()
+        self.top_k = model.cfg.top_k
+        super().__init__(manifest)
+
+    def _make_bank(self) -> Bank:
+        return SparseBank(self.manifest, self.buffers)
+
+    @torch.inference_mode()
+    def _execute(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        m = self.model
+        if graph == "encoder":
+            k, v, f8, f4 = m.encode_query(normalize_uint8(t["image"]), t["prev_prob"][None])
+            out = {"query_key": k, "query_value": v, "f8": f8, "f4": f4}
+        elif graph == "qam":
+            k, v, q = m.encode_memory(normalize_uint8(t["image"]), t["masks"][None])
+            out = {"mem_key": k[0], "mem_value": v[0], "quality": q[0]}
+        elif graph == "memory_read":
+            r = m.read_memory(t["query_key"], t["mem_keys"][None], t["mem_values"][None],
+                              t["mem_valid"][None], self.top_k)
+            out = {"readout": r[0]}
+        elif graph == "decoder":
+            _, prob = m.decode(t["readout"][None], t["query_value"], t["f8"], t["f4"],
+                               t["object_valid"][None])
+            out = {"prob": prob[0]}
+        else:
+            raise KeyError(graph)
+        return {k: v.numpy().copy() for k, v in out.items()}
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray] | None = None,
+            fetch: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        if graph != "memory_read":
+            return super().run(graph, feeds, fetch)
+        # The sparse bank's arrays have as many slots as are valid, not the manifest's S.
+        out = self._execute(graph, {"query_key": self.buffers["query_key"],
+                                    **self.bank.inputs()})
+        self.buffers.update(out)
+        return {n: self.buffers[n].copy() for n in fetch}
+
+
+def reference_segmenter(
+    model: QDMN | str | Path, *, manifest: Manifest | None = None,
+    size: tuple[int, int] | None = None, max_objects: int | None = None,
+    memory_size: int | None = None, unbounded: bool = False,
+    config: RuntimeConfig | None = None,
+) -> Segmenter:
+    """A Segmenter running the PyTorch model (a QDMN or a checkpoint path) at a fixed size.
+
+    Either `manifest` (an exported one: same size, objects, memory and policy defaults, to
+    compare against its graphs) or `size` + `max_objects` (+ memory_size, default
+    DEFAULT_MEMORY_SIZE). unbounded=True: no eviction ever (memory grows with the video).
+    """
+    model, sha = _load(model)
+    if manifest is not None:
+        size = (manifest.height, manifest.width)
+        max_objects = manifest.max_objects
+        memory_size = manifest.memory_size
+        extra = {"mem_every": manifest.mem_every,
+                 "quality_threshold": manifest.quality_threshold}
+    else:
+        extra = {}
+    if size is None or max_objects is None:
+        raise ValueError("reference_segmenter: pass manifest=, or size= and max_objects=")
+    memory = UNBOUNDED_MEMORY if unbounded else (memory_size or DEFAULT_MEMORY_SIZE)
+    ref = reference_manifest(model.cfg, size[0], size[1], max_objects, memory,
+                             checkpoint_sha256=sha, **extra)
+    return Segmenter.from_backend(ref, TorchBackend(model, ref), config or RuntimeConfig())
+
+
+def _load(model: QDMN | str | Path) -> tuple[QDMN, str]:
+    if isinstance(model, QDMN):
+        return model.eval(), ""
+    path = Path(model)
+    loaded, _ = load_model(path)
+    return loaded, file_sha256(path)
+
+
+class ReferenceSegmenter:
+    """The reference with the runtime's `start(frame, mask)` / `step(frame)` API, sized per video.
+
+    The working size is `size`, else the checkpoint's training `image_size`, else the first
+    frame's size rounded up to multiples of 16; max_objects defaults to the first mask's object
+    count. The inner Segmenter is rebuilt when a new video needs another size or more objects.
+    """
+
+    def __init__(self, model: QDMN, *, size: tuple[int, int] | None = None,
+                 max_objects: int | None = None, memory_size: int | None = None,
+                 unbounded: bool = False, mem_every: int | None = None,
+                 quality_threshold: float | None = None, checkpoint_sha256: str = ""):
+        self.model = model.eval()
+        self.size = size
+        self.max_objects = max_objects
+        self.memory_size = memory_size
+        self.unbounded = unbounded
+        self.config = RuntimeConfig(mem_every=mem_every, quality_threshold=quality_threshold)
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.segmenter: Segmenter | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> ReferenceSegmenter:
+        model, meta = load_model(path)
+        if kwargs.get("size") is None and (meta.get("config") or {}).get("image_size"):
+            kwargs["size"] = tuple(meta["config"]["image_size"])
+        return cls(model, checkpoint_sha256=file_sha256(path), **kwargs)
+
+    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        size = self.size or tuple(-(-d // 16) * 16 for d in frame.shape[:2])
+        objects = self.max_objects or max(1, int(np.count_nonzero(np.unique(mask))))
+        m = None if self.segmenter is None else self.segmenter.manifest
+        if m is None or (m.height, m.width) != size or m.max_objects < objects:
+            self.segmenter = reference_segmenter(
+                self.model, size=size, max_objects=objects, memory_size=self.memory_size,
+                unbounded=self.unbounded, config=self.config)
+        return self.segmenter.start(frame, mask)
+
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
+        if self.segmenter is None:
+            raise RuntimeError("ReferenceSegmenter.step() before start()")
+        return self.segmenter.step(frame, last=last)
+
+    @property
+    def last_record(self) -> Any:
+        return None if self.segmenter is None else self.segmenter.last_record
+
+
+__all__ = [
+    "DEFAULT_MEMORY_SIZE",
+    "UNBOUNDED_MEMORY",
+    "ReferenceSegmenter",
+    "TorchBackend",
+    "reference_manifest",
+    "reference_segmenter",
+]
