@@ -54,6 +54,37 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
+def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """(checkpoint, exported graphs), built once and kept in pytest's cache between files/runs.
+
+    Keyed by the sources that determine them, so an edit to the model or exporter rebuilds."""
+    import hashlib
+    import shutil
+
+    import torch
+
+    davis_clip("blackswan", 1)  # skip before the slow part when the data is absent
+    h = hashlib.sha256(torch.__version__.encode())
+    for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
+                     REPO / "runtime/manifest.py", Path(__file__)]):
+        h.update(f.name.encode() + f.read_bytes())
+    root = Path(request.config.cache.mkdir("qdmn-runtime-engines"))
+    d = root / h.hexdigest()[:16]
+    if not (d / "graphs" / "manifest.json").is_file():
+        shutil.rmtree(d, ignore_errors=True)  # an incomplete earlier build
+        tmp = root / f"{d.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
+        tmp.mkdir()
+        try:
+            export(make_checkpoint(tmp / "light.pt"), tmp / "graphs")
+            tmp.rename(d)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return d / "light.pt", d / "graphs"
+
+
 def export(ckpt: Path, out: Path, size: tuple[int, int] = SIZE, max_objects: int = MAX_OBJECTS,
            memory_size: int = MEMORY_SIZE) -> Path:
     from export.to_onnx import export_checkpoint

@@ -23,11 +23,8 @@ POLICY = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.9)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory) -> tuple[Path, Path]:
-    rs.davis_clip("blackswan", 1)  # skip early without DAVIS
-    d = tmp_path_factory.mktemp("engine")
-    ckpt = rs.make_checkpoint(d / "light.pt")
-    return ckpt, rs.export(ckpt, d / "graphs")
+def engine(request) -> tuple[Path, Path]:
+    return rs.cached_engine(request)
 
 
 def run_both(engine, frames, mask, config, backend="ort-cpu"):

@@ -62,8 +62,11 @@ class SparseBank(Bank):
         k, v = self._slots[slot]
         return k.copy(), v.copy()
 
+    def valid_slots(self) -> list[int]:
+        return [s for s in sorted(self._slots) if self._valid[s] > 0]
+
     def inputs(self) -> dict[str, np.ndarray]:
-        slots = [s for s in sorted(self._slots) if self._valid[s] > 0]
+        slots = self.valid_slots()
         return {"mem_keys": np.stack([self._slots[s][0] for s in slots]),
                 "mem_values": np.stack([self._slots[s][1] for s in slots]),
                 "mem_valid": np.ones(len(slots), np.float32)}
@@ -119,7 +122,7 @@ def reference_segmenter(
     model: QDMN | str | Path, *, manifest: Manifest | None = None,
     size: tuple[int, int] | None = None, max_objects: int | None = None,
     memory_size: int | None = None, unbounded: bool = False,
-    config: RuntimeConfig | None = None,
+    config: RuntimeConfig | None = None, checkpoint_sha256: str | None = None,
 ) -> Segmenter:
     """A Segmenter running the PyTorch model (a QDMN or a checkpoint path) at a fixed size.
 
@@ -128,6 +131,7 @@ def reference_segmenter(
     DEFAULT_MEMORY_SIZE). unbounded=True: no eviction ever (memory grows with the video).
     """
     model, sha = _load(model)
+    sha = checkpoint_sha256 or sha
     if manifest is not None:
         size = (manifest.height, manifest.width)
         max_objects = manifest.max_objects
@@ -187,7 +191,8 @@ class ReferenceSegmenter:
         if m is None or (m.height, m.width) != size or m.max_objects < objects:
             self.segmenter = reference_segmenter(
                 self.model, size=size, max_objects=objects, memory_size=self.memory_size,
-                unbounded=self.unbounded, config=self.config)
+                unbounded=self.unbounded, config=self.config,
+                checkpoint_sha256=self.checkpoint_sha256)
         return self.segmenter.start(frame, mask)
 
     def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
