@@ -11,6 +11,7 @@ primary context, pushed only while this backend works (no pycuda.autoinit).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,12 @@ class TrtBackend(Backend):
                 "this GPU first, or use --backend ort-cuda / ort-cpu")
         trt, cuda = import_trt()
         self._trt, self._cuda = trt, cuda
-        _check_compat(manifest, engine_dir, device_id)
         try:
             cuda.init()
             if device_id >= cuda.Device.count():
                 raise BackendUnavailableError(f"trt: no CUDA device {device_id} "
                                               f"({cuda.Device.count()} found)")
+            _check_compat(manifest, engine_dir, device_id)
             self._ctx = cuda.Device(device_id).retain_primary_context()
         except cuda.Error as e:
             raise BackendUnavailableError(f"trt: CUDA is not usable here: {e}") from None
@@ -224,7 +225,8 @@ def _check_compat(manifest: Manifest, engine_dir: Path, device_id: int) -> None:
         from runtime.trt_compat import check_engine_compat
     except ImportError:
         return
-    check_engine_compat(manifest, engine_dir, device_id=device_id)
+    for message in check_engine_compat(manifest, engine_dir, device_id=device_id):
+        warnings.warn(f"trt: {message}", stacklevel=3)
 
 
 __all__ = ["TrtBackend", "TrtBank"]

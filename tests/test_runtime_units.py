@@ -1,0 +1,157 @@
+"""Runtime building blocks without a model: masks, pre/post-processing, config, bank, sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.backends import create_backend
+from runtime.backends.base import HostBank
+from runtime.config import RuntimeConfig
+from runtime.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
+from runtime.frames import (
+    PALETTE,
+    fit_mask,
+    onehot,
+    open_source,
+    prob_to_labels,
+    read_mask,
+    resize_frame,
+    save_palette_png,
+    with_last,
+)
+from runtime.manifest import Manifest, graph_specs
+
+
+def manifest(memory_size: int = 3) -> Manifest:
+    specs = graph_specs(32, 48, 2, memory_size + 2, 4, 6, (16, 8, 4))
+    return Manifest(height=32, width=48, max_objects=2, memory_size=memory_size, top_k=5,
+                    key_dim=4, value_dim=6, precision="fp32", graphs=specs)
+
+
+def test_davis_palette():
+    assert PALETTE[0].tolist() == [0, 0, 0]
+    assert PALETTE[1].tolist() == [128, 0, 0] and PALETTE[2].tolist() == [0, 128, 0]
+    assert PALETTE[3].tolist() == [128, 128, 0] and PALETTE[4].tolist() == [0, 0, 128]
+    assert len({tuple(c) for c in PALETTE}) == 256
+
+
+def test_mask_formats(tmp_path):
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 2:8], labels[10:15, 20:28] = 1, 7
+    save_palette_png(labels, tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    assert np.array_equal(read_mask(tmp_path / "p.png"), labels)
+    Image.fromarray((labels > 0).astype(np.uint8) * 255).save(tmp_path / "g.png")
+    assert np.array_equal(read_mask(tmp_path / "g.png"), (labels > 0).astype(np.uint8))
+    Image.fromarray(labels > 0).save(tmp_path / "b.png")  # mode "1"
+    assert np.array_equal(read_mask(tmp_path / "b.png"), (labels > 0).astype(np.uint8))
+    Image.fromarray(PALETTE[labels]).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_mask(tmp_path / "rgb.png"), labels)
+    Image.fromarray(np.dstack([PALETTE[labels], np.full((20, 30), 255, np.uint8)])).save(
+        tmp_path / "rgba.png")
+    assert np.array_equal(read_mask(tmp_path / "rgba.png"), labels)
+
+
+def test_mask_refusals(tmp_path):
+    with pytest.raises(MaskError, match="not found"):
+        read_mask(tmp_path / "none.png")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "z.png")
+    with pytest.raises(MaskError, match="empty"):
+        read_mask(tmp_path / "z.png")
+    Image.fromarray(np.array([[0, 255, 3]], np.uint8)).save(tmp_path / "g.png")
+    with pytest.raises(MaskError, match=r"values \[3\]"):
+        read_mask(tmp_path / "g.png")
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    with pytest.raises(MaskError, match=r"\(255, 0, 0\)"):
+        read_mask(tmp_path / "c.png")
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tiff")
+    with pytest.raises(MaskError, match="unsupported image mode F"):
+        read_mask(tmp_path / "f.tiff")
+
+
+def test_fit_mask_warns():
+    m = np.zeros((10, 20), np.uint8)
+    m[:, 10:] = 3
+    with pytest.warns(UserWarning, match="resizing the mask"):
+        out = fit_mask(m, 20, 40)
+    assert out.shape == (20, 40) and set(np.unique(out)) == {0, 3}
+    assert fit_mask(m, 10, 20) is m
+
+
+def test_pre_and_post_processing():
+    frame = np.random.default_rng(0).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    assert resize_frame(frame, 32, 48).shape == (32, 48, 3)
+    assert resize_frame(frame, 200, 300).shape == (200, 300, 3)
+    with pytest.raises(InputError):
+        resize_frame(frame[..., 0], 32, 48)
+    labels = np.zeros((100, 150), np.uint8)
+    labels[:50, :75], labels[50:, 75:] = 3, 9
+    oh = onehot(labels, (3, 9), 4, 32, 48)
+    assert oh.shape == (4, 32, 48) and oh.dtype == np.float32
+    assert oh[0, :16, :24].all() and oh[1, 16:, 24:].all() and not oh[2:].any()
+    prob = np.concatenate([1 - oh[:2].sum(0, keepdims=True), oh[:2], np.zeros((2, 32, 48))])
+    out = prob_to_labels(prob.astype(np.float32), (3, 9), 100, 150)
+    assert out.shape == (100, 150) and out.dtype == np.uint8
+    assert (out == labels).mean() > 0.97
+    single = prob_to_labels(prob[:2].astype(np.float32), (3,), 100, 150)
+    assert set(np.unique(single)) == {0, 3}
+
+
+def test_with_last():
+    assert list(with_last([])) == []
+    assert list(with_last("ab")) == [("a", False), ("b", True)]
+
+
+def test_runtime_config():
+    m = manifest(3)
+    r = RuntimeConfig().resolve(m)
+    assert (r.memory_size, r.mem_every, r.quality_threshold) == (3, 5, 0.8) and r.threads >= 1
+    assert RuntimeConfig(memory_size=2, quality_threshold=1).resolve(m).quality_threshold == 1.0
+    with pytest.raises(RuntimeConfigError, match="--memory-size 4"):
+        RuntimeConfig(memory_size=4).resolve(m)
+    for bad in ({"memory_size": 0}, {"mem_every": -1}, {"threads": 1.5},
+                {"quality_threshold": float("nan")}, {"device": -1}, {"mem_every": True}):
+        with pytest.raises(RuntimeConfigError):
+            RuntimeConfig(**bad)
+    with pytest.raises(AttributeError):
+        r.memory_size = 1  # frozen
+
+
+def test_host_bank_slot_semantics():
+    m = manifest(2)
+    src = {"mem_key": np.ones((2, 4, 2, 3), np.float32),
+           "mem_value": np.full((2, 6, 2, 3), 2, np.float32)}
+    bank = HostBank(m, src)
+    assert bank.keys.shape == (4, 2, 4, 2, 3) and bank.valid.tolist() == [0, 0, 0, 0]
+    bank.write(0)
+    bank.write(3)  # temp slot: previous frame
+    assert bank.valid.tolist() == [1, 0, 0, 1]
+    src["mem_key"] *= 5
+    bank.write(1)  # accepted: the temp slot is emptied
+    assert bank.valid.tolist() == [1, 1, 0, 0] and bank.read(1)[0].max() == 5
+    bank.reset()
+    assert not bank.valid.any()
+    with pytest.raises(IndexError):
+        bank.write(4)
+
+
+def test_sources(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        open_source(tmp_path / "x")
+    for name in ("00001.jpg", "00000.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    src = open_source(tmp_path)
+    assert [p.name for p in src.files] == ["00000.png", "00001.jpg"] and not src.live
+    with pytest.raises(InputError, match="single image"):
+        open_source(tmp_path / "00000.png")
+    with pytest.raises(InputError, match="cannot decode"):
+        next(iter(src))
+
+
+def test_unknown_backend():
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'cuda'"):
+        create_backend("cuda", manifest(), ".", RuntimeConfig().resolve(manifest()))
