@@ -1,0 +1,131 @@
+"""Training pipeline: loss schedule, dataset errors, real-data overfit, exact resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.config import ConfigError
+from training.data import DatasetError, load_sequence, load_sequences
+from training.losses import BootstrapSchedule, bootstrapped_ce
+from training.train import TrainConfig, Trainer, forward_clip, load_config
+
+SIZE = (128, 224)
+
+
+def test_bootstrap_schedule_values():
+    s = BootstrapSchedule(start_warm=100, end_warm=300, top_p=0.15)
+    assert s.fraction(0) == 1.0 and s.fraction(99) == 1.0
+    assert s.fraction(100) == pytest.approx(1.0)
+    assert s.fraction(200) == pytest.approx(0.575)
+    assert s.fraction(300) == pytest.approx(0.15) and s.fraction(10_000) == pytest.approx(0.15)
+
+
+def test_bootstrapped_ce_keeps_hardest_pixels():
+    logits = torch.log(torch.tensor([[[[0.9, 0.6, 0.2, 0.5]], [[0.1, 0.4, 0.8, 0.5]]]]))
+    target = torch.zeros(1, 1, 4, dtype=torch.long)
+    per_pixel = -logits[0, 0, 0]
+    assert bootstrapped_ce(logits, target, 1.0) == pytest.approx(per_pixel.mean().item())
+    hardest = per_pixel.sort(descending=True).values[:2].mean()
+    assert bootstrapped_ce(logits, target, 0.5) == pytest.approx(hardest.item())
+
+
+def _copy_sequence(davis: Path, dst: Path, name: str, frames: int = 6) -> None:
+    for kind, ext in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
+        out = dst / kind / "480p" / name
+        out.mkdir(parents=True)
+        for i in range(frames):
+            shutil.copy(davis / kind / "480p" / name / f"{i:05d}{ext}", out)
+
+
+def test_dataset_errors_name_the_file(davis_root, tmp_path):
+    _copy_sequence(davis_root, tmp_path, "blackswan")
+    (tmp_path / "Annotations/480p/blackswan/00003.png").unlink()
+    with pytest.raises(DatasetError, match="00003.jpg has no mask"):
+        load_sequence(tmp_path, "blackswan", SIZE)
+    Image.fromarray(np.full((480, 854), 128, np.uint8)).save(tmp_path / "Annotations/480p/blackswan/00003.png")
+    with pytest.raises(DatasetError, match=r"00003.png is grayscale with values \[128\]"):
+        load_sequence(tmp_path, "blackswan", SIZE)
+    for i in range(6):
+        Image.fromarray(np.zeros((480, 854), np.uint8)).save(tmp_path / f"Annotations/480p/blackswan/{i:05d}.png")
+    with pytest.raises(DatasetError, match="first mask .* is empty"):
+        load_sequence(tmp_path, "blackswan", SIZE)
+    with pytest.raises(DatasetError, match="no frame folder"):
+        load_sequence(tmp_path, "nosuchseq", SIZE)
+
+
+def test_config_typo_is_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_sise: 4\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_config(cfg)
+    cfg.write_text("model:\n  key_dimm: 4\n")
+    with pytest.raises(ConfigError, match=r"model.*key_dimm"):
+        load_config(cfg)
+
+
+def _tiny(tmp_path: Path, davis: Path, **kw) -> TrainConfig:
+    base = dict(data_root=str(davis), image_size=SIZE, crop_size=(96, 160), batch_size=2,
+                steps=60, lr=3e-4, bootstrap_start=0.5, bootstrap_end=0.9, static_fraction=0.2,
+                multi_object_fraction=0.0, out_dir=str(tmp_path / "run"), ckpt_every=1000,
+                seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _clip_iou(trainer: Trainer, seq) -> float:
+    """Mean IoU of frames 1 and 2 segmented from frame 0's mask, over clips of the sequence."""
+    model = trainer.model.eval()
+    ious = []
+    with torch.no_grad():
+        for start in range(0, len(seq.frames) - 4, 4):
+            idx = [start, start + 2, start + 4]
+            frames = torch.from_numpy(seq.frames[idx])[None]
+            masks = torch.from_numpy((seq.labels[idx] == 1).astype(np.float32))[None, :, None]
+            out = forward_clip(model, frames, masks, torch.ones(1, 1))
+            for t in (1, 2):
+                pred, gt = out[f"prob_{t}"][0, 1] > 0.5, masks[0, t, 0] > 0.5
+                ious.append(((pred & gt).sum() / (pred | gt).sum().clamp(min=1)).item())
+    model.train()
+    return float(np.mean(ious))
+
+
+@pytest.mark.slow
+def test_overfits_one_real_sequence(davis_root, tmp_path):
+    torch.manual_seed(0)
+    cfg = _tiny(tmp_path, davis_root)
+    seqs = load_sequences(davis_root, ["blackswan"], cfg.image_size)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    before = _clip_iou(trainer, seqs[0])
+    history = trainer.fit(seqs, quiet=True)
+    after = _clip_iou(trainer, seqs[0])
+    first = np.mean([h["seg_loss"] for h in history[:10]])
+    last = np.mean([h["seg_loss"] for h in history[-10:]])
+    assert last < 0.5 * first, (first, last)
+    assert after > 0.7 and after > before + 0.3, (before, after)
+
+
+def test_resume_continues_with_identical_losses(davis_root, tmp_path):
+    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    cfg = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, multi_object_fraction=0.5)
+    torch.manual_seed(0)
+    straight = Trainer(cfg, torch.device("cpu")).fit(seqs, quiet=True)
+
+    cfg2 = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, multi_object_fraction=0.5,
+                 out_dir=str(tmp_path / "resumed"))
+    torch.manual_seed(0)
+    first = Trainer(cfg2, torch.device("cpu"))
+    part1 = first.fit(seqs, steps=2, quiet=True)
+    first.save()
+    torch.manual_seed(123)  # a fresh process: the model is re-initialised before loading
+    second = Trainer(cfg2, torch.device("cpu"))
+    assert second.resume() and second.step == 2
+    part2 = second.fit(seqs, quiet=True)
+    got = [h["loss"] for h in part1 + part2]
+    want = [h["loss"] for h in straight]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
