@@ -13,6 +13,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# Frames are decoded and masks written exactly as the runtime's CLI does.
+from runtime.frames import davis_palette, read_frame, save_palette_png
+
+__all__ = [
+    "DatasetError",
+    "DavisSequence",
+    "davis_palette",
+    "list_sequences",
+    "read_frame",
+    "read_labels",
+    "read_sequence",
+    "write_labels",
+]
+
 RESOLUTION = "480p"
 VOID_ID = 255
 
@@ -33,18 +47,6 @@ class DavisSequence:
     def num_objects(self) -> int:
         """Objects as the toolkit counts them: the largest id in the first annotation."""
         return int(self.labels[0].max())
-
-
-def davis_palette() -> np.ndarray:
-    """The DAVIS / PASCAL VOC colour map: (256, 3) uint8, id 1 red, 2 green, 3 yellow, ..."""
-    ids = np.arange(256)
-    cmap = np.zeros((256, 3), dtype=np.uint8)
-    c = ids.copy()
-    for j in range(8):
-        for ch in range(3):
-            cmap[:, ch] |= (((c >> ch) & 1) << (7 - j)).astype(np.uint8)
-        c >>= 3
-    return cmap
 
 
 def read_labels(path: str | Path) -> np.ndarray:
@@ -68,19 +70,11 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
-    """Save object ids as a DAVIS palette PNG. labels: (H,W) integer in 0..255."""
+    """Save object ids as a DAVIS palette PNG (the runtime's writer). labels: (H,W) in 0..255."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"labels must be (H,W) with ids in 0..255, got {labels.shape}")
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(davis_palette().reshape(-1).tolist())
-    im.save(path)
-
-
-def read_frame(path: str | Path) -> np.ndarray:
-    """A video frame as (H,W,3) uint8 RGB."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    save_palette_png(labels.astype(np.uint8), path)
 
 
 def read_sequence(root: str | Path, seq: str, resolution: str = RESOLUTION) -> DavisSequence:

@@ -14,13 +14,15 @@ the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -37,6 +39,10 @@ from benchmarks.metrics import (
     summarize,
 )
 
+if TYPE_CHECKING:
+    from runtime.config import RuntimeConfig
+    from runtime.manifest import Manifest
+
 
 class Segmenter(Protocol):
     """What is evaluated: the runtime's Segmenter or the PyTorch reference.
@@ -46,7 +52,7 @@ class Segmenter(Protocol):
 
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
-    def step(self, frame: np.ndarray) -> np.ndarray: ...
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray: ...
 
 
 SegmenterFactory = Callable[[], Segmenter]
@@ -112,7 +118,11 @@ def run_sequence(
         if image.shape[:2] != first_mask.shape:
             raise EvaluationError(f"{path}: frame {image.shape[:2]} vs mask {first_mask.shape}")
         t0 = time.perf_counter()
-        out = segmenter.start(image, first_mask) if t == 0 else segmenter.step(image)
+        if t == 0:
+            out = segmenter.start(image, first_mask)
+        else:
+            # last=True: nothing follows, so the segmenter may skip memorising the frame.
+            out = segmenter.step(image, last=t == len(frames) - 1)
         seconds += time.perf_counter() - t0
         out = np.asarray(out)
         if out.shape != first_mask.shape:
@@ -216,36 +226,52 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def build_runtime_factory(args: argparse.Namespace) -> SegmenterFactory:
-    """One runtime Segmenter, reused for every sequence (its start() resets the video)."""
+def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     from runtime.config import RuntimeConfig
-    from runtime.segmenter import Segmenter as RuntimeSegmenter
 
-    config = RuntimeConfig(
+    return RuntimeConfig(
         memory_size=args.memory_size,
         mem_every=args.mem_every,
         quality_threshold=args.quality_threshold,
         threads=args.threads,
         device=args.device,
     )
-    segmenter = RuntimeSegmenter(args.engine_dir, backend=args.backend, config=config)
-    return lambda: segmenter
 
 
-def build_reference_factory(args: argparse.Namespace) -> SegmenterFactory:
-    """The PyTorch reference built from a checkpoint, with the same memory settings."""
-    from training.reference import ReferenceSegmenter
+def build_runtime(args: argparse.Namespace) -> Segmenter:
+    """The deployed runtime on the exported engine directory."""
+    from runtime.segmenter import Segmenter as RuntimeSegmenter
 
-    segmenter = ReferenceSegmenter.from_checkpoint(
-        args.reference,
-        memory_size=args.memory_size,
-        mem_every=args.mem_every,
-        quality_threshold=args.quality_threshold,
+    return RuntimeSegmenter(args.engine_dir, backend=args.backend, config=runtime_config(args))
+
+
+def build_reference(args: argparse.Namespace, manifest: Manifest) -> Segmenter:
+    """The PyTorch reference with the engine's size, object count, bank and policy settings
+    (same decisions as the runtime up to numerics), or with an unbounded bank."""
+    from training.reference import reference_segmenter
+
+    if not args.reference_unbounded:
+        return reference_segmenter(args.reference, manifest=manifest, config=runtime_config(args))
+    config = dataclasses.replace(
+        runtime_config(args),
+        memory_size=None,
+        mem_every=args.mem_every or manifest.mem_every,
+        quality_threshold=(
+            manifest.quality_threshold if args.quality_threshold is None else args.quality_threshold
+        ),
     )
-    return lambda: segmenter
+    return reference_segmenter(
+        args.reference,
+        size=(manifest.height, manifest.width),
+        max_objects=manifest.max_objects,
+        unbounded=True,
+        config=config,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from runtime.backends import BACKENDS
+
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
     )
@@ -256,52 +282,83 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument(
         "--split-file", type=Path, help="one sequence per line (default: ImageSets/*/val.txt)"
     )
-    p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend")
     p.add_argument("--reference", type=Path, help="also evaluate this PyTorch checkpoint")
+    p.add_argument(
+        "--reference-unbounded",
+        action="store_true",
+        help="reference without eviction (memory grows with the video) instead of the engine's bank",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for the CSV files")
     p.add_argument("--set", default=None, help="name in the CSV file names (default: split stem)")
     p.add_argument("--save-masks", action="store_true", help="also write predicted PNGs to --out")
-    p.add_argument("--memory-size", type=int, default=None)
+    p.add_argument("--memory-size", type=int, default=None, help="dynamic slots used (<= engine's)")
     p.add_argument("--mem-every", type=int, default=None)
     p.add_argument("--quality-threshold", type=float, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of CPU backends")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.reference_unbounded and args.reference is None:
+        p.error("--reference-unbounded needs --reference")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     split = args.set or (args.split_file.stem if args.split_file else "val")
     try:
-        if args.sequences:
-            sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
-        else:
-            sequences = list_sequences(args.data, args.split_file)
-        if not sequences:
-            raise DatasetError("no sequences to evaluate")
-        targets = [("runtime", args.out, build_runtime_factory)]
-        if args.reference is not None:
-            targets.append(("reference", args.out / "reference", build_reference_factory))
-        evaluated = {}
-        for label, out_dir, build in targets:
-            results = evaluate_sequences(
-                build(args),
-                args.data,
-                sequences,
-                save_masks=out_dir / "masks" if args.save_masks else None,
-                progress=not args.no_progress,
-            )
-            paths = write_csvs(results, out_dir, split)
-            evaluated[label] = results
-            print(format_table(results, f"--- {label}: {len(sequences)} sequences ({split}) ---"))
-            print("wrote " + ", ".join(str(p) for p in paths) + "\n")
-        if "reference" in evaluated:
-            print(format_comparison(evaluated["runtime"], evaluated["reference"]))
+        with contextlib.ExitStack() as stack:
+            if args.sequences:
+                sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
+            else:
+                sequences = list_sequences(args.data, args.split_file)
+            if not sequences:
+                raise DatasetError("no sequences to evaluate")
+            runtime = _closing(stack, build_runtime(args))
+            targets: list[tuple[str, Path, Segmenter]] = [("runtime", args.out, runtime)]
+            if args.reference is not None:
+                reference = _closing(stack, build_reference(args, runtime.manifest))
+                _warn_if_other_checkpoint(runtime, reference)
+                targets.append(("reference", args.out / "reference", reference))
+            evaluated = {}
+            for label, out_dir, segmenter in targets:
+                results = evaluate_sequences(
+                    lambda s=segmenter: s,  # start() resets the video state
+                    args.data,
+                    sequences,
+                    save_masks=out_dir / "masks" if args.save_masks else None,
+                    progress=not args.no_progress,
+                )
+                paths = write_csvs(results, out_dir, split)
+                evaluated[label] = results
+                title = f"--- {label}: {len(sequences)} sequences ({split}) ---"
+                print(format_table(results, title))
+                print("wrote " + ", ".join(str(p) for p in paths) + "\n")
+            if "reference" in evaluated:
+                print(format_comparison(evaluated["runtime"], evaluated["reference"]))
     except _expected_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _closing(stack: contextlib.ExitStack, segmenter: Segmenter) -> Segmenter:
+    close = getattr(segmenter, "close", None)
+    if close is not None:
+        stack.callback(close)
+    return segmenter
+
+
+def _warn_if_other_checkpoint(runtime: Segmenter, reference: Segmenter) -> None:
+    a = getattr(getattr(runtime, "manifest", None), "checkpoint_sha256", "")
+    b = getattr(getattr(reference, "manifest", None), "checkpoint_sha256", "")
+    if a and b and a != b:
+        print(
+            "warning: the engine was exported from a different checkpoint than --reference "
+            f"(sha256 {a[:12]} vs {b[:12]})",
+            file=sys.stderr,
+        )
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -47,25 +47,31 @@ def toy_root(tmp_path: Path) -> Path:
 class CopyFirst:
     """Keeps predicting the first mask: J per frame is computable by hand."""
 
+    manifest = None
+
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
         assert frame.shape == (H, W, 3) and frame.dtype == np.uint8
         self.mask = mask.copy()
         return self.mask
 
-    def step(self, frame: np.ndarray) -> np.ndarray:
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
         return self.mask
 
 
 class Oracle:
+    manifest = None
+
     def __init__(self) -> None:
         self.gt = toy_labels()
+        self.lasts: list[bool] = []
 
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
         self.t = 0
         return self.gt[0]
 
-    def step(self, frame: np.ndarray) -> np.ndarray:
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
         self.t += 1
+        self.lasts.append(last)
         return self.gt[self.t]
 
 
@@ -80,6 +86,9 @@ def test_oracle_scores_one(toy_root):
     assert (g.jf_mean, g.j_mean, g.f_mean, g.j_recall, g.j_decay) == (1.0, 1.0, 1.0, 1.0, 0.0)
     assert [o.name for o in res.objects] == ["alpha_1", "alpha_2", "beta_1", "beta_2"]
     assert all(s.frames == T and s.seconds >= 0 for s in res.sequences)
+    oracle = Oracle()
+    ev.evaluate_sequences(lambda: oracle, toy_root, ["alpha"], progress=False)
+    assert oracle.lasts == [False] * (T - 2) + [True]  # only the last frame is flagged
 
 
 def test_copy_first_matches_hand_computed_j(toy_root, tmp_path):
@@ -128,7 +137,7 @@ def test_write_csvs_toolkit_format(toy_root, tmp_path):
 
 def test_wrong_output_shape_raises(toy_root):
     class Bad(CopyFirst):
-        def step(self, frame):
+        def step(self, frame, *, last=False):
             return self.mask[:-1]
 
     with pytest.raises(EvaluationError, match="shape"):
@@ -140,17 +149,17 @@ def test_cli_runtime_and_reference(toy_root, tmp_path, monkeypatch, capsys):
 
     def fake_runtime(args):
         seen["runtime"] = (args.engine_dir, args.backend, args.memory_size)
-        return Oracle
+        return Oracle()
 
-    monkeypatch.setattr(ev, "build_runtime_factory", fake_runtime)
-    monkeypatch.setattr(ev, "build_reference_factory", lambda args: CopyFirst)
+    monkeypatch.setattr(ev, "build_runtime", fake_runtime)
+    monkeypatch.setattr(ev, "build_reference", lambda args, manifest: CopyFirst())
     out = tmp_path / "out"
     rc = ev.main(
         ["--engine-dir", "eng", "--data", str(toy_root), "--out", str(out), "--reference",
-         "x.pth", "--backend", "onnxruntime", "--memory-size", "3", "--no-progress"]
+         "x.pth", "--backend", "ort-cpu", "--memory-size", "3", "--no-progress"]
     )  # fmt: skip
     assert rc == 0
-    assert seen["runtime"] == (Path("eng"), "onnxruntime", 3)
+    assert seen["runtime"] == (Path("eng"), "ort-cpu", 3)
     assert (out / "global_results-val.csv").is_file()
     assert (out / "reference/per-sequence_results-val.csv").is_file()
     text = capsys.readouterr().out
@@ -162,7 +171,7 @@ def test_cli_runtime_and_reference(toy_root, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_sequences_and_errors(toy_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ev, "build_runtime_factory", lambda args: Oracle)
+    monkeypatch.setattr(ev, "build_runtime", lambda args: Oracle())
     out = tmp_path / "out"
     rc = ev.main(["--engine-dir", "e", "--data", str(toy_root), "--out", str(out),
                   "--sequences", "beta", "--set", "mini", "--no-progress"])  # fmt: skip
@@ -188,3 +197,33 @@ def test_script_runs_from_any_directory(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "--engine-dir" in r.stdout
+
+
+def test_cli_on_exported_tiny_model(request, tmp_path, capsys):
+    """The runtime tests' tiny exported model: runtime (ORT CPU) and reference on 4 frames."""
+    import runtime_support as rs
+
+    frames, _ = rs.davis_clip("blackswan", 4)
+    root = tmp_path / "davis"
+    for sub, src, ext in (("JPEGImages", frames[0].parent, "jpg"), ("Annotations", None, "png")):
+        d = root / sub / "480p/blackswan"
+        d.mkdir(parents=True)
+        src = src or rs.DAVIS / "Annotations/480p/blackswan"
+        for t in range(4):
+            (d / f"{t:05d}.{ext}").write_bytes((src / f"{t:05d}.{ext}").read_bytes())
+    ckpt, engine = rs.cached_engine(request)
+    out = tmp_path / "out"
+    rc = ev.main(
+        ["--engine-dir", str(engine), "--data", str(root), "--backend", "ort-cpu",
+         "--reference", str(ckpt), "--threads", "1", "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    scores = {}
+    for label, d in (("runtime", out), ("reference", out / "reference")):
+        with open(d / "global_results-val.csv") as f:
+            rows = list(csv.reader(f))
+        scores[label] = float(rows[1][0])
+        assert 0.0 <= scores[label] <= 1.0
+    # Same checkpoint, same decisions: FP32 graphs and PyTorch agree up to numerics.
+    assert abs(scores["runtime"] - scores["reference"]) < 0.02
+    assert "warning" not in capsys.readouterr().err
