@@ -153,8 +153,10 @@ def evaluate_sequences(
     for name in bar:
         bar.set_postfix_str(name)
         seq = read_sequence(root, name)
+        # Per-frame bars only on a terminal: in logs they would add a line per frame.
+        frame_bars = progress and sys.stderr.isatty()
         preds, seconds = run_sequence(
-            segmenter_factory(), seq.frames, seq.labels[0], progress=progress
+            segmenter_factory(), seq.frames, seq.labels[0], progress=frame_bars
         )
         if save_masks is not None:
             out_dir = Path(save_masks) / name
