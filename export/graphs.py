@@ -8,7 +8,7 @@ names and shapes are those of `runtime.manifest.graph_specs`.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from runtime.manifest import GRAPH_NAMES, GraphSpec, graph_specs
 from training.model import QDMN, normalize_uint8

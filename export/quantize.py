@@ -129,7 +129,11 @@ def quantize_graphs(graphs: dict[str, onnx.ModelProto], specs: dict[str, GraphSp
                     which: Sequence[str] = QUANTISED_GRAPHS) -> dict[str, onnx.ModelProto]:
     """QDQ-quantise `which` graphs of the FP32 `graphs`; the others are returned unchanged."""
     from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
 
     class Reader(CalibrationDataReader):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -42,7 +43,12 @@ from export.fp16 import convert_to_fp16
 from export.graphs import build_graphs, example_inputs, specs_for
 from export.trt_check import check_model, errors_of
 from runtime.manifest import (
-    GRAPH_NAMES, MANIFEST_NAME, PRECISIONS, GraphSpec, Manifest, ManifestError,
+    GRAPH_NAMES,
+    MANIFEST_NAME,
+    PRECISIONS,
+    GraphSpec,
+    Manifest,
+    ManifestError,
 )
 from training.checkpoint import CheckpointError, file_sha256, load_model
 from training.config import ConfigError
@@ -270,6 +276,9 @@ def _make_temp_dir(out_dir: Path) -> tuple[Path, Path | None]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     except OSError as e:
         if created is not None and created.exists():
             shutil.rmtree(created, ignore_errors=True)

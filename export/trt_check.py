@@ -150,10 +150,13 @@ class _Checker:
                 if dims is None or any(d <= 0 for d in dims):
                     self.add("error", None, f"graph {kind} {v.name} has dynamic/unknown dims "
                                             f"{dims}: the engines are built for static shapes")
-                if kind == "output" and self.types.get(v.name) in (TensorProto.INT64,
-                                                                   TensorProto.INT32):
-                    self.add("error", None, f"graph output {v.name} is an integer tensor "
-                                            "(shape arithmetic as an output?)")
+        data = self._data_dependent()
+        for v in self.graph.output:
+            if v.name not in data:
+                self.add("error", None, f"graph output {v.name} is computed from shapes or "
+                                        "constants only (shape arithmetic as an output)")
+            elif self.types.get(v.name) in (TensorProto.INT64, TensorProto.INT32):
+                self.add("warning", None, f"graph output {v.name} is an integer tensor")
         for name, t in self.types.items():
             if t == TensorProto.UINT8 and name not in self.inputs | self.outputs:
                 node = self.producer.get(name)
@@ -167,6 +170,14 @@ class _Checker:
             if shape and all(d > 0 for d in shape) and int(np.prod(shape)) > MAX_VOLUME:
                 self.add("warning", self.producer.get(name),
                          f"tensor {name} {shape} has more than 2^31-1 elements")
+
+    def _data_dependent(self) -> set[str]:
+        """Tensors whose values depend on a graph input's values (not just on its shape)."""
+        live = {v.name for v in self.graph.input if v.name not in self.consts}
+        for n in self.graph.node:
+            if n.op_type not in ("Shape", "Size") and any(i in live for i in n.input if i):
+                live.update(n.output)
+        return live
 
     def check_constants(self) -> None:
         has_fp16 = any(t == TensorProto.FLOAT16 for t in self.types.values())
@@ -220,7 +231,7 @@ class _Checker:
         if check is not None:
             check(n)
 
-    def check_TopK(self, n: onnx.NodeProto) -> None:  # noqa: N802
+    def check_TopK(self, n: onnx.NodeProto) -> None:
         if not _attr(n, "sorted", 1):
             self.add("error", n, "`sorted` must be 1")
         k = self.consts.get(n.input[1]) if len(n.input) > 1 else _attr(n, "k", None)
@@ -249,7 +260,7 @@ class _Checker:
             self.add("warning", n, "TopK input comes from a DequantizeLinear: keep the affinity "
                                    "that feeds TopK in float")
 
-    def check_Resize(self, n: onnx.NodeProto) -> None:  # noqa: N802
+    def check_Resize(self, n: onnx.NodeProto) -> None:
         mode = _attr(n, "mode", "nearest")
         ctm = _attr(n, "coordinate_transformation_mode", "half_pixel")
         if mode not in ("nearest", "linear"):
@@ -280,7 +291,7 @@ class _Checker:
             return [o / i for o, i in zip(self.consts[n.input[3]], shape)]
         return None
 
-    def check_Dropout(self, n: onnx.NodeProto) -> None:  # noqa: N802
+    def check_Dropout(self, n: onnx.NodeProto) -> None:
         if len(n.input) > 2 and n.input[2]:
             mode = self.consts.get(n.input[2])
             if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
@@ -296,13 +307,13 @@ class _Checker:
                      f"reduction={reduction!r}: ScatterND rejects it, ScatterElements needs the "
                      "ScatterElements plugin (libnvinfer_plugin)")
 
-    check_ScatterND = check_ScatterElements = check_Scatter = _check_scatter  # noqa: N815
+    check_ScatterND = check_ScatterElements = check_Scatter = _check_scatter
 
     def _check_softmax(self, n: onnx.NodeProto) -> None:
         if self.opset < 13:
             self.add("warning", n, "opset < 13: TensorRT flattens the input to 2-D")
 
-    check_Softmax = check_LogSoftmax = check_Hardmax = _check_softmax  # noqa: N815
+    check_Softmax = check_LogSoftmax = check_Hardmax = _check_softmax
 
     def _check_qdq(self, n: onnx.NodeProto) -> None:
         scale = self.consts.get(n.input[1]) if len(n.input) > 1 else None
@@ -333,17 +344,17 @@ class _Checker:
         if n.op_type == "QuantizeLinear" and self.shapes.get(n.input[0]) == ():
             self.add("error", n, "the input of a QuantizeLinear must not be a scalar")
 
-    check_QuantizeLinear = check_DequantizeLinear = _check_qdq  # noqa: N815
+    check_QuantizeLinear = check_DequantizeLinear = _check_qdq
 
     def _check_flow(self, n: onnx.NodeProto) -> None:
         self.add("warning", n, "control flow in a static graph: check the subgraph by hand")
 
-    check_Loop = check_If = check_Scan = _check_flow  # noqa: N815
+    check_Loop = check_If = check_Scan = _check_flow
 
     def _check_data_dependent(self, n: onnx.NodeProto) -> None:
         self.add("error", n, "output shape depends on the data: not a static engine")
 
-    check_NonZero = check_NonMaxSuppression = _check_data_dependent  # noqa: N815
+    check_NonZero = check_NonMaxSuppression = _check_data_dependent
 
 
 def _attr(n: onnx.NodeProto, name: str, default):
