@@ -244,16 +244,26 @@ def prob_to_labels(prob: np.ndarray, ids: tuple[int, ...], height: int,
                    width: int) -> np.ndarray:
     """prob (C, H, W), C >= len(ids) + 1, background first -> (height, width) uint8 ids.
 
-    Bilinear resize of the probabilities, then argmax (not a resize of the label map).
+    Argmax of the bilinearly resized probabilities (not a resize of the label map). Bilinear
+    resizing is linear, so one object needs only the resized difference object - background;
+    several objects keep a running max over the resized planes (ties go to the lower index,
+    as argmax).
     """
-    k = len(ids)
-    p = np.ascontiguousarray(prob[: k + 1].transpose(1, 2, 0))
-    if p.shape[:2] != (height, width):
-        p = cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR)
-        if p.ndim == 2:
-            p = p[..., None]
-    lut = np.asarray((0, *ids), np.uint8)
-    return lut[np.argmax(p, axis=-1)]
+    def up(plane: np.ndarray) -> np.ndarray:
+        plane = np.ascontiguousarray(plane, np.float32)
+        if plane.shape == (height, width):
+            return plane
+        return cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    if len(ids) == 1:
+        return (up(prob[1] - prob[0]) > 0).astype(np.uint8) * np.uint8(ids[0])
+    best = up(prob[0]).copy()
+    out = np.zeros((height, width), np.uint8)
+    for c, obj in enumerate(ids, start=1):
+        p = up(prob[c])
+        out[p > best] = obj
+        np.maximum(best, p, out=best)
+    return out
 
 
 # ---------------------------------------------------------------------------------- outputs

@@ -240,3 +240,34 @@ def test_runtime_is_torch_free(engine, clip, tmp_path):
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path, monkeypatch):
+    """A camera/stream: no look-ahead (the last frame is memorised too); Ctrl-C keeps results."""
+    from runtime.frames import FrameSource, read_frame
+
+    frames, mask = clip
+    paths = sorted(frames.glob("*.jpg"))
+
+    class Live(FrameSource):
+        def __init__(self, stop_after: int):
+            super().__init__("fake camera", None, None, True)
+            self.stop_after = stop_after
+
+        def __iter__(self):
+            for i, p in enumerate(paths):
+                if i == self.stop_after:
+                    raise KeyboardInterrupt
+                yield read_frame(p)
+
+    out = tmp_path / "out"
+    argv = ["--engine-dir", str(engine), "--input", "0", "--mask", str(mask), "--output",
+            str(out), "--backend", "ort-cpu", "--quiet"]
+    monkeypatch.setattr(cli, "open_source", lambda src: Live(stop_after=99))
+    assert cli.main(argv) == 0
+    log = json.loads((out / "run.json").read_text())
+    assert log["frames"][-1]["decision"] is not None and not log["interrupted"]
+    monkeypatch.setattr(cli, "open_source", lambda src: Live(stop_after=3))
+    assert cli.main(argv) == 0
+    log = json.loads((out / "run.json").read_text())
+    assert log["interrupted"] and len(list(out.glob("*.png"))) == 3
