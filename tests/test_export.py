@@ -388,3 +388,31 @@ def test_official_export_tiny(official_ckpt, tmp_path):
     assert m.model_config["backbone"] == "resnet50" and m.value_dim == 512
     for name in GRAPH_NAMES:
         assert not errors_of(check_model(tmp_path / "out" / f"{name}.onnx"))
+
+
+def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):
+    """Parents the export had to create are removed too when it fails after starting."""
+    from export import to_onnx
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(to_onnx, "_export_into", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_checkpoint(ckpt, tmp_path / "new" / "deeper" / "out")
+    assert _listing(tmp_path) == []
+
+
+def test_reexport_replaces_previous_export(tmp_path):
+    from export.to_onnx import _replace_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    (out / "encoder.engine").write_text("stale engine")
+    new = tmp_path / ".out.x.tmp"
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    _replace_dir(new, out)
+    assert _listing(tmp_path) == ["out", "out/manifest.json"]
+    assert (out / "manifest.json").read_text() == "new"
