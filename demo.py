@@ -1,0 +1,85 @@
+"""Demo: segment the shipped real clips with the shipped QDMN model on ONNX Runtime CPU.
+
+    python demo.py [--backend ort-cpu] [--out out/demo]
+
+1. exports `models/qdmn-light.pth` to ONNX graphs in `engines/qdmn-light/` (once; redone when
+   the checkpoint changes),
+2. runs `runtime/run.py` on each clip of `assets/demo` (one single-object, one two-object
+   video), writing palette PNGs, an overlay mp4 and run.json under `out/demo/<clip>/`,
+3. prints FPS and J&F against the clips' ground truth (the same numbers
+   `benchmarks/evaluate.py --data assets/demo` gives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.davis import list_sequences, read_labels, read_sequence
+from benchmarks.metrics import evaluate_sequence, summarize
+from runtime import run as run_cli
+from runtime.manifest import Manifest, ManifestError
+
+REPO = Path(__file__).resolve().parent
+CHECKPOINT = REPO / "models" / "qdmn-light.pth"
+ENGINES = REPO / "engines" / "qdmn-light"
+CLIPS = REPO / "assets" / "demo"
+MAX_OBJECTS = 2  # the demo clips hold at most two objects; graphs cost grows with this
+
+
+def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
+    """Export the checkpoint unless graphs of this very checkpoint are already there."""
+    from training.checkpoint import file_sha256  # torch is needed only to export
+
+    try:
+        manifest = Manifest.load(engine_dir)
+        if manifest.checkpoint_sha256 == file_sha256(checkpoint):
+            return manifest
+    except ManifestError:
+        pass
+    from export.to_onnx import export_checkpoint
+
+    print(f"exporting {checkpoint.name} -> {engine_dir} ...", flush=True)
+    return export_checkpoint(checkpoint, engine_dir, max_objects=MAX_OBJECTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
+    args = ap.parse_args(argv)
+
+    ensure_engines(CHECKPOINT, ENGINES)
+    rows = []
+    for name in list_sequences(CLIPS, CLIPS / "ImageSets" / "demo.txt"):
+        seq = read_sequence(CLIPS, name)
+        out = args.out / name
+        frames_dir = seq.frames[0].parent
+        first_mask = CLIPS / "Annotations" / "480p" / name / f"{seq.frames[0].stem}.png"
+        code = run_cli.main([
+            "--engine-dir", str(ENGINES), "--input", str(frames_dir), "--mask", str(first_mask),
+            "--output", str(out), "--overlay", str(args.out / f"{name}.mp4"),
+            "--backend", args.backend,
+        ])
+        if code != 0:
+            return code
+        preds = np.stack([read_labels(out / f"{f.stem}.png") for f in seq.frames])
+        objects = evaluate_sequence(name, seq.labels, preds)
+        log = json.loads((out / run_cli.RUN_LOG).read_text())
+        fps = log["summary"]["fps"]
+        rows.append((name, len(objects), len(seq.frames), fps, summarize(objects)))
+
+    print(f"\n{'clip':<14} {'objects':>7} {'frames':>6} {'FPS':>6} {'J&F':>6} {'J':>6} {'F':>6}")
+    for name, n_obj, n_frames, fps, g in rows:
+        print(f"{name:<14} {n_obj:>7} {n_frames:>6} {fps:>6.1f} {g.jf_mean:>6.3f} "
+              f"{g.j_mean:>6.3f} {g.f_mean:>6.3f}")
+    print(f"\nmasks, overlays and run.json: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
