@@ -19,7 +19,7 @@ from runtime.segmenter import Segmenter, summarize
 
 # mem_every 1 and sigma 0.9 on this model: scores vary 0.7..1.3, so frames are accepted and
 # rejected and the 2 dynamic slots overflow (no score lies within 0.01 of 0.9).
-POLICY = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.9)
+POLICY = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.9, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_two_objects_side_by_side(engine, tmp_path):
     frames = [read_frame(p) for p in sorted(folder.glob("*.jpg"))]
     mask = read_mask(mask_path)
     assert set(np.unique(mask)) == {0, 1, 2}
-    cfg = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.0)
+    cfg = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.0, threads=1)
     seg, _, ((la, ra), (lb, rb)) = run_both(engine, frames, mask, cfg)
     ious = [rs.iou(a, b) for a, b in zip(la, lb)]
     print("per-frame IoU", np.round(ious, 4))
