@@ -120,8 +120,11 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
                  out_dir=str(tmp_path / "resumed"))
     torch.manual_seed(0)
     first = Trainer(cfg2, torch.device("cpu"))
-    part1 = first.fit(seqs, steps=2, quiet=True)
-    first.save()
+    part1 = first.fit(seqs, steps=2, quiet=True)  # saves its checkpoint at step 2
+    ckpt = Path(cfg2.out_dir) / "checkpoint.pt"
+    saved = ckpt.read_bytes()
+    first.fit(seqs, steps=3, quiet=True)  # "crashes" after logging step 3...
+    ckpt.write_bytes(saved)  # ...before its next checkpoint
     torch.manual_seed(123)  # a fresh process: the model is re-initialised before loading
     second = Trainer(cfg2, torch.device("cpu"))
     assert second.resume() and second.step == 2
@@ -129,3 +132,5 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     got = [h["loss"] for h in part1 + part2]
     want = [h["loss"] for h in straight]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    logged = (Path(cfg2.out_dir) / "log.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in logged] == [1, 2, 3, 4]

@@ -31,7 +31,7 @@ INVALID_SLOT_BIAS = -1.0e4
 
 def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     """image: (B, H, W, 3) uint8 RGB -> (B, 3, H, W) float, ImageNet-normalised."""
-    x = image.permute(0, 3, 1, 2).float() / 255.0
+    x = image.float().permute(0, 3, 1, 2) / 255.0  # cast first: TensorRT rejects uint8 Transpose
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -212,7 +212,16 @@ class Trainer:
         load_state(self.model, obj["model"], str(path))
         self.optimizer.load_state_dict(obj["optimizer"])
         self.step = int(obj["step"])
+        self._truncate_log()
         return True
+
+    def _truncate_log(self) -> None:
+        """Drop log rows past the checkpoint: those steps are about to be trained again."""
+        path = self.out_dir / LOG_NAME
+        if path.is_file():
+            lines = path.read_text().splitlines(keepends=True)
+            keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= self.step]
+            path.write_text("".join(keep))
 
     def train_step(self, seqs: list[Sequence]) -> dict[str, float]:
         cfg = self.cfg
