@@ -55,10 +55,10 @@ class OpenVinoBackend(HostBackend):
             self._outputs[g] = [(t.name, ports[t.name]) for t in spec.outputs]
 
     def _execute(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        req = self._requests[graph]
-        req.infer(inputs)
-        return {name: np.array(req.get_tensor(port).data, copy=True)
-                for name, port in self._outputs[graph]}
+        # Inputs are the backend's persistent arrays: share them instead of copying the bank;
+        # the outputs come back as fresh copies (share_outputs=False).
+        results = self._requests[graph].infer(inputs, share_inputs=True)
+        return {name: results[port] for name, port in self._outputs[graph]}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "openvino": self._ov_version, "device": self.device,
