@@ -24,6 +24,10 @@ class RuntimeConfig:
     quality_threshold: float | None = None  # sigma: accept when normalised score >= it
     threads: int | None = None  # CPU threads for CPU backends (None: all cores)
     device: int = 0  # GPU ordinal for GPU backends
+    # ORT CPU worker threads busy-wait between ops when True: a little lower latency on an idle,
+    # dedicated machine, but 3x slower per frame when the cores are shared (measured: 2 threads,
+    # load 5 on 2 cores, 240x432: 636 ms vs 199 ms).
+    spin: bool = False
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -39,6 +43,8 @@ class RuntimeConfig:
             raise RuntimeConfigError(f"quality_threshold={q!r}: expected a finite number")
         if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
             raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
+        if not isinstance(self.spin, bool):
+            raise RuntimeConfigError(f"spin={self.spin!r}: expected True or False")
 
     def resolve(self, manifest: Manifest) -> RuntimeConfig:
         """Fill every `None` from the manifest and reject values the graphs cannot honour."""

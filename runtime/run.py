@@ -3,7 +3,7 @@
     python runtime/run.py --engine-dir DIR --input FRAMES_DIR|VIDEO|CAMERA_INDEX|URL \\
         --mask FIRST.png --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino] \\
         [--memory-size B] [--mem-every K] [--quality-threshold S] [--overlay out.mp4] \\
-        [--max-frames N] [--threads T] [--device D] [--quiet]
+        [--max-frames N] [--threads T] [--device D] [--spin] [--quiet]
 
 Writes OUT/00000.png... (palette PNGs at the original size, index = object id) and
 OUT/run.json (settings, per-frame quality scores, memory decisions, slot contents, per-stage
@@ -66,6 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quality-threshold", type=float, help="sigma: min normalised quality")
     p.add_argument("--threads", type=int, help="CPU threads (CPU backends)")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal (GPU backends)")
+    p.add_argument("--spin", action="store_true",
+                   help="ORT CPU threads busy-wait (only on an idle, dedicated machine)")
     p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
                            quality_threshold=args.quality_threshold, threads=args.threads,
-                           device=args.device).resolve(manifest)
+                           device=args.device, spin=args.spin).resolve(manifest)
     mask = read_mask(args.mask)
     source = open_source(args.input)
     finite = not source.live

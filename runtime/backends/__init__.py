@@ -58,7 +58,7 @@ def create_backend(name: str, manifest: Manifest, engine_dir: str | Path,
         from runtime.backends.ort import OrtBackend
 
         return OrtBackend(manifest, engine_dir, device="cpu" if name == "ort-cpu" else "cuda",
-                          device_id=config.device, threads=threads)
+                          device_id=config.device, threads=threads, spin=config.spin)
     if name == "openvino":
         from runtime.backends.openvino import OpenVinoBackend
 

@@ -94,7 +94,7 @@ class OrtBackend(Backend):
     """ONNX Runtime on `device` "cpu" (CPUExecutionProvider) or "cuda" (CUDAExecutionProvider)."""
 
     def __init__(self, manifest: Manifest, engine_dir: str | Path, *, device: str = "cpu",
-                 device_id: int = 0, threads: int | None = None):
+                 device_id: int = 0, threads: int | None = None, spin: bool = False):
         super().__init__(manifest)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device={device!r}: cpu|cuda")
@@ -112,6 +112,7 @@ class OrtBackend(Backend):
         else:
             providers = ["CPUExecutionProvider"]
         self.threads = threads or os.cpu_count() or 1
+        self.spin = spin
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -119,6 +120,7 @@ class OrtBackend(Backend):
         so.inter_op_num_threads = 1
         so.enable_mem_pattern = True
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions: dict[str, Any] = {}
         for g in GRAPH_NAMES:
             path = Path(engine_dir) / manifest.graphs[g].file
@@ -198,7 +200,7 @@ class OrtBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "onnxruntime": self._ort.__version__,
                 "providers": self.sessions["encoder"].get_providers(),
-                "threads": self.threads, "device_id": self.device_id}
+                "threads": self.threads, "device_id": self.device_id, "spin": self.spin}
 
     def close(self) -> None:
         self.bindings.clear()
