@@ -153,3 +153,13 @@ def test_project_checkpoint_roundtrip_fp16(tmp_path, light: QDMN):
     assert model.cfg == light.cfg and meta["config"]["image_size"] == [64, 112]
     for k, v in light.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, atol=2e-3, rtol=2e-3)
+
+
+def test_sigmoid_score_head_starts_unsaturated():
+    """The official fc init saturates a sigmoid head on real-scale features (it never learns)."""
+    torch.manual_seed(4)
+    model = QDMN(ModelConfig.light()).eval()
+    image = normalize_uint8(torch.randint(0, 256, (2, 64, 112, 3), dtype=torch.uint8))
+    with torch.no_grad():
+        _, _, q = model.encode_memory(image, torch.rand(2, 1, 64, 112))
+    torch.testing.assert_close(q, torch.full_like(q, 0.5))

@@ -46,8 +46,17 @@ def mask_iou(prob: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def quality_loss(score: torch.Tensor, prob: torch.Tensor, gt: torch.Tensor,
-                 object_valid: torch.Tensor) -> torch.Tensor:
-    """MSE between QAM scores and the IoU of the predicted masks, on real objects only."""
+                 object_valid: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
+    """QAM score vs the IoU of the predicted masks, on real objects only.
+
+    The paper's MSE, except for sigmoid scores: there binary cross-entropy against the soft IoU
+    target has the same minimiser and a gradient (score - IoU) on the logit that does not
+    vanish when the sigmoid saturates (MSE through a saturated sigmoid stops learning).
+    """
     target = mask_iou(prob.detach(), gt)
-    err = (score.float() - target) ** 2 * object_valid
-    return err.sum() / object_valid.sum().clamp(min=1)
+    score = score.float()
+    if activation == "sigmoid":
+        err = F.binary_cross_entropy(score, target, reduction="none")
+    else:
+        err = (score - target) ** 2
+    return (err * object_valid).sum() / object_valid.sum().clamp(min=1)

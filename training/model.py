@@ -114,6 +114,10 @@ class Score(nn.Module):
         for fc in (self.fc1, self.fc2):
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.zeros_(fc.bias)
+        if self.activation == "sigmoid":
+            # fc1's activations are large (norm ~200 on real features): the official init puts
+            # the sigmoid deep in saturation (logits ~ -75), where it never learns. Start at 0.5.
+            nn.init.zeros_(self.fc2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, C, qam, qam) -> (M,)"""

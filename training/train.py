@@ -131,14 +131,15 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
 
 
 def clip_loss(out: dict[str, torch.Tensor], masks: torch.Tensor, object_valid: torch.Tensor,
-              p: float) -> dict[str, torch.Tensor]:
+              p: float, score_activation: str) -> dict[str, torch.Tensor]:
     seg = qual = iou = 0.0
     for t in (1, 2):
         gt = masks[:, t]
         bg = (gt.sum(1, keepdim=True) < 0.5).float()
         target = torch.cat([bg, gt], 1).argmax(1)
         seg = seg + bootstrapped_ce(out[f"logits_{t}"].float(), target, p)
-        qual = qual + quality_loss(out[f"score_{t}"], out[f"prob_{t}"][:, 1:], gt, object_valid)
+        qual = qual + quality_loss(out[f"score_{t}"], out[f"prob_{t}"][:, 1:], gt, object_valid,
+                                   score_activation)
         ious = mask_iou(out[f"prob_{t}"][:, 1:].detach(), gt)
         iou = iou + (ious * object_valid).sum() / object_valid.sum().clamp(min=1) / 2
     return {"loss": seg + qual, "seg_loss": seg, "quality_loss": qual, "iou": iou}
@@ -232,7 +233,7 @@ class Trainer:
         p = cfg.bootstrap.fraction(self.step)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             out = forward_clip(self.model, frames, masks, valid)
-        losses = clip_loss(out, masks, valid, p)
+        losses = clip_loss(out, masks, valid, p, cfg.model.score_activation)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -274,6 +275,31 @@ class Trainer:
         return history
 
 
+def validate(trainer: Trainer, names: list[str]) -> dict[str, float]:
+    """J&F of the PyTorch reference inference on the held-out sequences (DAVIS toolkit rules),
+    appended to out_dir/val.csv."""
+    # The metric code is numpy-only and shared with the benchmarks; imported here so training
+    # without --validate does not need it.
+    from benchmarks.evaluate import evaluate_sequences
+    from training.reference import ReferenceSegmenter
+
+    cfg = trainer.cfg
+    seg = ReferenceSegmenter(trainer.model.eval(), size=cfg.image_size,
+                             threads=cfg.threads or None)
+    summary = evaluate_sequences(lambda: seg, cfg.data_root, names).summary()
+    trainer.model.train()
+    freeze_batchnorm(trainer.model)
+    row = {"step": trainer.step, "jf": summary.jf_mean, "j": summary.j_mean, "f": summary.f_mean}
+    path = trainer.out_dir / "val.csv"
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    return row
+
+
 def split_sequences(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     names = list(cfg.train_sequences) or read_split(cfg.data_root, cfg.split_file)
     val = list(cfg.val_sequences)
@@ -289,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     ap.add_argument("--steps", type=int, help="stop at this step (default: config steps)")
     ap.add_argument("--out-dir", help="override the config's out_dir")
+    ap.add_argument("--validate", action="store_true",
+                    help="after training, report J&F on the config's val_sequences")
     ap.add_argument("--export-fp16", metavar="PATH",
                     help="after training, write FP16 weights + config (no optimizer) here")
     args = ap.parse_args(argv)
@@ -296,12 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        train_names, _ = split_sequences(cfg)
+        train_names, val_names = split_sequences(cfg)
         seqs = load_sequences(cfg.data_root, train_names, cfg.image_size)
         trainer = Trainer(cfg)
         if args.resume and trainer.resume():
             print(f"resumed from step {trainer.step}", file=sys.stderr)
         trainer.fit(seqs, args.steps)
+        if args.validate and val_names:
+            row = validate(trainer, val_names)
+            print(f"validation at step {row['step']} on {', '.join(val_names)}: "
+                  f"J&F {row['jf']:.3f}  J {row['j']:.3f}  F {row['f']:.3f}")
         if args.export_fp16:
             save_weights(trainer.model, args.export_fp16, trainer.checkpoint_meta(), half=True)
     except (ConfigError, ValueError, FileNotFoundError) as e:
