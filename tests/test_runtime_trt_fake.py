@@ -275,3 +275,14 @@ def test_trt_refusals(trt_engine_dir):
     shutil.copy(trt_engine_dir / "encoder.onnx", trt_engine_dir / "qam.engine")
     with pytest.raises(EngineMismatchError, match="I/O tensors"):
         Segmenter(trt_engine_dir, "trt")
+
+
+def test_auto_falls_back_when_tensorrt_cannot_start(trt_engine_dir, monkeypatch):
+    monkeypatch.setattr(sys.modules["pycuda.driver"].Device, "count", staticmethod(lambda: 0))
+    with pytest.warns(UserWarning, match="auto: trt cannot run here"):
+        seg = Segmenter(trt_engine_dir, "auto")
+    assert seg.backend.name == "ort-cpu"
+    from runtime.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="no CUDA device 0"):
+        Segmenter(trt_engine_dir, "trt")

@@ -7,11 +7,12 @@ that backend is asked for (BackendUnavailableError, one line).
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 from runtime.backends.base import Backend
 from runtime.config import RuntimeConfig
-from runtime.errors import BackendUnavailableError
+from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import Manifest
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino")
@@ -33,26 +34,48 @@ def engines_present(manifest: Manifest, engine_dir: str | Path) -> bool:
                for g in manifest.graphs.values())
 
 
-def resolve_auto(manifest: Manifest, engine_dir: str | Path) -> str:
-    """The backend `auto` picks for this manifest on this machine."""
+def auto_candidates(manifest: Manifest, engine_dir: str | Path) -> list[str]:
+    """The backends `auto` tries, best first; ORT CPU always comes last."""
     from runtime.backends.ort import cuda_available
 
+    out = []
     if engines_present(manifest, engine_dir) and _installed("tensorrt") and _installed("pycuda"):
-        return "trt"
+        out.append("trt")
     if cuda_available():
-        return "ort-cuda"
+        out.append("ort-cuda")
     if _installed("openvino") and manifest.precision in OPENVINO_PRECISIONS:
-        return "openvino"
-    return "ort-cpu"
+        out.append("openvino")
+    return [*out, "ort-cpu"]
+
+
+def resolve_auto(manifest: Manifest, engine_dir: str | Path) -> str:
+    """The backend `auto` picks first for this manifest on this machine."""
+    return auto_candidates(manifest, engine_dir)[0]
 
 
 def create_backend(name: str, manifest: Manifest, engine_dir: str | Path,
                    config: RuntimeConfig) -> Backend:
-    """Build backend `name` (one of BACKENDS) for a manifest; `config` must be resolved."""
+    """Build backend `name` (one of BACKENDS) for a manifest; `config` must be resolved.
+
+    `auto` falls back to the next candidate, with a warning, when one cannot start here (e.g.
+    TensorRT installed but no usable GPU, or engines built for another GPU).
+    """
     if name not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    if name == "auto":
-        name = resolve_auto(manifest, engine_dir)
+    if name != "auto":
+        return _create(name, manifest, engine_dir, config)
+    candidates = auto_candidates(manifest, engine_dir)
+    for i, candidate in enumerate(candidates[:-1]):
+        try:
+            return _create(candidate, manifest, engine_dir, config)
+        except (BackendUnavailableError, EngineMismatchError) as e:
+            warnings.warn(f"auto: {candidate} cannot run here ({e}); trying {candidates[i + 1]}",
+                          stacklevel=2)
+    return _create(candidates[-1], manifest, engine_dir, config)
+
+
+def _create(name: str, manifest: Manifest, engine_dir: str | Path,
+            config: RuntimeConfig) -> Backend:
     threads = config.threads
     if name in ("ort-cpu", "ort-cuda"):
         from runtime.backends.ort import OrtBackend
@@ -68,4 +91,5 @@ def create_backend(name: str, manifest: Manifest, engine_dir: str | Path,
     return TrtBackend(manifest, engine_dir, device_id=config.device)
 
 
-__all__ = ["BACKENDS", "Backend", "create_backend", "engines_present", "resolve_auto"]
+__all__ = ["BACKENDS", "Backend", "auto_candidates", "create_backend", "engines_present",
+           "resolve_auto"]
