@@ -30,9 +30,10 @@ def davis_clip(seq: str, n: int) -> tuple[list[Path], Path]:
 def make_checkpoint(path: Path) -> Path:
     """A light QDMN whose outputs are not degenerate without training.
 
-    Random trunks give ~1e-5 features (constant 0.5 quality, all-foreground masks), so the
-    ImageNet trunk is used when its package is installed, and the mask head's bias is shifted so
-    roughly half of the pixels are foreground: decisions and IoU then depend on the numbers.
+    Random trunks give ~1e-5 features (all-foreground masks) and an untrained QAM says 0.5, so
+    the ImageNet trunk is used when its package is installed, the mask head's bias is shifted so
+    roughly half of the pixels are foreground and the QAM head gets random weights: decisions
+    and IoU then depend on the numbers.
     """
     import torch
 
@@ -50,6 +51,9 @@ def make_checkpoint(path: Path) -> Path:
         shift = 0.0
     with torch.no_grad():
         model.decoder.pred.bias -= shift
+        # An untrained QAM head starts at exactly 0.5 (zero fc2): give it small random weights
+        # so scores vary from frame to frame (fc1's activations have a norm ~200).
+        torch.nn.init.normal_(model.score.fc2.weight, std=0.02)
     save_weights(model.eval(), path, {"config": {"model": cfg.to_dict()}})
     return path
 
@@ -68,7 +72,12 @@ def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
     for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
                      REPO / "runtime/manifest.py", Path(__file__)]):
         h.update(f.name.encode() + f.read_bytes())
-    root = Path(request.config.cache.mkdir("qdmn-runtime-engines"))
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    if cache is not None:
+        root = Path(cache.mkdir("qdmn-runtime-engines"))
+    else:
+        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "engines"
+        root.mkdir(exist_ok=True)
     d = root / h.hexdigest()[:16]
     if not (d / "graphs" / "manifest.json").is_file():
         shutil.rmtree(d, ignore_errors=True)  # an incomplete earlier build

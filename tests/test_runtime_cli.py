@@ -62,7 +62,8 @@ def test_script_end_to_end(engine, clip, tmp_path):
     assert [f["frame"] for f in log["frames"]] == list(range(5))
     assert log["frames"][-1]["decision"] is None  # last frame of a finite input: no QAM
     assert log["summary"]["insertions"] == 3 and log["summary"]["evictions"] == 1
-    assert sorted(log["frames"][3]["slots"].values()) == [0, 2, 3]  # frame 1 evicted
+    held = sorted(log["frames"][3]["slots"].values())  # first + 2 dynamic, one of 1/2 evicted
+    assert len(held) == 3 and held[0] == 0 and held[-1] == 3
     assert {"encoder", "memory_read", "decoder", "qam", "bank", "pre", "post"} <= set(
         log["frames"][1]["ms"])
     cap = cv2.VideoCapture(str(overlay))
