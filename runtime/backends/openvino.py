@@ -17,7 +17,7 @@ class OpenVinoBackend(HostBackend):
     name = "openvino"
 
     def __init__(self, manifest: Manifest, engine_dir: str | Path, *, threads: int | None = None,
-                 device: str = "CPU"):
+                 device: str = "CPU", inference_precision: str = "f32"):
         try:
             import openvino as ov
         except ImportError as e:
@@ -29,9 +29,10 @@ class OpenVinoBackend(HostBackend):
         self.device = device
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads,
                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if manifest.precision == "fp32":
-            # CPUs with AMX/AVX512-BF16 otherwise run FP32 graphs in bf16.
-            props["INFERENCE_PRECISION_HINT"] = "f32"
+        self.inference_precision = inference_precision if manifest.precision == "fp32" else None
+        if self.inference_precision:
+            # CPUs with AMX/AVX512-BF16 otherwise run FP32 graphs in bf16 ("bf16" opts in).
+            props["INFERENCE_PRECISION_HINT"] = self.inference_precision
         core = ov.Core()
         self._requests: dict[str, Any] = {}
         self._outputs: dict[str, list[tuple[str, Any]]] = {}
@@ -62,7 +63,7 @@ class OpenVinoBackend(HostBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "openvino": self._ov_version, "device": self.device,
-                "threads": self.threads}
+                "threads": self.threads, "inference_precision": self.inference_precision}
 
     def close(self) -> None:
         self._requests.clear()
