@@ -1,0 +1,385 @@
+"""Shared pieces of the speed and long-video benchmarks: inputs, machine facts, memory probes.
+
+Torch-free at import time (the exporter and the PyTorch reference are imported only by the
+functions that need them), so a benchmark that only drives the runtime starts quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_INPUT = REPO / "assets/demo/JPEGImages/480p/blackswan"
+DEFAULT_OUT = REPO / "benchmarks/results"
+GPU_BACKENDS = ("ort-cuda", "trt")
+
+
+class BenchmarkError(Exception):
+    """A benchmark cannot run as asked (bad input, mismatched checkpoint, missing engine)."""
+
+
+def default_threads() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """'5,10,25' -> [5, 10, 25] (positive, deduplicated, in the given order)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            raise BenchmarkError(f"{what}: {part!r} is not an integer") from None
+        if v < 1:
+            raise BenchmarkError(f"{what}: {v} must be >= 1")
+        if v not in out:
+            out.append(v)
+    return out
+
+
+# ------------------------------------------------------------------------------------ input
+@dataclass
+class Clip:
+    """Decoded source frames (RGB uint8, original size) and the first frame's object ids."""
+
+    frames: list[np.ndarray]
+    mask: np.ndarray  # (H0, W0) uint8 object ids
+    source: str
+    mask_path: str
+
+    def ping_pong(self, t: int) -> np.ndarray:
+        """Frame t of the source played forward, backward, forward...: motion stays continuous
+        (no jump back to frame 0), and frame 0 is the annotated one."""
+        n = len(self.frames)
+        if n == 1:
+            return self.frames[0]
+        period = 2 * (n - 1)
+        i = t % period
+        return self.frames[i if i < n else period - i]
+
+    def video(self, length: int) -> list[np.ndarray]:
+        """`length` frames (references into `frames`, no copies)."""
+        return [self.ping_pong(t) for t in range(length)]
+
+
+def davis_mask_for(frames_dir: Path) -> Path | None:
+    """.../JPEGImages/<res>/<seq> (or .../JPEGImages/<seq>) -> its Annotations/.../00000.png."""
+    parts = frames_dir.resolve().parts
+    if "JPEGImages" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("JPEGImages")
+    ann = Path(*parts[:i], "Annotations", *parts[i + 1:])
+    first = sorted(ann.glob("*.png"))[:1] if ann.is_dir() else []
+    return first[0] if first else None
+
+
+def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
+              max_frames: int) -> Clip:
+    """Decode up to `max_frames` frames of a folder or video and read the first-frame mask.
+
+    input_path None: the shipped demo clip. mask_path None: the DAVIS annotation of a
+    `JPEGImages/<res>/<seq>` folder."""
+    from runtime.errors import QDMNRuntimeError
+    from runtime.frames import object_ids, open_source, read_mask
+
+    src = Path(input_path) if input_path is not None else DEFAULT_INPUT
+    if not src.exists():
+        raise BenchmarkError(f"input {src} not found")
+    if mask_path is None:
+        found = davis_mask_for(src) if src.is_dir() else None
+        if found is None:
+            raise BenchmarkError(f"--mask is required: {src} is not a DAVIS-layout "
+                                 "JPEGImages/<res>/<seq> folder with annotations")
+        mask_path = found
+    try:
+        source = open_source(str(src))
+        if source.live:
+            raise BenchmarkError(f"{src}: a live source cannot be replayed; record it first")
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if len(frames) >= max_frames:
+                break
+        mask = read_mask(mask_path)
+    except QDMNRuntimeError as e:
+        raise BenchmarkError(str(e)) from None
+    if not frames:
+        raise BenchmarkError(f"{src}: no frames")
+    (mh, mw), (fh, fw) = mask.shape, frames[0].shape[:2]
+    if abs(mw / mh - fw / fh) > 0.01 * fw / fh:
+        raise BenchmarkError(f"mask {mask_path} is {mw}x{mh} but the frames are {fw}x{fh}")
+    if not object_ids(mask):
+        raise BenchmarkError(f"mask {mask_path} marks no object")
+    return Clip(frames, mask, str(src), str(mask_path))
+
+
+# ---------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    """Resident set size of this process now (psutil if installed, else /proc/self/statm)."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return psutil.Process().memory_info().rss / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (the kernel's high-water mark)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+class DeviceMemory:
+    """GPU memory this process holds, sampled through NVML or nvidia-smi (None if neither).
+
+    Each sample costs a driver query (~1 ms with NVML, tens of ms with nvidia-smi): take them
+    outside the timed region and not every frame."""
+
+    def __init__(self, device_id: int = 0):
+        self.pid = os.getpid()
+        self.device_id = device_id
+        self.method: str | None = None
+        self._nvml: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_id)
+            self._nvml, self.method = pynvml, "nvml"
+        except Exception:  # noqa: BLE001 - missing module, library or driver all mean "no NVML"
+            if shutil.which("nvidia-smi"):
+                self.method = "nvidia-smi"
+
+    def sample_mb(self) -> float | None:
+        try:
+            if self.method == "nvml":
+                procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+                used = [p.usedGpuMemory for p in procs if p.pid == self.pid and p.usedGpuMemory]
+                return sum(used) / 2**20 if used else None
+            if self.method == "nvidia-smi":
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                     "--format=csv,noheader,nounits", f"--id={self.device_id}"],
+                    capture_output=True, text=True, timeout=10, check=False).stdout
+                used = [float(b) for a, b in (line.split(",") for line in out.splitlines()
+                                              if "," in line) if int(a) == self.pid]
+                return sum(used) if used else None
+        except Exception:  # noqa: BLE001 - a failed probe must not end a benchmark
+            return None
+        return None
+
+
+# ----------------------------------------------------------------------------- machine info
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The ISA extensions that decide int8/bf16 speed on a CPU."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+              "amx_int8", "avx512_fp16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def gpu_names() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What a reader needs to compare two benchmark JSONs."""
+    mem_total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_total = round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    ort = _version("onnxruntime") or _version("onnxruntime-gpu")
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": default_threads(),
+        "threads": threads,
+        "memory_gib": mem_total,
+        "gpus": gpu_names(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {k: v for k, v in {
+            "numpy": np.__version__, "onnxruntime": ort, "openvino": _version("openvino"),
+            "torch": _version("torch"), "tensorrt": _version("tensorrt"),
+            "opencv": _version("opencv-python-headless") or _version("opencv-python"),
+        }.items() if v},
+        "psutil": _version("psutil") is not None,
+    }
+
+
+# ---------------------------------------------------------------------------------- engines
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_checkpoint(manifest: Any, checkpoint: str | Path) -> str:
+    """The checkpoint's sha256; raises if the engine was exported from another checkpoint."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise BenchmarkError(f"checkpoint {path} not found")
+    sha = file_sha256(path)
+    if manifest.checkpoint_sha256 and manifest.checkpoint_sha256 != sha:
+        raise BenchmarkError(
+            f"{path} (sha256 {sha[:12]}) is not the checkpoint the engine was exported from "
+            f"(manifest: {manifest.checkpoint_sha256[:12]}): the comparison would be between "
+            "two different models")
+    return sha
+
+
+def ensure_engine(checkpoint: str | Path, root: str | Path, *, size: tuple[int, int],
+                  max_objects: int, memory_size: int, precision: str = "fp32",
+                  calib_frames: str | Path | None = None, opset: int = 17,
+                  sha256: str | None = None) -> Path:
+    """An exported engine dir for this configuration, reused from `root` when one matches."""
+    from runtime.manifest import Manifest, ManifestError
+
+    sha = sha256 or file_sha256(checkpoint)
+    h, w = size
+    d = Path(root) / f"{precision}-{h}x{w}-n{max_objects}-m{memory_size}-{sha[:12]}"
+    try:
+        m = Manifest.load(d)
+        if (m.checkpoint_sha256, m.precision, m.memory_size, m.max_objects, m.height,
+                m.width) == (sha, precision, memory_size, max_objects, h, w):
+            return d
+    except ManifestError:
+        pass
+    from export.to_onnx import export_checkpoint
+
+    export_checkpoint(checkpoint, d, size=size, max_objects=max_objects, memory_size=memory_size,
+                      precision=precision, calib_frames=calib_frames, opset=opset)
+    return d
+
+
+def calibration_folder(clip: Clip, workdir: Path, count: int = 8) -> Path:
+    """A folder of the clip's first frames (int8 calibration needs image files)."""
+    src = Path(clip.source)
+    if src.is_dir():
+        return src
+    import cv2
+
+    d = workdir / "calib"
+    d.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(clip.frames[:count]):
+        cv2.imwrite(str(d / f"{i:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return d
+
+
+# ----------------------------------------------------------------------------------- output
+def write_json(path: Path, obj: Any) -> Path:
+    """Write atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i])
+                         for i, v in enumerate(values))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed), or None if not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

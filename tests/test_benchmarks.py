@@ -1,0 +1,180 @@
+"""benchmarks/long_video.py and benchmarks/speed.py run end to end on the cached tiny engine and
+write well-formed tables, JSON and plots. No timing is asserted (shared CI machines)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import runtime_support as rs
+
+from benchmarks import long_video as lv
+from benchmarks import speed
+from benchmarks.common import DEFAULT_INPUT, Clip, davis_mask_for, parse_ints, table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def engine(request) -> tuple[Path, Path]:
+    return rs.cached_engine(request)
+
+
+def clip_args() -> list[str]:
+    """The shipped demo clip when present (the scripts' default), else DAVIS blackswan."""
+    if (DEFAULT_INPUT / "00000.jpg").is_file():
+        frames = DEFAULT_INPUT
+        mask = davis_mask_for(frames)
+    else:
+        paths, mask = rs.davis_clip("blackswan", 1)
+        frames = paths[0].parent
+    return ["--input", str(frames), "--mask", str(mask), "--max-source-frames", "12"]
+
+
+# ------------------------------------------------------------------------------------- units
+def test_ping_pong_plays_forward_then_backward() -> None:
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(4)]
+    clip = Clip(frames, np.ones((2, 2), np.uint8), "x", "m")
+    order = [int(clip.ping_pong(t)[0, 0, 0]) for t in range(10)]
+    assert order == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    one = Clip(frames[:1], np.ones((2, 2), np.uint8), "x", "m")
+    assert all(one.ping_pong(t) is frames[0] for t in range(3))
+
+
+def test_windowed_fps_and_report_points() -> None:
+    ms = [500.0] + [10.0] * 20 + [20.0] * 20  # frame 0 (start) is never counted
+    assert lv.windowed_fps(ms, 20) == [(20, 100.0), (40, 50.0)]
+    assert lv.fps_around(ms, 10, 10) == 100.0
+    assert lv.fps_around(ms, 41, 10) == 50.0  # the end of the run: the last window
+    assert lv.fps_around(ms, 42, 10) is None  # not reached
+    row = lv.summarize_run(
+        {"label": "a", "memory_size": 2, "graph_slots": 4, "frames_run": 41,
+         "peak_rss_mb": 9.0, "stop_reason": "frames", "device_mb": [],
+         "per_frame": {"ms": ms, "rss_mb": [1.0] * 5 + [3.0] * 36,
+                       "memory_frames": [1] * 41, "bank_mb": [0.5] * 41}},
+        window=10, warmup=2, report_at=[10, 1000])
+    assert row["rss_growth_after_warmup_mb"] == 2.0
+    assert row["fps_at"] == {"10": 100.0, "1000": None}
+    assert "FPS@1000" in lv.format_runs([row], [10, 1000])
+
+
+def test_davis_mask_and_int_lists(tmp_path: Path) -> None:
+    seq = tmp_path / "JPEGImages/480p/bear"
+    ann = tmp_path / "Annotations/480p/bear"
+    seq.mkdir(parents=True)
+    assert davis_mask_for(seq) is None
+    ann.mkdir(parents=True)
+    (ann / "00000.png").write_bytes(b"")
+    assert davis_mask_for(seq) == ann / "00000.png"
+    assert parse_ints("5, 10,5,,25", "x") == [5, 10, 25]
+    with pytest.raises(Exception, match="must be >= 1"):
+        parse_ints("0", "x")
+    assert table(["a", "b"], [["x", None], ["yy", 1.234]]).splitlines()[2].endswith("-")
+
+
+# ---------------------------------------------------------------------------------- scripts
+def test_long_video_outputs(engine, tmp_path: Path, capsys) -> None:
+    ckpt, graphs = engine
+    out = tmp_path / "out"
+    rc = lv.main(["--engine-dir", str(graphs), "--checkpoint", str(ckpt), "--frames", "30",
+                  "--memory-sizes", "1,2", "--unbounded", "--unbounded-max-frames", "20",
+                  "--read-scaling", "1,2", "--read-iters", "2", "--backend", "ort-cpu",
+                  "--threads", "1", "--window", "10", "--warmup", "5", "--report-at", "10,30",
+                  "--in-process", "--no-progress", "--out", str(out), *clip_args()])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "QDMN beta=1" in text and "PyTorch unbounded" in text and "FPS@30" in text
+    data = json.loads((out / "long_video.json").read_text())
+    assert data["machine"]["cpu_model"] and data["machine"]["threads"] == 1
+    assert "onnxruntime" in data["machine"]["versions"]
+    assert data["engine"]["checkpoint_sha256"] == data["checkpoint"]["sha256"]
+    assert [r["label"] for r in data["summary"]] == ["QDMN beta=1", "QDMN beta=2",
+                                                     "PyTorch unbounded"]
+    for run in data["runs"]:
+        n = run["frames_run"]
+        assert all(len(v) == n for v in run["per_frame"].values())
+        assert run["backend"]["name"] == ("ort-cpu" if run["kind"] == "qdmn" else "torch")
+        assert set(run["mean_ms"]) >= {"encoder", "memory_read", "decoder", "qam", "total"}
+    qdmn, unbounded = data["runs"][0], data["runs"][2]
+    assert qdmn["frames_run"] == 30 and unbounded["frames_run"] <= 20
+    assert max(qdmn["per_frame"]["memory_frames"]) <= 2  # first frame + beta=1
+    assert unbounded["graph_slots"] is None
+    for row in data["summary"]:
+        assert set(row["fps_at"]) == {"10", "30"} and row["peak_rss_mb"] > 0
+    assert data["summary"][2]["fps_at"]["30"] is None  # stopped at 20 frames
+    rows = data["read_scaling"]["rows"]
+    assert [r["memory_size"] for r in rows] == [1, 2] and [r["slots"] for r in rows] == [3, 4]
+    assert all(r["ms_median"] > 0 and r["torch_ms_median"] > 0 for r in rows)
+    for png in ("long_video.png", "read_scaling.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_long_video_isolated_run(engine, tmp_path: Path) -> None:
+    """The default mode: each run in a fresh (spawned) process."""
+    _, graphs = engine
+    out = tmp_path / "out"
+    rc = lv.main(["--engine-dir", str(graphs), "--frames", "6", "--memory-sizes", "2",
+                  "--backend", "ort-cpu", "--threads", "1", "--no-progress", "--out", str(out),
+                  *clip_args()])
+    assert rc == 0
+    data = json.loads((out / "long_video.json").read_text())
+    assert data["settings"]["isolated_processes"] and data["runs"][0]["frames_run"] == 6
+
+
+def test_long_video_refuses_bad_requests(engine, tmp_path: Path, capsys) -> None:
+    _, graphs = engine
+    base = ["--engine-dir", str(graphs), "--frames", "5", "--out", str(tmp_path), *clip_args()]
+    assert lv.main([*base, "--memory-sizes", "3"]) == 2
+    assert "exceed the 2 slots" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the engine's checkpoint")
+    assert lv.main([*base, "--unbounded", "--checkpoint", str(other)]) == 2
+    assert "not the checkpoint the engine was exported from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lv.main([*base, "--unbounded"])  # needs --checkpoint
+    assert not (tmp_path / "long_video.json").exists()
+
+
+def test_speed_outputs(engine, tmp_path: Path, capsys) -> None:
+    ckpt, graphs = engine
+    out = tmp_path / "out"
+    rc = speed.main(["--engine-dir", str(graphs), "--checkpoint", str(ckpt),
+                     "--variants", "ort-cpu,torch-bf16,torch-fp32,ort-cpu-int8",
+                     "--int8-engine-dir", str(graphs),  # fp32: the int8 variant is skipped
+                     "--frames", "4", "--warmup", "2", "--threads", "1", "--out", str(out),
+                     *clip_args()])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "torch-fp32" in text and "skipped ort-cpu-int8" in text and "memory_read" in text
+    data = json.loads((out / "speed.json").read_text())
+    assert data["settings"]["threads"] == 1 and data["machine"]["cpu_model"]
+    res = {r["variant"]: r for r in data["results"]}
+    assert list(res) == ["torch-fp32", "ort-cpu", "torch-bf16", "ort-cpu-int8"]
+    assert "is fp32" in res["ort-cpu-int8"]["skipped"]
+    for name in ("torch-fp32", "torch-bf16", "ort-cpu"):
+        r = res[name]
+        assert r["frames"] == 4 and r["fps"] > 0
+        assert set(r["mean_ms"]) >= set(speed.STAGE_ORDER) | {"total"}
+        assert r["speedup_vs_torch_fp32"] > 0 and r["speedup_vs_best_torch"] > 0
+        assert 0 <= r["iou_vs_torch_fp32"] <= 1
+    assert res["torch-fp32"]["speedup_vs_torch_fp32"] == 1.0
+    assert res["torch-bf16"]["precision"] == "bf16 autocast"
+    assert (out / "speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
+    _, graphs = engine
+    assert speed.main(["--engine-dir", str(graphs), "--variants", "tensorflow",
+                       "--out", str(tmp_path), *clip_args()]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py"])
+def test_scripts_start_from_any_directory(script: str, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and "--engine-dir" in r.stdout
