@@ -196,7 +196,10 @@ def test_memory_read_masks_invalid_slots(fp32_dir, torch_graphs, chain_inputs, v
     valid[valid_slots] = 1
     feed["mem_valid"] = valid
     feed["mem_keys"] = feed["mem_keys"].copy()
-    feed["mem_keys"][valid_slots] = chain_inputs["memory_read"]["mem_keys"][0]
+    # Real keys, scaled per slot: identical slots would tie exactly, and top-k may keep any
+    # of the tied positions.
+    for i, slot in enumerate(valid_slots):
+        feed["mem_keys"][slot] = chain_inputs["memory_read"]["mem_keys"][0] * (1 + 0.1 * i)
     (got,) = session(fp32_dir / "memory_read.onnx").run(None, feed)
     mk = torch.from_numpy(feed["mem_keys"][valid_slots])[None]
     mv = torch.from_numpy(feed["mem_values"][valid_slots])[None]

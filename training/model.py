@@ -186,26 +186,28 @@ def memory_readout(
     query_key: (B, CK, h, w); mem_keys: (B, T, N, CK, h, w); mem_values: (B, T, N, CV, h, w);
     mem_valid: (B, T) 1 = slot holds a frame, 0 = empty -> (B, N, CV, h, w)
 
-    Top-k is a threshold at the k-th largest affinity rather than a scatter of the top-k
-    weights: the same result (up to exact ties), with dense matmuls that export to TensorRT.
+    The affinity is query-major (B*N, hw, T*hw) so top-k and softmax run along the contiguous
+    last axis; with top-k only the k selected values are gathered and weighted, instead of a
+    dense (CV x T*hw) @ (T*hw x hw) product over mostly-zero weights (the official scatter).
     """
     b, t, n, ck, h, w = mem_keys.shape
     cv = mem_values.shape[3]
     hw = h * w
-    mk = mem_keys.permute(0, 2, 1, 4, 5, 3).reshape(b * n, t * hw, ck)
+    mk = mem_keys.permute(0, 2, 3, 1, 4, 5).reshape(b * n, ck, t * hw)
     qk = (query_key / math.sqrt(ck)).reshape(b, 1, ck, hw).expand(b, n, ck, hw)
-    affinity = torch.bmm(mk, qk.reshape(b * n, ck, hw))  # (B*N, T*hw, hw)
+    affinity = torch.bmm(qk.reshape(b * n, ck, hw).transpose(1, 2), mk)  # (B*N, hw, T*hw)
     bias = (1.0 - mem_valid) * INVALID_SLOT_BIAS  # (B, T)
-    bias = bias.view(b, 1, t, 1).expand(b, n, t, hw).reshape(b * n, t * hw, 1)
-    affinity = affinity + bias
+    affinity = affinity + bias.view(b, 1, t, 1).expand(b, n, t, hw).reshape(b * n, 1, t * hw)
     if top_k is not None and top_k < t * hw:
-        top, _ = torch.topk(affinity, top_k, dim=1)
-        weights = torch.exp(affinity - top[:, :1]) * (affinity >= top[:, -1:]).to(affinity.dtype)
-        weights = weights / weights.sum(dim=1, keepdim=True)
-    else:
-        weights = F.softmax(affinity, dim=1)
+        top, index = torch.topk(affinity, top_k, dim=2)  # (B*N, hw, k)
+        weights = F.softmax(top, dim=2)
+        mv = mem_values.permute(0, 2, 1, 4, 5, 3).reshape(b * n, t * hw, cv)
+        picked = torch.gather(mv, 1, index.reshape(b * n, hw * top_k, 1).expand(-1, -1, cv))
+        out = (picked.view(b * n, hw, top_k, cv) * weights.unsqueeze(-1)).sum(2)  # (B*N, hw, CV)
+        return out.transpose(1, 2).reshape(b, n, cv, h, w)
+    weights = F.softmax(affinity, dim=2)
     mv = mem_values.permute(0, 2, 3, 1, 4, 5).reshape(b * n, cv, t * hw)
-    return torch.bmm(mv, weights).view(b, n, cv, h, w)
+    return torch.bmm(mv, weights.transpose(1, 2)).view(b, n, cv, h, w)
 
 
 class QDMN(nn.Module):
