@@ -42,6 +42,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -79,7 +80,8 @@ class RunSpec:
     """One long-video run, executed in its own process (picklable)."""
 
     label: str
-    kind: RunKind  # qdmn: the runtime; reference: PyTorch, same bank; unbounded: PyTorch, no eviction
+    # qdmn: the runtime; reference: PyTorch with the same bank; unbounded: PyTorch, no eviction
+    kind: RunKind
     engine_dir: str
     frames: int
     threads: int
@@ -90,7 +92,8 @@ class RunSpec:
     backend: str = "auto"
     checkpoint: str | None = None
     device: int = 0
-    cap_mb: float | None = None  # unbounded: stop when the run's peak RSS grew this much
+    cap_mb: float | None = None  # unbounded: stop when the peak RSS grew this much since...
+    cap_from: int = 0  # ...this frame (after the first frames' one-off allocations)
     max_seconds: float | None = None
     quality_gate: bool = False  # unbounded: keep QDMN's quality threshold (default: accept all)
     device_every: int = 100
@@ -146,6 +149,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     device_mb: list[tuple[int, float]] = []
     rss0, peak0 = rss_mb(), peak_rss_mb()
     stop = "frames"
+    cap_base = (rss0, peak0, 0)
     start = time.perf_counter()
     done = 0
     try:
@@ -171,10 +175,15 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                 if mb is not None:
                     device_mb.append((t, round(mb, 1)))
             if spec.kind == "unbounded":
-                growth = _run_peak(rss[:done], peak0) - rss0
-                if spec.cap_mb is not None and growth >= spec.cap_mb:
-                    stop = f"RSS grew {growth:.0f} MB >= cap {spec.cap_mb:g} MB"
-                    break
+                if t == min(spec.cap_from, n - 1):
+                    cap_base = (rss[t], peak_rss_mb(), t)
+                if spec.cap_mb is not None and t > min(spec.cap_from, n - 1):
+                    base_rss, base_peak, t_base = cap_base
+                    growth = _run_peak(rss[t_base:done], base_peak) - base_rss
+                    if growth >= spec.cap_mb:
+                        stop = (f"RSS grew {growth:.0f} MB since frame {t_base} >= cap "
+                                f"{spec.cap_mb:g} MB")
+                        break
                 if spec.max_seconds is not None and time.perf_counter() - start > spec.max_seconds:
                     stop = f"time limit {spec.max_seconds:g} s"
                     break
@@ -221,11 +230,14 @@ def _run_peak(rss: np.ndarray, peak_before: float) -> float:
     return max(peak, sampled) if peak > peak_before else sampled
 
 
-def execute(specs: Sequence[RunSpec], isolate: bool = True) -> list[dict[str, Any]]:
+def execute(specs: Sequence[RunSpec], isolate: bool = True
+            ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Run each spec (in a fresh process unless isolate=False) and print one line per run.
 
-    Ctrl-C stops after the run in progress is lost; the finished runs are returned."""
-    results = []
+    Returns the finished runs and the failed ones (label + error): a run that fails or whose
+    process dies (e.g. killed for memory) does not lose the others. Ctrl-C loses the run in
+    progress and skips the rest."""
+    results, failed = [], []
     ctx = multiprocessing.get_context("spawn")
     for spec in specs:
         print(f"running {spec.label} ({spec.frames} frames)...", file=sys.stderr, flush=True)
@@ -238,11 +250,20 @@ def execute(specs: Sequence[RunSpec], isolate: bool = True) -> list[dict[str, An
         except KeyboardInterrupt:
             print("interrupted: keeping the finished runs", file=sys.stderr)
             break
+        except BrokenProcessPool:
+            failed.append({"label": spec.label, "error": "its process died (killed for "
+                           "memory? lower --unbounded-cap-mb)"})
+            print(f"  failed: {failed[-1]['error']}", file=sys.stderr, flush=True)
+            continue
+        except Exception as e:  # noqa: BLE001 - reported, and the other runs still count
+            failed.append({"label": spec.label, "error": f"{type(e).__name__}: {e}"})
+            print(f"  failed: {failed[-1]['error']}", file=sys.stderr, flush=True)
+            continue
         fps = _fps(np.asarray(r["per_frame"]["ms"][1:]))
         print(f"  {r['frames_run']} frames, {fps:.1f} fps, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"({r['stop_reason']})", file=sys.stderr, flush=True)
         results.append(r)
-    return results
+    return results, failed
 
 
 # --------------------------------------------------------------------------------- analysis
@@ -305,7 +326,9 @@ def format_runs(rows: Sequence[dict[str, Any]], report_at: Sequence[int]) -> str
         if "GPU MB" in headers:
             row.append(r["device_mb_end"])
         body.append(row)
-    return table(headers, body)
+    notes = [f"{r['label']} stopped after {r['frames']} frames: {r['stop_reason']}"
+             for r in rows if r["stop_reason"] != "frames"]
+    return "\n".join([table(headers, body), *notes])
 
 
 # ----------------------------------------------------------------------------- read scaling
@@ -506,7 +529,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unbounded", action="store_true",
                    help="also run the PyTorch reference with an unbounded memory")
     p.add_argument("--unbounded-cap-mb", type=float, default=2048,
-                   help="stop the unbounded run when its peak RSS grew this much (0: no cap)")
+                   help="stop the unbounded run when its peak RSS grew this much since frame "
+                        "--warmup (0: no cap)")
     p.add_argument("--unbounded-max-frames", type=int, help="(default: --frames)")
     p.add_argument("--unbounded-max-seconds", type=float, default=1800)
     p.add_argument("--unbounded-quality-gate", action="store_true",
@@ -531,7 +555,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="decode at most this many input frames (the rest of the video loops)")
     p.add_argument("--window", type=int, default=50, help="frames per FPS window")
     p.add_argument("--warmup", type=int, default=100,
-                   help="RSS growth is measured from this frame on")
+                   help="RSS growth (and the unbounded cap) is measured from this frame on")
     p.add_argument("--report-at", default="100,1000,5000",
                    help="frames whose windowed FPS the table shows")
     p.add_argument("--device-every", type=int, default=100, help="GPU memory sample period")
@@ -604,6 +628,7 @@ def plan(args: argparse.Namespace, manifest: Any, threads: int) -> list[RunSpec]
         specs.append(RunSpec(
             label="PyTorch unbounded", kind="unbounded", engine_dir=str(args.engine_dir),
             checkpoint=str(args.checkpoint), cap_mb=args.unbounded_cap_mb or None,
+            cap_from=args.warmup,
             max_seconds=args.unbounded_max_seconds or None,
             quality_gate=args.unbounded_quality_gate, **{**common, "frames": frames}))
     return specs
@@ -626,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not specs and not betas:
             raise BenchmarkError("nothing to run: give --memory-sizes, --unbounded or "
                                  "--read-scaling")
-        runs = execute(specs, isolate=not args.in_process)
+        runs, failed = execute(specs, isolate=not args.in_process)
         rs = None
         if betas:
             print("timing memory_read...", file=sys.stderr, flush=True)
@@ -660,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "isolated_processes": not args.in_process},
         "summary": rows,
         "runs": runs,
+        "failed": failed,
         "read_scaling": rs,
     }
     out = args.out
@@ -681,8 +707,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_read_scaling(rs))
         png = plot_read_scaling(rs, out / "read_scaling.png")
         written += [png] if png else []
+    for f in failed:
+        print(f"failed: {f['label']}: {f['error']}")
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -286,6 +286,12 @@ def run_variants(names: Sequence[str], ctx: Context, clip: Clip, frames: int,
             row["precision"] = _precision(name, seg.manifest)
             row["engine_dir"] = None if name in TORCH_VARIANTS else str(_engine_of(name, ctx))
             m = measure(seg, video, clip.mask, warmup)
+        except Exception as e:  # noqa: BLE001 - reported; the other variants still count
+            first = (str(e).strip().splitlines() or [""])[0]
+            row["failed"] = f"{type(e).__name__}: {first}"
+            print(f"  failed: {row['failed']}", file=sys.stderr)
+            results.append(row)
+            continue
         finally:
             seg.close()
         labels = m.pop("labels")
@@ -334,9 +340,8 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
              r.get("speedup_vs_torch_fp32"),
              r.get("speedup_vs_best_torch"), r.get("iou_vs_torch_fp32")] for r in ran]
     text = table(headers, rows)
-    skipped = [r for r in results if "skipped" in r]
-    if skipped:
-        text += "\n" + "\n".join(f"skipped {r['variant']}: {r['skipped']}" for r in skipped)
+    for key in ("skipped", "failed"):
+        text += "".join(f"\n{key} {r['variant']}: {r[key]}" for r in results if key in r)
     return text
 
 
@@ -481,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = plot_results(results, title, args.out / "speed.png")
     written += [png] if png else []
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return 1 if any("failed" in r for r in results) else 0
 
 
 def _int8_engine(args: argparse.Namespace, manifest: Any, clip: Clip, tmp: Path,
