@@ -15,7 +15,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import Manifest
 
-BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino")
+BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
 # Where OpenVINO beats ORT CPU (single-thread CPU ms per frame, light model, 240x432, 1 object,
 # 7 slots): INT8 Q/DQ graphs 66 vs 101 (its int8 convolutions are ~3x faster); FP32 111 vs 95
 # (same convolutions, slower TopK in memory_read). FP16 graphs are meant for GPUs.
@@ -82,10 +82,12 @@ def _create(name: str, manifest: Manifest, engine_dir: str | Path,
 
         return OrtBackend(manifest, engine_dir, device="cpu" if name == "ort-cpu" else "cuda",
                           device_id=config.device, threads=threads, spin=config.spin)
-    if name == "openvino":
+    if name in ("openvino", "openvino-bf16"):
         from runtime.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(manifest, engine_dir, threads=threads)
+        precision = "bf16" if name == "openvino-bf16" else "f32"
+        return OpenVinoBackend(manifest, engine_dir, threads=threads,
+                               inference_precision=precision)
     from runtime.backends.trt import TrtBackend
 
     return TrtBackend(manifest, engine_dir, device_id=config.device)
