@@ -34,7 +34,8 @@ python benchmarks/speed.py --engine-dir engines/light-1obj --checkpoint models/q
 # QDMN at beta=25 over 5000 frames; then the other limits, the unbounded baseline and the
 # O(beta) memory-read scaling over 1000 frames (separate folders: each run writes its own plot)
 python benchmarks/long_video.py --engine-dir engines/light-1obj --checkpoint models/qdmn-light.pth \
-    --frames 5000 --memory-sizes 25 --threads 2 --out $R/long_video_5000
+    --frames 5000 --memory-sizes 25 --backend openvino-bf16 --threads 2 --out $R/long_video_5000
 python benchmarks/long_video.py --engine-dir engines/light-1obj --checkpoint models/qdmn-light.pth \
     --frames 1000 --memory-sizes 5,10,25,50 --per-size-engines --unbounded \
-    --unbounded-max-seconds 420 --read-scaling 5,10,25,50,100 --threads 2 --out $R/long_video_sizes
+    --unbounded-max-seconds 420 --read-scaling 5,10,25,50,100 --backend openvino-bf16 --threads 2 \
+    --out $R/long_video_sizes

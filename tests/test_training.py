@@ -98,7 +98,8 @@ def _clip_iou(trainer: Trainer, seq) -> float:
 @pytest.mark.slow
 def test_overfits_one_real_sequence(davis_root, tmp_path):
     torch.manual_seed(0)
-    cfg = _tiny(tmp_path, davis_root)
+    # Plain CE throughout: bootstrapping (hardest pixels only) would inflate later losses.
+    cfg = _tiny(tmp_path, davis_root, bootstrap_start=1.0, bootstrap_end=1.0)
     seqs = load_sequences(davis_root, ["blackswan"], cfg.image_size)
     trainer = Trainer(cfg, torch.device("cpu"))
     before = _clip_iou(trainer, seqs[0])
@@ -107,6 +108,7 @@ def test_overfits_one_real_sequence(davis_root, tmp_path):
     first = np.mean([h["seg_loss"] for h in history[:10]])
     last = np.mean([h["seg_loss"] for h in history[-10:]])
     assert last < 0.5 * first, (first, last)
+    print(f"seg loss {first:.3f} -> {last:.3f}, clip IoU {before:.3f} -> {after:.3f}")
     assert after > 0.7 and after > before + 0.3, (before, after)
 
 
