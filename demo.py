@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks.davis import list_sequences, read_labels, read_sequence
 from benchmarks.metrics import evaluate_sequence, summarize
 from runtime import run as run_cli
-from runtime.manifest import Manifest, ManifestError
+from runtime.manifest import Manifest, ManifestError, file_sha256
 
 REPO = Path(__file__).resolve().parent
 CHECKPOINT = REPO / "models" / "qdmn-light.pth"
@@ -33,15 +33,13 @@ MAX_OBJECTS = 2  # the demo clips hold at most two objects; graphs cost grows wi
 
 def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
     """Export the checkpoint unless graphs of this very checkpoint are already there."""
-    from training.checkpoint import file_sha256  # torch is needed only to export
-
     try:
         manifest = Manifest.load(engine_dir)
         if manifest.checkpoint_sha256 == file_sha256(checkpoint):
             return manifest
     except ManifestError:
         pass
-    from export.to_onnx import export_checkpoint
+    from export.to_onnx import export_checkpoint  # torch is needed only to export
 
     print(f"exporting {checkpoint.name} -> {engine_dir} ...", flush=True)
     return export_checkpoint(checkpoint, engine_dir, max_objects=MAX_OBJECTS)

@@ -6,7 +6,6 @@ functions that need them), so a benchmark that only drives the runtime starts qu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime.manifest import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = REPO / "assets/demo/JPEGImages/480p/blackswan"
@@ -272,14 +273,6 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- engines
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_checkpoint(manifest: Any, checkpoint: str | Path) -> str:
     """The checkpoint's sha256; raises if the engine was exported from another checkpoint."""
     path = Path(checkpoint)

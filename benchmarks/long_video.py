@@ -389,10 +389,10 @@ def read_scaling(manifest: Any, betas: Sequence[int], backend: str, threads: int
 
 
 def _read_backend(backend: str) -> str:
-    """The library memory_read is timed with: the runtime's, except TensorRT (needs a build
-    per size), for which ORT CUDA stands in."""
-    if backend in ("ort-cpu", "openvino"):
-        return backend
+    """The library memory_read is timed with: the runtime's (the OpenVINO backends run it on
+    ORT CPU), except TensorRT (needs a build per size), for which ORT CUDA stands in."""
+    if backend in ("ort-cpu", "openvino", "openvino-bf16"):
+        return "ort-cpu"
     try:
         import onnxruntime as ort
     except ImportError:
@@ -419,15 +419,6 @@ def _time_calls(fn: Any, iters: int, warmup: int = 3) -> list[float]:
 def _time_graph(engine: str, path: Path, feeds: dict[str, np.ndarray], out_name: str,
                 out_shape: tuple[int, ...], threads: int, iters: int,
                 device_id: int, spin: bool = False) -> list[float]:
-    if engine == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
-        req = compiled.create_infer_request()
-        return _time_calls(lambda: req.infer(feeds), iters)
     import onnxruntime as ort
 
     device = "cuda" if engine == "ort-cuda" else "cpu"

@@ -57,8 +57,9 @@ from runtime.manifest import (
     GraphSpec,
     Manifest,
     ManifestError,
+    file_sha256,
 )
-from training.checkpoint import CheckpointError, file_sha256, load_model
+from training.checkpoint import CheckpointError, load_model
 from training.config import ConfigError
 from training.model import IMAGENET_MEAN, IMAGENET_STD, QDMN
 

@@ -22,6 +22,7 @@ Memory slots: 0 = first frame (permanent), 1..memory_size = dynamic, S-1 = previ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,15 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "qam", "memory_read", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file: how a manifest names the checkpoint its graphs were exported from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class ManifestError(ValueError):

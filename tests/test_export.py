@@ -23,8 +23,8 @@ from export.errors import ExportError
 from export.graphs import build_graphs, specs_for
 from export.to_onnx import convert_fp16, export_checkpoint, export_graph
 from export.trt_check import check_model, errors_of
-from runtime.manifest import GRAPH_NAMES, Manifest
-from training.checkpoint import CheckpointError, file_sha256, load_model, save_weights
+from runtime.manifest import GRAPH_NAMES, Manifest, file_sha256
+from training.checkpoint import CheckpointError, load_model, save_weights
 from training.config import ModelConfig
 from training.model import QDMN, memory_readout
 

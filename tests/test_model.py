@@ -41,7 +41,7 @@ def test_forward_shapes(light: QDMN, n: int):
         qk, qv, f8, f4 = light.encode_query(image, masks)
         mk, mv = torch.stack([k, k], 1), torch.stack([v, v], 1)
         readout = light.read_memory(qk, mk, mv, torch.ones(1, 2), top_k=cfg.top_k)
-        logits, prob = light.decode(readout, qv, f8, f4, torch.ones(1, n))
+        _, prob = light.decode(readout, qv, f8, f4, torch.ones(1, n))
     assert k.shape == (1, n, cfg.key_dim, h // 16, w // 16)
     assert v.shape == (1, n, cfg.value_dim, h // 16, w // 16)
     assert q.shape == (1, n)

@@ -70,10 +70,10 @@ def test_config_typo_is_named(tmp_path):
 
 
 def _tiny(tmp_path: Path, davis: Path, **kw) -> TrainConfig:
-    base = dict(data_root=str(davis), image_size=SIZE, crop_size=(96, 160), batch_size=2,
-                steps=60, lr=3e-4, bootstrap_start=0.5, bootstrap_end=0.9, static_fraction=0.2,
-                multi_object_fraction=0.0, out_dir=str(tmp_path / "run"), ckpt_every=1000,
-                seed=3)
+    base = {"data_root": str(davis), "image_size": SIZE, "crop_size": (96, 160),
+            "batch_size": 2, "steps": 60, "lr": 3e-4, "bootstrap_start": 0.5,
+            "bootstrap_end": 0.9, "static_fraction": 0.2, "multi_object_fraction": 0.0,
+            "out_dir": str(tmp_path / "run"), "ckpt_every": 1000, "seed": 3}
     base.update(kw)
     return TrainConfig(**base)
 

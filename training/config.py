@@ -115,4 +115,4 @@ def register_dataclass(cls: type) -> type:
     return cls
 
 
-__all__ = ["BACKBONE_DIMS", "ConfigError", "ModelConfig", "from_dict", "register_dataclass", "field"]
+__all__ = ["BACKBONE_DIMS", "ConfigError", "ModelConfig", "field", "from_dict", "register_dataclass"]

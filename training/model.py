@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from training.backbones import EfficientNetLite0Trunk, ResNet50Trunk, load_imagenet_lite0
 from training.config import ModelConfig

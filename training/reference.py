@@ -17,9 +17,9 @@ import torch
 
 from runtime.backends.base import Bank, HostBackend
 from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest, graph_specs
+from runtime.manifest import Manifest, file_sha256, graph_specs
 from runtime.segmenter import Segmenter
-from training.checkpoint import file_sha256, load_model
+from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.model import QDMN, normalize_uint8
 

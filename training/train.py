@@ -28,8 +28,16 @@ from tqdm import tqdm
 
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
-from training.data import (Sample, SampleSpec, Sequence, load_sequences, read_split,
-                           side_by_side, static_sample, video_sample)
+from training.data import (
+    Sample,
+    SampleSpec,
+    Sequence,
+    load_sequences,
+    read_split,
+    side_by_side,
+    static_sample,
+    video_sample,
+)
 from training.losses import BootstrapSchedule, bootstrapped_ce, mask_iou, quality_loss
 from training.model import QDMN, freeze_batchnorm, normalize_uint8
 

@@ -35,6 +35,8 @@ class OpenVinoBackend(HostBackend):
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads,
                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         self.inference_precision = inference_precision if manifest.precision == "fp32" else None
+        if self.inference_precision == "bf16":
+            self.name = "openvino-bf16"
         if self.inference_precision:
             # CPUs with AMX/AVX512-BF16 otherwise run FP32 graphs in bf16 ("bf16" opts in).
             props["INFERENCE_PRECISION_HINT"] = self.inference_precision
