@@ -1,7 +1,7 @@
 """Segment a video from its first-frame mask with exported QDMN graphs.
 
     python runtime/run.py --engine-dir DIR --input FRAMES_DIR|VIDEO|CAMERA_INDEX|URL \\
-        --mask FIRST.png --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino] \\
+        --mask FIRST.png --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] \\
         [--memory-size B] [--mem-every K] [--quality-threshold S] [--overlay out.mp4] \\
         [--max-frames N] [--threads T] [--device D] [--spin] [--quiet]
 
