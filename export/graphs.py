@@ -14,14 +14,6 @@ from runtime.manifest import GRAPH_NAMES, GraphSpec, graph_specs
 from training.model import QDMN, normalize_uint8
 
 
-def _normalize(image: torch.Tensor) -> torch.Tensor:
-    """image: (1, H, W, 3) uint8 -> (1, 3, H, W) normalised, as training normalises.
-
-    The Cast comes first because TensorRT accepts UINT8 only as a network input that feeds a
-    Cast (normalize_uint8 permutes before casting; on a float input its cast is a no-op)."""
-    return normalize_uint8(image.float())
-
-
 class EncoderGraph(nn.Module):
     """Query encoder: the frame's key/value (PEM-gated by the previous prediction) + skips."""
 
@@ -34,7 +26,7 @@ class EncoderGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """image: (1, H, W, 3) uint8 RGB; prev_prob: (N, H, W)
         -> query_key (1, CK, h, w), query_value (1, CV, h, w), f8, f4"""
-        return self.model.encode_query(_normalize(image), prev_prob.unsqueeze(0))
+        return self.model.encode_query(normalize_uint8(image), prev_prob.unsqueeze(0))
 
 
 class QamGraph(nn.Module):
@@ -49,7 +41,7 @@ class QamGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image: (1, H, W, 3) uint8 RGB; masks: (N, H, W)
         -> mem_key (N, CK, h, w), mem_value (N, CV, h, w), quality (N,)"""
-        key, value, quality = self.model.encode_memory(_normalize(image), masks.unsqueeze(0))
+        key, value, quality = self.model.encode_memory(normalize_uint8(image), masks.unsqueeze(0))
         return key.squeeze(0), value.squeeze(0), quality.squeeze(0)
 
 

@@ -31,7 +31,8 @@ INVALID_SLOT_BIAS = -1.0e4
 
 def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     """image: (B, H, W, 3) uint8 RGB -> (B, 3, H, W) float, ImageNet-normalised."""
-    x = image.float().permute(0, 3, 1, 2) / 255.0  # cast first: TensorRT rejects uint8 Transpose
+    # Cast first: TensorRT takes UINT8 only as a network input feeding a Cast (no uint8 Transpose).
+    x = image.float().permute(0, 3, 1, 2) / 255.0
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
