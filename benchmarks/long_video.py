@@ -351,7 +351,8 @@ def read_scaling(manifest: Any, betas: Sequence[int], backend: str, threads: int
         raise BenchmarkError("the manifest records no model config: re-export the engine")
     engine = _read_backend(backend)
     model = QDMN(ModelConfig.from_dict(manifest.model_config)).eval()
-    graph = build_graphs(model)["memory_read"]
+    graph = build_graphs(model, manifest.height, manifest.width)["memory_read"]
+    h, w = manifest.feature_size
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
@@ -368,16 +369,17 @@ def read_scaling(manifest: Any, betas: Sequence[int], backend: str, threads: int
             times = _time_graph(engine, path, feeds, out.name, out.shape, threads, iters,
                                 device_id, spin)
             tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            # the reference function on the same memory in its own layout (views)
+            keys, values = (tfeeds[t].permute(1, 0, 3, 2).unflatten(3, (h, w))[None]
+                            for t in ("mem_keys", "mem_values"))
             with torch.inference_mode():
-                ttimes = _time_calls(lambda f=tfeeds: memory_readout(
-                    f["query_key"], f["mem_keys"][None], f["mem_values"][None],
-                    f["mem_valid"][None], model.cfg.top_k), iters)
-            s = spec.input("mem_keys").shape[0]
+                ttimes = _time_calls(lambda f=tfeeds, k=keys, v=values: memory_readout(
+                    f["query_key"], k, v, f["mem_valid"][None], model.cfg.top_k), iters)
+            s = spec.input("mem_keys").shape[1]
             rows.append({
                 "memory_size": beta, "slots": s,
-                "bank_mb": round(s * (int(np.prod(spec.input("mem_keys").shape[1:])) +
-                                      int(np.prod(spec.input("mem_values").shape[1:]))) * 4
-                                 / 2**20, 2),
+                "bank_mb": round((int(np.prod(spec.input("mem_keys").shape)) +
+                                  int(np.prod(spec.input("mem_values").shape))) * 4 / 2**20, 2),
                 "ms_median": round(float(np.median(times)), 4),
                 "ms_p90": round(float(np.percentile(times, 90)), 4),
                 "torch_ms_median": round(float(np.median(ttimes)), 4),

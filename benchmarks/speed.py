@@ -78,7 +78,7 @@ VARIANTS: dict[str, str] = {
 }
 BASELINE = "torch-fp32"
 TORCH_VARIANTS = ("torch-fp32", "torch-bf16")
-STAGE_ORDER = ("pre", "encoder", "memory_read", "decoder", "qam", "bank", "post")
+STAGE_ORDER = ("pre", "encoder", "memory_read", "decoder", "qam", "quality", "bank", "post")
 LABEL_STRIDE = 4  # labels kept for the agreement check are subsampled (memory)
 
 
@@ -120,8 +120,11 @@ def bf16_model(model: Any) -> Any:
             return self._call(self.inner.encode_query,
                               image.contiguous(memory_format=torch.channels_last), prev_prob)
 
-        def encode_memory(self, image: Any, masks: Any) -> Any:
-            return self._call(self.inner.encode_memory, image, masks)
+        def memory_kv(self, image: Any, masks: Any) -> Any:
+            return self._call(self.inner.memory_kv, image, masks)
+
+        def assess_quality(self, features: Any) -> Any:
+            return self._call(self.inner.assess_quality, features)
 
         def read_memory(self, *args: Any) -> Any:
             return self._call(self.inner.read_memory, *args)

@@ -1,15 +1,20 @@
-"""Thin wrappers that turn QDMN's four methods into the four exported graphs.
+"""Thin wrappers that turn QDMN's methods into the exported graphs.
 
-Each wrapper only adds/removes the batch dim of 1 (and normalises the uint8 image), then calls
-the trained method, so an exported graph is exactly the function training optimised. Tensor
-names and shapes are those of `runtime.manifest.graph_specs`.
+Each wrapper only adds/removes the batch dim of 1 (and normalises the uint8 image, or lays the
+memory out as the bank stores it), then calls the trained method, so an exported graph is the
+function training optimised. Two exact rewrites make the graphs faster: the memory read works
+on the runtime's bank layout (export/memory_read.py), and the decoder's final x4 bilinear
+upsampling is two matrix products (`BilinearUpsample`). Tensor names and shapes are those of
+`runtime.manifest.graph_specs`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from export.memory_read import banked_memory_read
 from runtime.manifest import GRAPH_NAMES, GraphSpec, graph_specs
 from training.model import QDMN, normalize_uint8
 
@@ -30,19 +35,32 @@ class EncoderGraph(nn.Module):
 
 
 class QamGraph(nn.Module):
-    """Memory encoder + quality-assessment head: what a frame would add to the memory bank."""
+    """Memory encoder: what a frame adds to the memory bank, one bank chunk per object, and
+    the quality head's input."""
 
     def __init__(self, model: QDMN):
         super().__init__()
         self.model = model
 
-    def forward(
-        self, image: torch.Tensor, masks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """image: (1, H, W, 3) uint8 RGB; masks: (N, H, W)
-        -> mem_key (N, CK, h, w), mem_value (N, CV, h, w), quality (N,)"""
-        key, value, quality = self.model.encode_memory(normalize_uint8(image), masks.unsqueeze(0))
-        return key.squeeze(0), value.squeeze(0), quality.squeeze(0)
+        -> mem_key_i (P, CK) for i < N, mem_value_i (P, CV) for i < N,
+           quality_features (N, C16, qam, qam)"""
+        key, value, features = self.model.memory_kv(normalize_uint8(image), masks.unsqueeze(0))
+        keys, values = (as_bank_rows(x[0]) for x in (key, value))
+        return (*keys.unbind(0), *values.unbind(0), features)
+
+
+class QualityGraph(nn.Module):
+    """QAM score head: run only for frames that may enter the long-term memory."""
+
+    def __init__(self, model: QDMN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """quality_features (N, C16, qam, qam) -> quality (N,)"""
+        return self.model.assess_quality(features)
 
 
 class MemoryReadGraph(nn.Module):
@@ -56,19 +74,54 @@ class MemoryReadGraph(nn.Module):
         self, query_key: torch.Tensor, mem_keys: torch.Tensor, mem_values: torch.Tensor,
         mem_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """query_key: (1, CK, h, w); mem_keys: (S, N, CK, h, w); mem_values: (S, N, CV, h, w);
+        """query_key: (1, CK, h, w); mem_keys: (N, S, P, CK); mem_values: (N, S, P, CV);
         mem_valid: (S,) 1/0 -> readout (N, CV, h, w)"""
-        readout = self.model.read_memory(query_key, mem_keys.unsqueeze(0), mem_values.unsqueeze(0),
-                                         mem_valid.unsqueeze(0), top_k=self.model.cfg.top_k)
-        return readout.squeeze(0)
+        return banked_memory_read(query_key, mem_keys, mem_values, mem_valid,
+                                  self.model.cfg.top_k)
+
+
+def as_bank_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N, h*w, C): one row of channels per position, the bank's layout."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class BilinearUpsample(nn.Module):
+    """x4 bilinear upsampling (align_corners=False, edges clamped, = F.interpolate) as two
+    products with constant interpolation matrices: OpenVINO's Interpolate on the decoder's
+    one-channel logits cost 4-7 ms per frame, these two MatMuls ~0.5 ms."""
+
+    def __init__(self, height: int, width: int, scale: int = 4):
+        super().__init__()
+        self.register_buffer("rows", _interpolation_matrix(height, scale), persistent=False)
+        self.register_buffer("cols", _interpolation_matrix(width, scale).t().contiguous(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, 1, h, w) -> (M, 1, scale*h, scale*w)"""
+        return torch.matmul(torch.matmul(self.rows, x), self.cols)
+
+
+def _interpolation_matrix(size: int, scale: int) -> torch.Tensor:
+    """(scale*size, size): row o holds the two bilinear weights of output o (half-pixel
+    centres; source coordinates below 0 clamp to the first pixel, past the end to the last)."""
+    out = np.arange(scale * size)
+    src = np.maximum((out + 0.5) / scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), size - 1)
+    i1 = np.minimum(i0 + 1, size - 1)
+    frac = src - i0
+    m = np.zeros((scale * size, size), np.float64)
+    np.add.at(m, (out, i0), 1.0 - frac)
+    np.add.at(m, (out, i1), frac)
+    return torch.from_numpy(m.astype(np.float32))
 
 
 class DecoderGraph(nn.Module):
     """Decoder + soft aggregation: per-pixel distribution over background and N objects."""
 
-    def __init__(self, model: QDMN):
+    def __init__(self, model: QDMN, height: int, width: int):
         super().__init__()
         self.model = model
+        self.upsample = BilinearUpsample(height // 4, width // 4)
 
     def forward(
         self, readout: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
@@ -77,21 +130,20 @@ class DecoderGraph(nn.Module):
         """readout: (N, CV, h, w); query_value: (1, CV, h, w); f8, f4: (1, C, H/s, W/s);
         object_valid: (N,) 1/0 -> prob (N+1, H, W), background first"""
         _, prob = self.model.decode(readout.unsqueeze(0), query_value, f8, f4,
-                                    object_valid.unsqueeze(0))
+                                    object_valid.unsqueeze(0), upsample=self.upsample)
         return prob.squeeze(0)
 
 
-WRAPPERS: dict[str, type[nn.Module]] = {
-    "encoder": EncoderGraph, "qam": QamGraph, "memory_read": MemoryReadGraph,
-    "decoder": DecoderGraph,
-}
-assert tuple(WRAPPERS) == GRAPH_NAMES
-
-
-def build_graphs(model: QDMN) -> dict[str, nn.Module]:
-    """One eval-mode wrapper per graph name, sharing `model`'s parameters."""
+def build_graphs(model: QDMN, height: int, width: int) -> dict[str, nn.Module]:
+    """One eval-mode wrapper per graph name (in GRAPH_NAMES order), sharing `model`'s
+    parameters, for graphs of H x W frames."""
     model.eval()
-    return {name: cls(model).eval() for name, cls in WRAPPERS.items()}
+    graphs: dict[str, nn.Module] = {
+        "encoder": EncoderGraph(model), "qam": QamGraph(model), "quality": QualityGraph(model),
+        "memory_read": MemoryReadGraph(model), "decoder": DecoderGraph(model, height, width),
+    }
+    assert tuple(graphs) == GRAPH_NAMES
+    return {name: g.eval() for name, g in graphs.items()}
 
 
 def specs_for(model: QDMN, height: int, width: int, max_objects: int,
@@ -99,7 +151,7 @@ def specs_for(model: QDMN, height: int, width: int, max_objects: int,
     """The manifest's I/O declaration for `model` at one static configuration."""
     cfg = model.cfg
     return graph_specs(height, width, max_objects, memory_size + 2, cfg.key_dim, cfg.value_dim,
-                       cfg.feature_dims)
+                       cfg.feature_dims, cfg.qam_size)
 
 
 def example_inputs(spec: GraphSpec, generator: torch.Generator | None = None

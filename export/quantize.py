@@ -30,7 +30,7 @@ from export.errors import ExportError
 from runtime.manifest import GraphSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-QUANTISED_GRAPHS = ("encoder", "qam", "decoder")
+QUANTISED_GRAPHS = ("encoder", "qam", "quality", "decoder")
 MAX_SEQUENCES = 4
 FRAMES_PER_SEQUENCE = 8
 
@@ -91,21 +91,28 @@ def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, Graph
     feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in collect}
     _, height, width, _ = specs["encoder"].input("image").shape
     n = specs["encoder"].input("prev_prob").shape[0]
-    s, _, ck, h, w = specs["memory_read"].input("mem_keys").shape
-    cv = specs["memory_read"].input("mem_values").shape[2]
+    key_shape = specs["memory_read"].input("mem_keys").shape  # (N, S, P, CK)
+    value_shape = specs["memory_read"].input("mem_values").shape
+    s = key_shape[1]
 
     def run(name: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if name in feeds:
             feeds[name].append(feed)
         return sess[name].run(None, feed)
 
+    def memorise(image: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """qam (+ quality, for its calibration) -> the frame's (N, P, C) keys and values."""
+        *chunks, features = run("qam", {"image": image, "masks": prob})
+        run("quality", {"quality_features": features})
+        return np.stack(chunks[:n]), np.stack(chunks[n:])
+
     for seq in sequences:
-        keys = np.zeros((s, n, ck, h, w), np.float32)
-        values = np.zeros((s, n, cv, h, w), np.float32)
+        keys = np.zeros(key_shape, np.float32)
+        values = np.zeros(value_shape, np.float32)
         valid = np.zeros((s,), np.float32)
         image = read_frame(seq[0], height, width)
         prob = synthetic_masks(n, height, width)
-        keys[0], values[0], _ = run("qam", {"image": image, "masks": prob})
+        keys[:, 0], values[:, 0] = memorise(image, prob)
         valid[0] = 1
         next_slot = 1
         for t, path in enumerate(seq[1:], start=1):
@@ -116,11 +123,11 @@ def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, Graph
             (full,) = run("decoder", {"readout": readout, "query_value": qv, "f8": f8,
                                       "f4": f4, "object_valid": np.ones((n,), np.float32)})
             prob = np.ascontiguousarray(full[1:])
-            k, v, _ = run("qam", {"image": image, "masks": prob})
+            k, v = memorise(image, prob)
             slot = s - 1  # the previous frame's temporary slot
             if t % mem_every == 0:
                 slot, next_slot = next_slot, next_slot % (s - 2) + 1
-            keys[slot], values[slot], valid[slot] = k, v, 1
+            keys[:, slot], values[:, slot], valid[slot] = k, v, 1
     return feeds
 
 

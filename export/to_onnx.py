@@ -130,7 +130,7 @@ def _export_into(model: QDMN, meta: dict, ckpt: Path, tmp: Path, height: int, wi
                  max_objects: int, memory_size: int, precision: str, opset: int,
                  calib_frames: str | Path | None) -> Manifest:
     specs = specs_for(model, height, width, max_objects, memory_size)
-    modules = build_graphs(model)
+    modules = build_graphs(model, height, width)
     sha = file_sha256(ckpt)
     graphs: dict[str, onnx.ModelProto] = {}
     for name in GRAPH_NAMES:

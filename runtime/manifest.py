@@ -1,19 +1,28 @@
 """The manifest: the one contract between the exporter and the runtime (torch-free).
 
-The exporter writes `manifest.json` next to the four graphs; the runtime reads it and nothing
+The exporter writes `manifest.json` next to the graphs; the runtime reads it and nothing
 else, so every shape the runtime allocates comes from here.
 
 Graph I/O (N = max_objects, S = capacity = memory_size + 2, CK/CV = key/value dims,
-h x w = H/16 x W/16; all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
+h x w = H/16 x W/16, P = h*w positions, C16 = the value encoder's f16 width, q = qam_size;
+all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
 
     encoder      image (1,H,W,3) uint8 RGB, prev_prob (N,H,W)
                  -> query_key (1,CK,h,w), query_value (1,CV,h,w), f8 (1,C8,H/8,W/8), f4 (1,C4,H/4,W/4)
     qam          image (1,H,W,3) uint8 RGB, masks (N,H,W)
-                 -> mem_key (N,CK,h,w), mem_value (N,CV,h,w), quality (N,)
-    memory_read  query_key, mem_keys (S,N,CK,h,w), mem_values (S,N,CV,h,w), mem_valid (S,)
+                 -> mem_key_i (P,CK), mem_value_i (P,CV) for each object i < N,
+                    quality_features (N,C16,q,q)
+    quality      quality_features -> quality (N,)   QAM score head, only for insertion candidates
+    memory_read  query_key, mem_keys (N,S,P,CK), mem_values (N,S,P,CV), mem_valid (S,)
                  -> readout (N,CV,h,w)
     decoder      readout, query_value, f8, f4, object_valid (N,)
                  -> prob (N+1,H,W)   background first, soft-aggregated
+
+The memory bank is stored in the layout memory_read consumes (BANK_AXES: object, slot,
+position, channel): per object, the keys of all slots form one (S*P, CK) matrix, so the read
+transposes nothing. A slot write stores each object's qam output `mem_key_i`/`mem_value_i` -
+one contiguous (P, C) chunk, `bank_chunk` - in place; device backends bind those outputs
+straight into the bank.
 
 Memory slots: 0 = first frame (permanent), 1..memory_size = dynamic, S-1 = previous frame
 (temporary). Images are normalised inside the graphs (ImageNet mean/std on RGB / 255).
@@ -28,10 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: bank (object, slot, position, channel); QAM score head split out
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("encoder", "qam", "memory_read", "decoder")
+GRAPH_NAMES = ("encoder", "qam", "quality", "memory_read", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
+BANK_AXES = ("object", "slot", "position", "channel")  # mem_keys / mem_values layout
+
+
+def slot_writes(max_objects: int) -> tuple[tuple[str, str, int], ...]:
+    """(qam output, bank tensor, object) for every chunk a slot write stores."""
+    return tuple((f"{kind}_{i}", bank, i) for kind, bank in (("mem_key", "mem_keys"),
+                                                              ("mem_value", "mem_values"))
+                 for i in range(max_objects))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -84,12 +101,13 @@ class GraphSpec:
 
 def graph_specs(
     height: int, width: int, max_objects: int, capacity: int, key_dim: int, value_dim: int,
-    feature_dims: tuple[int, int, int], files: dict[str, str] | None = None,
+    feature_dims: tuple[int, int, int], qam_size: int, files: dict[str, str] | None = None,
 ) -> dict[str, GraphSpec]:
-    """The four graphs' I/O for one static configuration (see the module docstring)."""
+    """The graphs' I/O for one static configuration (see the module docstring)."""
     n, s = max_objects, capacity
     h, w = height // 16, width // 16
-    _, c8, c4 = feature_dims
+    p = h * w
+    c16, c8, c4 = feature_dims
     files = files or {g: f"{g}.onnx" for g in GRAPH_NAMES}
 
     def t(name: str, *shape: int, dtype: str = "float32") -> TensorSpec:
@@ -99,15 +117,18 @@ def graph_specs(
     qk, qv = t("query_key", 1, key_dim, h, w), t("query_value", 1, value_dim, h, w)
     f8, f4 = t("f8", 1, c8, height // 8, width // 8), t("f4", 1, c4, height // 4, width // 4)
     readout = t("readout", n, value_dim, h, w)
+    features = t("quality_features", n, c16, qam_size, qam_size)
+    dims = {"mem_key": key_dim, "mem_value": value_dim}
+    chunks = tuple(t(name, p, dims[name.rsplit("_", 1)[0]]) for name, _, _ in slot_writes(n))
     return {
         "encoder": GraphSpec(files["encoder"], (image, t("prev_prob", n, height, width)),
                              (qk, qv, f8, f4)),
         "qam": GraphSpec(files["qam"], (image, t("masks", n, height, width)),
-                         (t("mem_key", n, key_dim, h, w), t("mem_value", n, value_dim, h, w),
-                          t("quality", n))),
+                         (*chunks, features)),
+        "quality": GraphSpec(files["quality"], (features,), (t("quality", n),)),
         "memory_read": GraphSpec(
             files["memory_read"],
-            (qk, t("mem_keys", s, n, key_dim, h, w), t("mem_values", s, n, value_dim, h, w),
+            (qk, t("mem_keys", n, s, p, key_dim), t("mem_values", n, s, p, value_dim),
              t("mem_valid", s)),
             (readout,)),
         "decoder": GraphSpec(files["decoder"], (readout, qv, f8, f4, t("object_valid", n)),
@@ -140,6 +161,7 @@ class Manifest:
     model_config: dict[str, Any] = field(default_factory=dict)
     normalisation: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None  # versions + GPU the engines were built for
+    bank_axes: tuple[str, ...] = BANK_AXES
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -158,12 +180,23 @@ class Manifest:
     def feature_size(self) -> tuple[int, int]:
         return self.height // 16, self.width // 16
 
+    def bank_chunk(self, tensor: str, obj: int, slot: int) -> tuple[int, int]:
+        """(element offset, element count) of object `obj`'s chunk of `slot` in bank tensor
+        `tensor` (mem_keys | mem_values): where a slot write stores that qam output."""
+        n, s, p, c = self.graphs["memory_read"].input(tensor).shape
+        if not (0 <= obj < n and 0 <= slot < s):
+            raise IndexError(f"object {obj} / slot {slot} outside the bank's {n} x {s}")
+        return (obj * s + slot) * p * c, p * c
+
     def validate(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise ManifestError(f"manifest schema {self.schema_version}, runtime expects "
                                 f"{SCHEMA_VERSION}: re-export the graphs")
         if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
             raise ManifestError(f"size {self.height}x{self.width} is not a positive multiple of 16")
+        if tuple(self.bank_axes) != BANK_AXES:
+            raise ManifestError(f"bank layout {tuple(self.bank_axes)}, runtime expects "
+                                f"{BANK_AXES}: re-export the graphs")
         if self.precision not in PRECISIONS:
             raise ManifestError(f"precision {self.precision!r} not in {PRECISIONS}")
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]
@@ -175,8 +208,8 @@ class Manifest:
             ("encoder", "image"): (1, self.height, self.width, 3),
             ("encoder", "prev_prob"): (n, self.height, self.width),
             ("qam", "masks"): (n, self.height, self.width),
-            ("memory_read", "mem_keys"): (s, n, self.key_dim, h, w),
-            ("memory_read", "mem_values"): (s, n, self.value_dim, h, w),
+            ("memory_read", "mem_keys"): (n, s, h * w, self.key_dim),
+            ("memory_read", "mem_values"): (n, s, h * w, self.value_dim),
             ("memory_read", "mem_valid"): (s,),
             ("decoder", "object_valid"): (n,),
         }
@@ -185,6 +218,10 @@ class Manifest:
             if got != shape:
                 raise ManifestError(f"{graph}.{name} has shape {got}, expected {shape} from the "
                                     "manifest's size/objects/memory_size")
+        for name, bank, _ in slot_writes(n):
+            got = self.graphs["qam"].output(name).shape
+            if got != self.graphs["memory_read"].input(bank).shape[2:]:
+                raise ManifestError(f"qam.{name} has shape {got}, not one chunk of {bank}")
         prob = self.graphs["decoder"].output("prob").shape
         if prob != (n + 1, self.height, self.width):
             raise ManifestError(f"decoder.prob has shape {prob}, expected {(n + 1, self.height, self.width)}")
@@ -198,6 +235,8 @@ class Manifest:
         try:
             d = dict(d)
             d["graphs"] = {k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()}
+            if "bank_axes" in d:
+                d["bank_axes"] = tuple(d["bank_axes"])
             known = {f.name for f in dataclasses.fields(cls)}
             unknown = sorted(set(d) - known)
             if unknown:

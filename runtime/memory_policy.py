@@ -99,15 +99,21 @@ class MemoryPolicy:
         self._next_index = 2
         return Decision(frame, 1.0, True, True, self.first_slot, 1, None)
 
+    def is_candidate(self, frame: int) -> bool:
+        """Whether `frame` (the next one to decide) may enter the long-term memory: only then
+        does `decide` look at its score, so the caller may skip computing it otherwise."""
+        return frame - self._last_inserted >= self.mem_every
+
     def decide(self, frame: int, score: float) -> Decision:
-        """Decide for frame `frame` (after the previous ones) with normalised score `score`."""
+        """Decide for frame `frame` (after the previous ones) with normalised score `score`
+        (any value, e.g. NaN, when the frame is not a candidate)."""
         if self._first is None:
             raise RuntimeError("MemoryPolicy.decide() before start()")
         if frame <= self._last_frame:
             raise ValueError(f"frame {frame} is not after the last decided frame {self._last_frame}")
         self._last_frame = frame
         score = float(score)
-        candidate = frame - self._last_inserted >= self.mem_every
+        candidate = self.is_candidate(frame)
         # NaN compares False: a frame with an undefined score is never memorised.
         if not (candidate and score >= self.quality_threshold):
             self._temp_frame = frame

@@ -4,11 +4,15 @@ Frame 0: the given mask (one-hot, padded objects zero) is encoded by qam into sl
 mean quality over the real objects with a positive score becomes the normaliser. Frame t > 0:
 
     encoder(image_t, prev_prob) -> memory_read(query_key, bank) -> decoder -> prob (N+1, H, W)
-    qam(image_t, prob[1:]) -> mem_key, mem_value, quality  (skipped on a known last frame)
+    qam(image_t, prob[1:]) -> the frame's memory keys/values  (skipped on a known last frame)
+    quality(qam features) -> scores, only if the policy counts frame t as a candidate
     policy.decide(t, mean quality / first score) -> slot; bank.write(slot)
 
 The frame goes into the temp slot as the previous-frame memory, or into a dynamic slot when the
-policy accepts it (the temp slot is then emptied, the official code's `prev_in_mem`).
+policy accepts it (the temp slot is then emptied, the official code's `prev_in_mem`). Every
+memorised frame needs qam (the previous frame is always read as the temp slot), but only a
+candidate's score is ever used (the official loop tests `mem_freq` frames since the last
+insertion before the score), so the score head runs on those frames only.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from runtime.frames import fit_mask, object_ids, onehot, prob_to_labels, resize_
 from runtime.manifest import Manifest
 from runtime.memory_policy import Decision, MemoryPolicy
 
-STAGES = ("pre", "encoder", "memory_read", "decoder", "qam", "bank", "post")
+STAGES = ("pre", "encoder", "memory_read", "decoder", "qam", "quality", "bank", "post")
 
 
 @dataclass
@@ -40,7 +44,7 @@ class FrameRecord:
     """What run.json logs per frame."""
 
     frame: int
-    quality: list[float] | None  # raw QAM scores of the real objects; None: QAM skipped
+    quality: list[float] | None  # raw QAM scores of the real objects; None: not a candidate
     score: float | None  # normalised frame score (mean quality / first frame's)
     decision: dict[str, Any] | None
     slots: dict[int, int]  # slot -> frame held, after this frame
@@ -122,8 +126,8 @@ class Segmenter:
         self.backend.bank.reset()
         decision = self.policy.start(0)
         t1 = time.perf_counter()
-        quality = self.backend.run("qam", {"image": image, "masks": probs},
-                                   fetch=("quality",))["quality"][: len(ids)]
+        self.backend.run("qam", {"image": image, "masks": probs})
+        quality = self.backend.run("quality", fetch=("quality",))["quality"][: len(ids)]
         t2 = time.perf_counter()
         self.backend.bank.write(decision.slot)
         t3 = time.perf_counter()
@@ -177,9 +181,13 @@ class Segmenter:
             self._ended = True
         else:
             # `image` is still in the backend's buffer from the encoder feed.
-            quality = be.run("qam", {"masks": probs}, fetch=("quality",))["quality"][:k]
+            be.run("qam", {"masks": probs})
             lap("qam")
-            score = float(quality.mean()) / self.first_score
+            score = math.nan  # never used for a frame that is not a candidate
+            if self.policy.is_candidate(self.frame_index):
+                quality = be.run("quality", fetch=("quality",))["quality"][:k]
+                score = float(quality.mean()) / self.first_score
+                lap("quality")
             decision = self.policy.decide(self.frame_index, score)
             be.bank.write(decision.slot)
             lap("bank")

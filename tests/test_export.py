@@ -88,7 +88,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def torch_graphs(ckpt: Path) -> dict[str, torch.nn.Module]:
     model, _ = load_model(ckpt)
-    return build_graphs(model)
+    return build_graphs(model, H, W)
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +118,12 @@ def chain_inputs(torch_graphs, frames, first_masks) -> dict[str, dict[str, np.nd
     g = torch_graphs
     t = torch.from_numpy
     with torch.no_grad():
-        k0, v0, _ = g["qam"](t(frames[0]), t(first_masks))
-        k1, v1, _ = g["qam"](t(frames[1]), t(first_masks))
+        (k0, v0, _), (k1, v1, features) = (
+            bank_slot(g["qam"](t(frames[i]), t(first_masks))) for i in (0, 1))
         gen = torch.Generator().manual_seed(0)
-        keys = torch.randn((S, *k0.shape), generator=gen) * 50
-        values = torch.randn((S, *v0.shape), generator=gen) * 50
-        keys[0], values[0], keys[S - 1], values[S - 1] = k0, v0, k1, v1
+        keys = torch.randn((N, S, *k0.shape[1:]), generator=gen) * 50
+        values = torch.randn((N, S, *v0.shape[1:]), generator=gen) * 50
+        keys[:, 0], values[:, 0], keys[:, S - 1], values[:, S - 1] = k0, v0, k1, v1
         valid = torch.zeros(S)
         valid[[0, S - 1]] = 1
         qk, qv, f8, f4 = g["encoder"](t(frames[2]), t(first_masks))
@@ -131,6 +131,7 @@ def chain_inputs(torch_graphs, frames, first_masks) -> dict[str, dict[str, np.nd
     inputs = {
         "encoder": {"image": frames[2], "prev_prob": first_masks},
         "qam": {"image": frames[3], "masks": first_masks},
+        "quality": {"quality_features": features},
         "memory_read": {"query_key": qk, "mem_keys": keys, "mem_values": values,
                         "mem_valid": valid},
         "decoder": {"readout": readout, "query_value": qv, "f8": f8, "f4": f4,
@@ -138,6 +139,19 @@ def chain_inputs(torch_graphs, frames, first_masks) -> dict[str, dict[str, np.nd
     }
     return {name: {k: np.ascontiguousarray(v.numpy() if torch.is_tensor(v) else v)
                    for k, v in feed.items()} for name, feed in inputs.items()}
+
+
+def bank_slot(qam_out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """qam's outputs -> the slot's keys (N, P, CK), values (N, P, CV), quality features."""
+    *chunks, features = qam_out
+    n = len(chunks) // 2
+    return torch.stack(chunks[:n]), torch.stack(chunks[n:]), features
+
+
+def model_layout(bank: np.ndarray) -> torch.Tensor:
+    """Bank (N, T, P, C) -> memory_readout's (1, T, N, C, h, w)."""
+    n, t, _, c = bank.shape
+    return torch.from_numpy(bank).permute(1, 0, 3, 2).reshape(1, t, n, c, H // 16, W // 16)
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -199,10 +213,10 @@ def test_memory_read_masks_invalid_slots(fp32_dir, torch_graphs, chain_inputs, v
     # Real keys, scaled per slot: identical slots would tie exactly, and top-k may keep any
     # of the tied positions.
     for i, slot in enumerate(valid_slots):
-        feed["mem_keys"][slot] = chain_inputs["memory_read"]["mem_keys"][0] * (1 + 0.1 * i)
+        feed["mem_keys"][:, slot] = chain_inputs["memory_read"]["mem_keys"][:, 0] * (1 + 0.1 * i)
     (got,) = session(fp32_dir / "memory_read.onnx").run(None, feed)
-    mk = torch.from_numpy(feed["mem_keys"][valid_slots])[None]
-    mv = torch.from_numpy(feed["mem_values"][valid_slots])[None]
+    mk = model_layout(feed["mem_keys"][:, valid_slots])
+    mv = model_layout(feed["mem_values"][:, valid_slots])
     want = memory_readout(torch.from_numpy(feed["query_key"]), mk, mv,
                           torch.ones(1, len(valid_slots)), top_k=50)[0].numpy()
     assert np.abs(got - want).max() <= FP32_TOL[0] + FP32_TOL[1] * np.abs(want).max()
@@ -249,7 +263,8 @@ def test_fp16_decoder_finite_when_saturated(ckpt, frames):
     with torch.no_grad():
         model.decoder.pred.bias.fill_(30.0)
     specs = specs_for(model, H, W, N, BETA)
-    fp16 = convert_fp16(export_graph(build_graphs(model)["decoder"], specs["decoder"]), "decoder")
+    fp16 = convert_fp16(export_graph(build_graphs(model, H, W)["decoder"], specs["decoder"]),
+                        "decoder")
     gen = np.random.default_rng(0)
     feed = {t.name: gen.random(t.shape, dtype=np.float32) for t in specs["decoder"].inputs}
     feed["object_valid"] = np.ones((N,), np.float32)
@@ -376,9 +391,9 @@ def test_official_state_dict_loads_and_declares_graphs(official_ckpt, tmp_path):
     model, meta = load_model(official_ckpt)
     assert meta["official"] and model.cfg.backbone == "resnet50"
     specs = specs_for(model, 64, 64, 1, 1)
-    assert specs["memory_read"].input("mem_values").shape == (3, 1, 512, 4, 4)
+    assert specs["memory_read"].input("mem_values").shape == (1, 3, 16, 512)
     assert specs["encoder"].output("f8").shape == (1, 512, 8, 8)
-    graph = export_graph(build_graphs(model)["memory_read"], specs["memory_read"])
+    graph = export_graph(build_graphs(model, 64, 64)["memory_read"], specs["memory_read"])
     assert not errors_of(check_model(graph))
 
 

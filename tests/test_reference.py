@@ -66,7 +66,7 @@ def test_unbounded_never_evicts(model):
     labels = list(seg.segment(frames, mask))
     assert len(labels) == 8 and labels[0].shape == (64, 96)
     assert len(seg.policy) == 8 and len(seg.backend.bank.valid_slots()) == 8
-    assert all(seg.backend.bank.read(s)[0].shape == (2, 64, 4, 6)
+    assert all(seg.backend.bank.read(s)[0].shape == (2, 4 * 6, 64)  # (N, P, CK)
                for s in seg.backend.bank.valid_slots())
 
 
@@ -120,11 +120,14 @@ def test_torch_backend_matches_model_methods(model):
     rng = np.random.default_rng(1)
     img = rng.integers(0, 255, (1, 64, 96, 3), dtype=np.uint8)
     masks = rng.random((2, 64, 96), dtype=np.float32)
-    q = be.run("qam", {"image": img, "masks": masks}, fetch=("quality", "mem_key"))
+    kv = be.run("qam", {"image": img, "masks": masks}, fetch=("mem_key_1", "mem_value_0"))
+    q = be.run("quality", fetch=("quality",))
     from training.model import normalize_uint8
 
     with torch.no_grad():
-        k, _, quality = model.encode_memory(normalize_uint8(torch.from_numpy(img)),
+        k, v, quality = model.encode_memory(normalize_uint8(torch.from_numpy(img)),
                                             torch.from_numpy(masks)[None])
     np.testing.assert_allclose(q["quality"], quality[0].numpy(), rtol=1e-6)
-    np.testing.assert_allclose(q["mem_key"], k[0].numpy(), rtol=1e-6)
+    # bank layout: one row of channels per position
+    np.testing.assert_allclose(kv["mem_key_1"], k[0, 1].flatten(1).T.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(kv["mem_value_0"], v[0, 0].flatten(1).T.numpy(), rtol=1e-6)

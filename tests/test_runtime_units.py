@@ -25,7 +25,7 @@ from runtime.manifest import Manifest, graph_specs
 
 
 def manifest(memory_size: int = 3) -> Manifest:
-    specs = graph_specs(32, 48, 2, memory_size + 2, 4, 6, (16, 8, 4))
+    specs = graph_specs(32, 48, 2, memory_size + 2, 4, 6, (16, 8, 4), qam_size=4)
     return Manifest(height=32, width=48, max_objects=2, memory_size=memory_size, top_k=5,
                     key_dim=4, value_dim=6, precision="fp32", graphs=specs)
 
@@ -122,17 +122,24 @@ def test_runtime_config():
 
 
 def test_host_bank_slot_semantics():
-    m = manifest(2)
-    src = {"mem_key": np.ones((2, 4, 2, 3), np.float32),
-           "mem_value": np.full((2, 6, 2, 3), 2, np.float32)}
+    m = manifest(2)  # 2 objects, 2 x 3 positions, CK 4, CV 6
+    src = {f"mem_key_{i}": np.full((6, 4), 1 + i, np.float32) for i in range(2)}
+    src.update({f"mem_value_{i}": np.full((6, 6), 10 + i, np.float32) for i in range(2)})
     bank = HostBank(m, src)
-    assert bank.keys.shape == (4, 2, 4, 2, 3) and bank.valid.tolist() == [0, 0, 0, 0]
+    keys, values = bank.arrays["mem_keys"], bank.arrays["mem_values"]
+    assert keys.shape == (2, 4, 6, 4) and values.shape == (2, 4, 6, 6)  # (N, S, P, C)
+    assert bank.valid.tolist() == [0, 0, 0, 0]
     bank.write(0)
     bank.write(3)  # temp slot: previous frame
     assert bank.valid.tolist() == [1, 0, 0, 1]
-    src["mem_key"] *= 5
+    assert (keys[1, 3] == 2).all() and (values[0, 3] == 10).all() and not keys[:, 1:3].any()
+    # each object's chunk sits where the manifest says
+    offset, count = m.bank_chunk("mem_values", 1, 3)
+    assert (values.reshape(-1)[offset:offset + count] == 11).all()
+    src["mem_key_0"] *= 5
     bank.write(1)  # accepted: the temp slot is emptied
     assert bank.valid.tolist() == [1, 1, 0, 0] and bank.read(1)[0].max() == 5
+    assert bank.read(1)[0].shape == (2, 6, 4)
     bank.reset()
     assert not bank.valid.any()
     with pytest.raises(IndexError):

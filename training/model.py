@@ -5,6 +5,8 @@ exactly what was trained:
 
     encode_query  frame + previous probabilities -> query key/value (PEM applied) + skips
     encode_memory frame + object masks            -> memory key/value + QAM quality score
+                  (= memory_kv, then assess_quality: the deployed graphs run the score head
+                  only for frames that may enter the memory)
     read_memory   query key + memory bank         -> per-object readout (top-k softmax)
     decode        readout + query value + skips   -> soft-aggregated probabilities
 
@@ -14,6 +16,7 @@ Shapes: B batch, N objects, T memory frames, CK/CV key/value dims, h x w = H/16 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +65,11 @@ class UpsampleBlock(nn.Module):
         s = self.skip_conv2(self.skip_conv1(skip))
         b = s.shape[0]
         u = F.interpolate(up, size=s.shape[-2:], mode="bilinear", align_corners=False)
-        # The skip branch does not depend on the object, so it runs once and broadcasts.
+        # The skip branch does not depend on the object, so it runs once and broadcasts. With
+        # one frame (every exported graph) that is a plain 4-D broadcast: no 5-D reshape, which
+        # made OpenVINO convert the layout of u twice.
+        if b == 1:
+            return self.out_conv(u + s)
         x = u.view(b, -1, *u.shape[1:]) + s.unsqueeze(1)
         return self.out_conv(x.flatten(0, 1))
 
@@ -77,13 +84,22 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(c4, d8, d4)
         self.pred = nn.Conv2d(d4, 1, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        """x: (B*N, 2CV, h, w); f8, f4: (B, C, ...) -> logits (B*N, 1, 4*H/4, 4*W/4)."""
+    def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor,
+                upsample: Upsample | None = None) -> torch.Tensor:
+        """x: (B*N, 2CV, h, w); f8, f4: (B, C, ...) -> logits (B*N, 1, 4*H/4, 4*W/4).
+
+        upsample: the final x4 bilinear upsampling (default F.interpolate); the exported graph
+        passes an exact equivalent that runs faster (export/graphs.py)."""
         x = self.compress(x)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)
         x = self.pred(F.relu(x))
+        if upsample is not None:
+            return upsample(x)
         return F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=False)
+
+
+Upsample = Callable[[torch.Tensor], torch.Tensor]
 
 
 class KeyValue(nn.Module):
@@ -253,6 +269,17 @@ class QDMN(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image: (B, 3, H, W) normalised; masks: (B, N, H, W) object probabilities
         -> mem_key (B, N, CK, h, w), mem_value (B, N, CV, h, w), quality (B, N)"""
+        key, value, features = self.memory_kv(image, masks)
+        return key, value, self.assess_quality(features).view(masks.shape[:2])
+
+    def memory_kv(
+        self, image: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The value encoder: what every memorised frame needs (the previous frame always
+        enters the memory as the temporary slot).
+
+        -> mem_key (B, N, CK, h, w), mem_value (B, N, CV, h, w),
+           quality_features (B*N, C16, qam, qam): the QAM score head's input"""
         b, n, h, w = masks.shape
         others = masks.sum(dim=1, keepdim=True) - masks
         planes = [image.unsqueeze(1).expand(b, n, 3, h, w), masks.unsqueeze(2)]
@@ -262,9 +289,14 @@ class QDMN(nn.Module):
         f16, _, _ = self.mask_rgb_encoder(x)
         key, value = self.kv_m_f16(f16)
         q = self.cfg.qam_size
-        quality = self.score(F.interpolate(f16, size=(q, q), mode="bilinear", align_corners=False))
-        return (key.view(b, n, *key.shape[1:]), value.view(b, n, *value.shape[1:]),
-                quality.view(b, n))
+        features = F.interpolate(f16, size=(q, q), mode="bilinear", align_corners=False)
+        return key.view(b, n, *key.shape[1:]), value.view(b, n, *value.shape[1:]), features
+
+    def assess_quality(self, features: torch.Tensor) -> torch.Tensor:
+        """QAM score head: (M, C16, qam, qam) -> (M,). Only frames that may enter the long-term
+        memory need it (the official loop uses the score only `mem_every` frames after the last
+        insertion)."""
+        return self.score(features)
 
     def read_memory(
         self, query_key: torch.Tensor, mem_keys: torch.Tensor, mem_values: torch.Tensor,
@@ -274,14 +306,16 @@ class QDMN(nn.Module):
 
     def decode(
         self, readout: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
-        f4: torch.Tensor, object_valid: torch.Tensor,
+        f4: torch.Tensor, object_valid: torch.Tensor, upsample: Upsample | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """readout: (B, N, CV, h, w); query_value: (B, CV, h, w); object_valid: (B, N) 1/0
-        -> logits (B, N+1, H, W) of the aggregated distribution, prob (B, N+1, H, W)"""
+        -> logits (B, N+1, H, W) of the aggregated distribution, prob (B, N+1, H, W)
+
+        upsample: see Decoder.forward."""
         b, n = readout.shape[:2]
         qv = query_value.unsqueeze(1).expand_as(readout)
         x = self.aspp(torch.cat([readout, qv], 2).flatten(0, 1))
-        logits = self.decoder(x, f8, f4)
+        logits = self.decoder(x, f8, f4, upsample)
         obj_prob = torch.sigmoid(logits).view(b, n, *logits.shape[-2:])
         obj_prob = obj_prob * object_valid.view(b, n, 1, 1)
         prob = aggregate(obj_prob, dim=1)

@@ -34,7 +34,7 @@ def reference_manifest(cfg: ModelConfig, height: int, width: int, max_objects: i
     """In-memory manifest for the reference (no files); memory_size None = unbounded."""
     memory_size = UNBOUNDED_MEMORY if memory_size is None else memory_size
     specs = graph_specs(height, width, max_objects, memory_size + 2, cfg.key_dim, cfg.value_dim,
-                        cfg.feature_dims)
+                        cfg.feature_dims, cfg.qam_size)
     m = Manifest(height=height, width=width, max_objects=max_objects, memory_size=memory_size,
                  top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim,
                  precision="fp32", graphs=specs, model_config=cfg.to_dict(), **extra)
@@ -55,7 +55,9 @@ class SparseBank(Bank):
         self._source = source  # the backend's buffers, where qam leaves mem_key/mem_value
 
     def _store(self, slot: int) -> None:
-        self._slots[slot] = (self._source["mem_key"].copy(), self._source["mem_value"].copy())
+        keys, values = (np.stack([self._source[name] for name, t, _ in self.writes
+                                  if t == tensor]) for tensor in ("mem_keys", "mem_values"))
+        self._slots[slot] = (keys, values)
 
     def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         self._check(slot)
@@ -66,14 +68,17 @@ class SparseBank(Bank):
         return [s for s in sorted(self._slots) if self._valid[s] > 0]
 
     def inputs(self) -> dict[str, np.ndarray]:
+        """The valid slots in the bank layout: keys (N, T, P, CK), values (N, T, P, CV)."""
         slots = self.valid_slots()
-        return {"mem_keys": np.stack([self._slots[s][0] for s in slots]),
-                "mem_values": np.stack([self._slots[s][1] for s in slots]),
+        return {"mem_keys": np.stack([self._slots[s][0] for s in slots], 1),
+                "mem_values": np.stack([self._slots[s][1] for s in slots], 1),
                 "mem_valid": np.ones(len(slots), np.float32)}
 
 
 class TorchBackend(HostBackend):
-    """Runs QDMN.encode_query / encode_memory / read_memory / decode in FP32 on the CPU."""
+    """Runs QDMN.encode_query / encode_memory (memory_kv, assess_quality) / read_memory /
+    decode in FP32 on the CPU; tensors cross in the manifest's layouts (views, no extra work:
+    memory_readout copies its inputs into its own layout anyway)."""
 
     name = "torch"
 
@@ -97,11 +102,16 @@ class TorchBackend(HostBackend):
             k, v, f8, f4 = m.encode_query(normalize_uint8(t["image"]), t["prev_prob"][None])
             out = {"query_key": k, "query_value": v, "f8": f8, "f4": f4}
         elif graph == "qam":
-            k, v, q = m.encode_memory(normalize_uint8(t["image"]), t["masks"][None])
-            out = {"mem_key": k[0], "mem_value": v[0], "quality": q[0]}
+            k, v, features = m.memory_kv(normalize_uint8(t["image"]), t["masks"][None])
+            chunks = {"mem_keys": _bank_rows(k[0]), "mem_values": _bank_rows(v[0])}
+            out = {name: chunks[tensor][obj] for name, tensor, obj in self.bank.writes}
+            out["quality_features"] = features
+        elif graph == "quality":
+            out = {"quality": m.assess_quality(t["quality_features"])}
         elif graph == "memory_read":
-            r = m.read_memory(t["query_key"], t["mem_keys"][None], t["mem_values"][None],
-                              t["mem_valid"][None], self.top_k)
+            h, w = self.manifest.feature_size
+            keys, values = (_model_layout(t[name], h, w) for name in ("mem_keys", "mem_values"))
+            r = m.read_memory(t["query_key"], keys, values, t["mem_valid"][None], self.top_k)
             out = {"readout": r[0]}
         elif graph == "decoder":
             _, prob = m.decode(t["readout"][None], t["query_value"], t["f8"], t["f4"],
@@ -120,6 +130,16 @@ class TorchBackend(HostBackend):
                                     **self.bank.inputs()})
         self.buffers.update(out)
         return {n: self.buffers[n].copy() for n in fetch}
+
+
+def _bank_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N, h*w, C), the bank's per-object chunk layout."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _model_layout(bank: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bank layout (N, T, P, C) -> memory_readout's (1, T, N, C, h, w), as a view."""
+    return bank.permute(1, 0, 3, 2).unflatten(3, (h, w))[None]
 
 
 def reference_segmenter(

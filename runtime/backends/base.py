@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import EngineMismatchError
-from runtime.manifest import GRAPH_NAMES, Manifest, TensorSpec
+from runtime.manifest import GRAPH_NAMES, Manifest, TensorSpec, slot_writes
 
 BANK_TENSORS = ("mem_keys", "mem_values", "mem_valid")  # memory_read inputs held by the bank
-QAM_KV = ("mem_key", "mem_value")  # the qam outputs a bank write stores
 
 
 def tensor_specs(manifest: Manifest) -> dict[str, TensorSpec]:
@@ -38,15 +37,19 @@ def tensor_specs(manifest: Manifest) -> dict[str, TensorSpec]:
 
 
 class Bank(ABC):
-    """Preallocated memory slots: keys (S,N,CK,h,w), values (S,N,CV,h,w), valid (S,) float32.
+    """Preallocated memory slots in the layout memory_read consumes (manifest.BANK_AXES):
+    keys (N,S,P,CK), values (N,S,P,CV), valid (S,) float32.
 
-    Slot writes store the *last qam outputs*; writing a slot other than the temp slot also
-    empties the temp slot (the frame just memorised was the previous frame it staged).
+    Slot writes store the *last qam outputs* (`mem_key_i`/`mem_value_i`, one chunk per object
+    i); writing a slot other than the temp slot also empties the temp slot (the frame just
+    memorised was the previous frame it staged).
     """
 
     def __init__(self, manifest: Manifest):
+        self.manifest = manifest
         self.capacity = manifest.capacity
         self.temp_slot = manifest.temp_slot
+        self.writes = slot_writes(manifest.max_objects)  # (qam output, bank tensor, object)
         self._valid = np.zeros(self.capacity, np.float32)
 
     @property
@@ -74,7 +77,7 @@ class Bank(ABC):
 
     @abstractmethod
     def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        """Host copies of a slot's key (N,CK,h,w) and value (N,CV,h,w) (tests, debugging)."""
+        """Host copies of a slot's keys (N,P,CK) and values (N,P,CV) (tests, debugging)."""
 
     @abstractmethod
     def _store(self, slot: int) -> None: ...
@@ -128,25 +131,26 @@ class Backend(ABC):
 
 
 class HostBank(Bank):
-    """The bank as preallocated numpy arrays (CPU backends, the PyTorch reference)."""
+    """The bank as preallocated numpy arrays (CPU backends)."""
 
     def __init__(self, manifest: Manifest, source: Mapping[str, np.ndarray]):
         super().__init__(manifest)
-        self.keys = np.zeros(manifest.graphs["memory_read"].input("mem_keys").shape, np.float32)
-        self.values = np.zeros(manifest.graphs["memory_read"].input("mem_values").shape,
-                               np.float32)
-        self._source = source  # the backend's buffers, where qam leaves mem_key/mem_value
+        spec = manifest.graphs["memory_read"]
+        self.arrays = {t: np.zeros(spec.input(t).shape, np.float32)
+                       for t in ("mem_keys", "mem_values")}
+        self._source = source  # the backend's buffers, where qam leaves its outputs
 
     def _store(self, slot: int) -> None:
-        self.keys[slot] = self._source["mem_key"]
-        self.values[slot] = self._source["mem_value"]
+        for name, tensor, obj in self.writes:
+            self.arrays[tensor][obj, slot] = self._source[name]
 
     def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         self._check(slot)
-        return self.keys[slot].copy(), self.values[slot].copy()
+        return (self.arrays["mem_keys"][:, slot].copy(),
+                self.arrays["mem_values"][:, slot].copy())
 
     def inputs(self) -> dict[str, np.ndarray]:
-        return {"mem_keys": self.keys, "mem_values": self.values, "mem_valid": self._valid}
+        return {**self.arrays, "mem_valid": self._valid}
 
 
 class HostBackend(Backend):

@@ -5,10 +5,12 @@ session through IO binding; host feeds are copied in with `update_inplace`, fetc
 copied out with `.numpy()`.
 
 ORT's Python API cannot copy into part of an OrtValue, so bank writes copy nothing: qam's
-mem_key/mem_value outputs are bound straight into the bank at the physical slot that currently
-backs the temp slot, and writing the frame to another slot swaps the two slots' physical
-storage. memory_read is invariant to the order of slots, so only the valid vector (uploaded in
-physical order) has to follow the mapping. Running this on CPU exercises the CUDA code path.
+per-object outputs (`mem_key_i`, `mem_value_i`) are bound straight into the bank, each at its
+object's chunk of the physical slot that currently backs the temp slot (the bank layout and
+chunk offsets are the manifest's), and writing the frame to another slot swaps the two slots'
+physical storage. memory_read is invariant to the order of slots, so only the valid vector
+(uploaded in physical order) has to follow the mapping. Running this on CPU exercises the CUDA
+code path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BANK_TENSORS, QAM_KV, Backend, Bank
+from runtime.backends.base import BANK_TENSORS, Backend, Bank
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -50,24 +52,23 @@ class OrtBank(Bank):
     def __init__(self, manifest: Manifest, ort: Any, device: str, device_id: int):
         super().__init__(manifest)
         spec = manifest.graphs["memory_read"]
-        self._shape_k = spec.input("mem_keys").shape
-        self._shape_v = spec.input("mem_values").shape
         alloc = ort.OrtValue.ortvalue_from_shape_and_type
-        self.keys = alloc(list(self._shape_k), np.float32, device, device_id)
-        self.values = alloc(list(self._shape_v), np.float32, device, device_id)
+        self.tensors: dict[str, Any] = {}
+        for name in ("mem_keys", "mem_values"):
+            shape = spec.input(name).shape
+            self.tensors[name] = alloc(list(shape), np.float32, device, device_id)
+            # fresh device memory is uninitialised
+            self.tensors[name].update_inplace(np.zeros(shape, np.float32))
         self.valid_value = alloc([self.capacity], np.float32, device, device_id)
-        zeros_k = np.zeros(self._shape_k, np.float32)
-        self.keys.update_inplace(zeros_k)  # fresh device memory is uninitialised
-        self.values.update_inplace(np.zeros(self._shape_v, np.float32))
         self.physical = list(range(self.capacity))  # logical slot -> physical slot
         self._dirty = True
 
-    def slot_pointers(self, slot: int) -> tuple[int, int]:
-        """Device addresses of logical `slot`'s key and value (qam outputs bind here)."""
+    def chunk_pointers(self, slot: int) -> dict[str, int]:
+        """qam output name -> device address of its chunk of logical `slot` (bound there)."""
         p = self.physical[slot]
-        k_bytes = int(np.prod(self._shape_k[1:])) * 4
-        v_bytes = int(np.prod(self._shape_v[1:])) * 4
-        return self.keys.data_ptr() + p * k_bytes, self.values.data_ptr() + p * v_bytes
+        return {name: self.tensors[tensor].data_ptr() +
+                4 * self.manifest.bank_chunk(tensor, obj, p)[0]
+                for name, tensor, obj in self.writes}
 
     def _store(self, slot: int) -> None:
         # qam already wrote into the temp slot's storage: hand that storage to `slot`.
@@ -87,7 +88,8 @@ class OrtBank(Bank):
     def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         self._check(slot)
         p = self.physical[slot]
-        return self.keys.numpy()[p].copy(), self.values.numpy()[p].copy()
+        return (self.tensors["mem_keys"].numpy()[:, p].copy(),
+                self.tensors["mem_values"].numpy()[:, p].copy())
 
 
 class OrtBackend(Backend):
@@ -138,26 +140,26 @@ class OrtBackend(Backend):
 
         alloc = ort.OrtValue.ortvalue_from_shape_and_type
         self.values: dict[str, Any] = {}
+        self.bank = OrtBank(manifest, ort, device, device_id)
+        self._chunks = {name for name, _, _ in self.bank.writes}  # bound into the bank
         for n, s in self.specs.items():
-            if n in BANK_TENSORS or n in QAM_KV:
+            if n in BANK_TENSORS or n in self._chunks:
                 continue
             v = alloc(list(s.shape), np.dtype(s.dtype), device, device_id)
             v.update_inplace(np.zeros(s.shape, s.dtype))
             self.values[n] = v
-        self.bank = OrtBank(manifest, ort, device, device_id)
         self.bindings: dict[str, Any] = {}
-        bank_values = {"mem_keys": self.bank.keys, "mem_values": self.bank.values,
-                       "mem_valid": self.bank.valid_value}
+        bank_values = {**self.bank.tensors, "mem_valid": self.bank.valid_value}
         for g, sess in self.sessions.items():
             b = sess.io_binding()
             for t in manifest.graphs[g].inputs:
                 src = bank_values[t.name] if t.name in bank_values else self.values[t.name]
                 b.bind_ortvalue_input(t.name, src)
             for t in manifest.graphs[g].outputs:
-                if t.name not in QAM_KV:
+                if t.name not in self._chunks:
                     b.bind_ortvalue_output(t.name, self.values[t.name])
             self.bindings[g] = b
-        self._qam_target: tuple[int, int] | None = None
+        self._qam_target: dict[str, int] = {}
 
     def _check_io(self, graph: str, sess: Any, path: Path) -> None:
         spec = self.manifest.graphs[graph]
@@ -171,10 +173,10 @@ class OrtBackend(Backend):
                         f"{(t.shape, t.dtype)}: graph and manifest come from different exports")
 
     def _bind_qam_outputs(self) -> None:
-        target = self.bank.slot_pointers(self.bank.temp_slot)
+        target = self.bank.chunk_pointers(self.bank.temp_slot)
         if target != self._qam_target:
             b = self.bindings["qam"]
-            for name, ptr in zip(QAM_KV, target):
+            for name, ptr in target.items():
                 b.bind_output(name, self.device, self.device_id, np.float32,
                               list(self.specs[name].shape), ptr)
             self._qam_target = target
@@ -190,9 +192,10 @@ class OrtBackend(Backend):
         self.sessions[graph].run_with_iobinding(self.bindings[graph])
         out = {}
         for n in fetch:
-            if n in QAM_KV:  # they live in the bank's temp slot
+            if n in self._chunks:  # they live in the bank's temp slot
                 k, v = self.bank.read(self.bank.temp_slot)
-                out[n] = k if n == "mem_key" else v
+                tensor, obj = next((t, o) for name, t, o in self.bank.writes if name == n)
+                out[n] = (k if tensor == "mem_keys" else v)[obj]
             else:
                 out[n] = self.values[n].numpy()
         return out

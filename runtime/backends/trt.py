@@ -4,7 +4,8 @@ Every tensor name gets one device allocation, bound with `set_tensor_address` to
 that uses it (so encoder outputs are memory_read/decoder inputs without copies); host-facing
 tensors also get a pinned host buffer. One non-default stream; `run` enqueues H2D copies,
 `execute_async_v3`, D2H copies and synchronises (per-stage timings stay honest). Bank writes
-are D2D copies of qam's mem_key/mem_value into the slot. The CUDA context is the device's
+are D2D copies of qam's per-object outputs into their chunks of the slot (the manifest's bank
+layout). The CUDA context is the device's
 primary context, pushed only while this backend works (no pycuda.autoinit).
 """
 
@@ -45,25 +46,23 @@ class TrtBank(Bank):
         self._active = active  # pushes the backend's CUDA context
         spec = manifest.graphs["memory_read"]
         self._cuda, self._stream, self._src = cuda, stream, src
-        self._kshape = spec.input("mem_keys").shape
-        self._vshape = spec.input("mem_values").shape
-        self.key_bytes = int(np.prod(self._kshape[1:])) * 4
-        self.value_bytes = int(np.prod(self._vshape[1:])) * 4
-        self.keys = cuda.mem_alloc(self.key_bytes * self.capacity)
-        self.values = cuda.mem_alloc(self.value_bytes * self.capacity)
+        self.shapes = {t: spec.input(t).shape for t in ("mem_keys", "mem_values")}
+        self.tensors: dict[str, Any] = {}
+        for t, shape in self.shapes.items():
+            size = int(np.prod(shape)) * 4
+            self.tensors[t] = cuda.mem_alloc(size)
+            cuda.memset_d8(self.tensors[t], 0, size)
         self.valid_dev = cuda.mem_alloc(4 * self.capacity)
-        cuda.memset_d8(self.keys, 0, self.key_bytes * self.capacity)
-        cuda.memset_d8(self.values, 0, self.value_bytes * self.capacity)
         self._valid_host = cuda.pagelocked_empty(self.capacity, np.float32)
         self._dirty = True
 
     def _store(self, slot: int) -> None:
         c, s = self._cuda, self._stream
         with self._active():
-            c.memcpy_dtod_async(int(self.keys) + slot * self.key_bytes, self._src["mem_key"],
-                                self.key_bytes, s)
-            c.memcpy_dtod_async(int(self.values) + slot * self.value_bytes,
-                                self._src["mem_value"], self.value_bytes, s)
+            for name, tensor, obj in self.writes:
+                offset, count = self.manifest.bank_chunk(tensor, obj, slot)
+                c.memcpy_dtod_async(int(self.tensors[tensor]) + 4 * offset, self._src[name],
+                                    4 * count, s)
 
     def _valid_changed(self) -> None:
         self._dirty = True
@@ -78,16 +77,19 @@ class TrtBank(Bank):
 
     def read(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         self._check(slot)
-        k = np.empty(self._kshape[1:], np.float32)
-        v = np.empty(self._vshape[1:], np.float32)
+        out = []
         with self._active():
             self._stream.synchronize()
-            self._cuda.memcpy_dtoh(k, int(self.keys) + slot * self.key_bytes)
-            self._cuda.memcpy_dtoh(v, int(self.values) + slot * self.value_bytes)
-        return k, v
+            for tensor, (n, _, p, ch) in self.shapes.items():
+                a = np.empty((n, p, ch), np.float32)
+                for obj in range(n):
+                    offset, _ = self.manifest.bank_chunk(tensor, obj, slot)
+                    self._cuda.memcpy_dtoh(a[obj], int(self.tensors[tensor]) + 4 * offset)
+                out.append(a)
+        return out[0], out[1]
 
     def free(self) -> None:
-        for a in (self.keys, self.values, self.valid_dev):
+        for a in (*self.tensors.values(), self.valid_dev):
             a.free()
 
 
@@ -134,8 +136,7 @@ class TrtBackend(Backend):
             for name in ("prev_prob", "object_valid"):  # read before anything writes them
                 cuda.memcpy_htod(self._dev[name], self._host[name])
             self.bank = TrtBank(manifest, cuda, self._stream, self._dev, self._active)
-            bank_ptrs = {"mem_keys": self.bank.keys, "mem_values": self.bank.values,
-                         "mem_valid": self.bank.valid_dev}
+            bank_ptrs = {**self.bank.tensors, "mem_valid": self.bank.valid_dev}
             self._contexts = {}
             for g, engine in self._engines.items():
                 ctx = engine.create_execution_context()
