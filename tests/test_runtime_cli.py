@@ -183,9 +183,10 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(engine, other)
     m = Manifest.load(other)
+    _, c16, qam_size, _ = m.graphs["quality"].input("quality_features").shape
     specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
-                        (0, *m.graphs["decoder"].input("f8").shape[1:2],
-                         *m.graphs["decoder"].input("f4").shape[1:2]))
+                        (c16, *m.graphs["decoder"].input("f8").shape[1:2],
+                         *m.graphs["decoder"].input("f4").shape[1:2]), qam_size)
     d = json.loads((other / "manifest.json").read_text())
     d.update(height=160, graphs=json.loads(Manifest(**{**m.__dict__, "height": 160,
                                                        "graphs": specs}).to_json())["graphs"])
