@@ -404,6 +404,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask", type=Path, default=None,
                    help="first-frame mask (default: the DAVIS annotation of --input)")
     p.add_argument("--max-source-frames", type=int, default=200)
+    p.add_argument("--note", default="", help="what the checkpoint is, recorded in the JSON and "
+                   "the plot title (e.g. 'random weights, speed only')")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     args = p.parse_args(argv)
     if args.frames < 2:
@@ -473,14 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "checkpoint_sha256": manifest.checkpoint_sha256,
                    "model_config": manifest.model_config},
         "checkpoint": None if args.checkpoint is None else {"path": str(args.checkpoint),
-                                                            "sha256": sha},
+                                                            "sha256": sha, "note": args.note},
         "input": {"source": clip.source, "mask": clip.mask_path, "playback": "ping-pong"},
         "settings": {"frames": args.frames, "warmup": warmup, "threads": threads,
                      "spin": args.spin,
                      "label_stride_for_iou": LABEL_STRIDE},
         "results": results,
     }
-    title = (f"{manifest.height}x{manifest.width}, {manifest.max_objects} object(s), "
+    title = (f"{args.note + ': ' if args.note else ''}"
+             f"{manifest.height}x{manifest.width}, {manifest.max_objects} object(s), "
              f"{manifest.memory_size} memory slots, {args.frames} frames, {threads} threads, "
              f"{machine['cpu_model']}")
     print(f"\nSpeed ({title}); ms per propagated frame, mean")

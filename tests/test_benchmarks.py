@@ -13,7 +13,7 @@ import pytest
 import runtime_support as rs
 
 from benchmarks import long_video as lv
-from benchmarks import speed
+from benchmarks import read_options, speed
 from benchmarks.common import DEFAULT_INPUT, Clip, davis_mask_for, parse_ints, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +166,43 @@ def test_speed_outputs(engine, tmp_path: Path, capsys) -> None:
     assert (out / "speed.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_read_options_outputs(engine, tmp_path: Path, capsys) -> None:
+    _, graphs = engine
+    out = tmp_path / "out"
+    rc = read_options.main(["--engine-dir", str(graphs), "--iters", "1", "--threads", "1",
+                            "--out", str(out), *clip_args()[:4]])
+    assert rc == 0
+    assert "deployed" in capsys.readouterr().out
+    data = json.loads((out / "read_options.json").read_text())
+    rows = {(r["option"], r["engine"]): r for r in data["options"]}
+    assert {("gather-elements", "onnxruntime"), ("deployed", "onnxruntime"),
+            ("two-stage-topk", "onnxruntime")} <= set(rows)
+    for r in rows.values():
+        if "skipped" not in r:  # every exact option reproduces memory_readout
+            assert r["ms_median"] > 0 and (r["max_abs_diff_vs_reference"] < 1e-3 or
+                                           not r["exact"])
+    assert 0 <= data["bf16_affinity"]["rows_changed_fraction"] <= 1
+
+
+def test_official_speed_checkpoint_is_official_with_a_constant_score() -> None:
+    import torch
+
+    from benchmarks.official_speed_checkpoint import speed_only_model
+    from training.checkpoint import load_state, official_config
+    from training.model import QDMN
+
+    state = speed_only_model().state_dict()
+    model = QDMN(official_config(state))
+    load_state(model, state, "speed-only")  # the official names and shapes
+    assert model.cfg.backbone == "resnet50" and model.cfg.score_activation == "relu"
+    with torch.no_grad():
+        _, _, quality = model.eval().encode_memory(torch.randn(1, 3, 64, 64),
+                                                   torch.rand(1, 2, 64, 64))
+        f16, _, _ = model.rgb_encoder(torch.randn(1, 3, 64, 64))
+    assert torch.equal(quality, torch.ones(1, 2))  # every candidate frame is memorised
+    assert 1e-3 < float(f16.abs().mean()) < 1e3  # He init: no vanishing (denormal) features
+
+
 def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
     _, graphs = engine
     assert speed.main(["--engine-dir", str(graphs), "--variants", "tensorflow",
@@ -173,7 +210,8 @@ def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
     assert "unknown variant" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py"])
+@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py",
+                                    "benchmarks/read_options.py"])
 def test_scripts_start_from_any_directory(script: str, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, check=False)

@@ -23,7 +23,7 @@ BANK_TENSORS = ("mem_keys", "mem_values", "mem_valid")  # memory_read inputs hel
 
 
 def tensor_specs(manifest: Manifest) -> dict[str, TensorSpec]:
-    """Every tensor of the four graphs by name, checking that shared names agree."""
+    """Every tensor of the graphs by name, checking that shared names agree."""
     specs: dict[str, TensorSpec] = {}
     for g in GRAPH_NAMES:
         graph = manifest.graphs[g]
@@ -91,7 +91,7 @@ class Bank(ABC):
 
 
 class Backend(ABC):
-    """One inference library running the four graphs of a manifest on static buffers."""
+    """One inference library running the graphs of a manifest on static buffers."""
 
     name: str = "?"
 
