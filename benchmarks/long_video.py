@@ -17,7 +17,8 @@ the engine's checkpoint and resolution, stopped at --unbounded-cap-mb of RSS gro
 --unbounded-max-frames or --unbounded-max-seconds.
 
 Every run is a fresh process, so its RSS and peak RSS are its own. Per run: windowed FPS (time
-inside the segmenter, frames are decoded beforehand), RSS per frame, memory frames held, and
+inside the segmenter, frames are decoded beforehand) and process CPU ms per frame (which other
+processes on a shared machine do not move), RSS per frame, memory frames held, and
 GPU memory on GPU backends (NVML / nvidia-smi, every --device-every frames). --read-scaling
 times the memory_read graph alone for each bank size (exported to a temporary folder: the
 graph has no weights, so only the manifest's model config is needed).
@@ -282,12 +283,22 @@ def windowed_fps(ms: Sequence[float], window: int) -> list[tuple[int, float]]:
 def fps_around(ms: Sequence[float], frame: int, window: int) -> float | None:
     """FPS over the `window` frames centred on `frame` (shifted to stay inside the run);
     None when the run did not reach `frame`."""
-    n = len(ms)
+    span = _window(len(ms), frame, window)
+    return None if span is None else round(_fps(np.asarray(ms[span], float)), 3)
+
+
+def cpu_ms_around(cpu_ms: Sequence[float], frame: int, window: int) -> float | None:
+    """Mean process CPU ms per frame over the same window as fps_around: unlike FPS, it does
+    not move when other processes take the cores, so it shows a trend on a shared machine."""
+    span = _window(len(cpu_ms), frame, window)
+    return None if span is None else round(float(np.mean(cpu_ms[span])), 3)
+
+
+def _window(n: int, frame: int, window: int) -> slice | None:
     if frame > n or n < 2:
         return None
     lo = max(1, min(frame - window // 2, n - window))
-    hi = min(n, lo + window)
-    return round(_fps(np.asarray(ms[lo:hi], float)), 3)
+    return slice(lo, min(n, lo + window))
 
 
 def summarize_run(r: dict[str, Any], window: int, warmup: int,
@@ -303,6 +314,7 @@ def summarize_run(r: dict[str, Any], window: int, warmup: int,
         "frames": r["frames_run"],
         "fps": round(_fps(np.asarray(ms[1:], float)), 3) if len(ms) > 1 else None,
         "fps_at": {str(p): fps_around(ms, p, window) for p in report_at},
+        "cpu_ms_at": {str(p): cpu_ms_around(pf["cpu_ms"], p, window) for p in report_at},
         "rss_growth_after_warmup_mb": round(rss[-1] - rss[w0], 1) if rss else None,
         "warmup_frame": w0,
         "peak_rss_mb": r["peak_rss_mb"],
@@ -314,15 +326,16 @@ def summarize_run(r: dict[str, Any], window: int, warmup: int,
 
 
 def format_runs(rows: Sequence[dict[str, Any]], report_at: Sequence[int]) -> str:
-    headers = ["run", "slots", "frames", *(f"FPS@{p}" for p in report_at), "RSS growth MB",
-               "peak RSS MB", "mem frames", "bank MB"]
+    headers = ["run", "slots", "frames", *(f"FPS@{p}" for p in report_at),
+               *(f"CPU ms@{p}" for p in report_at), "RSS growth MB", "peak RSS MB",
+               "mem frames", "bank MB"]
     if any(r["device_mb_end"] is not None for r in rows):
         headers.append("GPU MB")
     body = []
     for r in rows:
         row = [r["label"], r["graph_slots"], r["frames"], *(r["fps_at"][str(p)] for p in report_at),
-               r["rss_growth_after_warmup_mb"], r["peak_rss_mb"], r["memory_frames_end"],
-               r["bank_mb_end"]]
+               *(r["cpu_ms_at"][str(p)] for p in report_at), r["rss_growth_after_warmup_mb"],
+               r["peak_rss_mb"], r["memory_frames_end"], r["bank_mb_end"]]
         if "GPU MB" in headers:
             row.append(r["device_mb_end"])
         body.append(row)

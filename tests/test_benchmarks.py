@@ -54,11 +54,13 @@ def test_windowed_fps_and_report_points() -> None:
     row = lv.summarize_run(
         {"label": "a", "memory_size": 2, "graph_slots": 4, "frames_run": 41,
          "peak_rss_mb": 9.0, "stop_reason": "frames", "device_mb": [],
-         "per_frame": {"ms": ms, "rss_mb": [1.0] * 5 + [3.0] * 36,
+         "per_frame": {"ms": ms, "cpu_ms": [15.0] * 21 + [30.0] * 20,
+                       "rss_mb": [1.0] * 5 + [3.0] * 36,
                        "memory_frames": [1] * 41, "bank_mb": [0.5] * 41}},
         window=10, warmup=2, report_at=[10, 1000])
     assert row["rss_growth_after_warmup_mb"] == 2.0
     assert row["fps_at"] == {"10": 100.0, "1000": None}
+    assert row["cpu_ms_at"] == {"10": 15.0, "1000": None}
     assert "FPS@1000" in lv.format_runs([row], [10, 1000])
 
 
