@@ -90,8 +90,17 @@ class Segmenter:
         self._ended = False
 
     # ----------------------------------------------------------------------------- frames
-    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """First frame with its annotation; resets the memory. Returns the mask's ids."""
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """The frame as the graphs take it, (1, H, W, 3) uint8. Stateless and thread-safe, so a
+        pipeline can prepare the next frame while this one runs (pass it as `image=`)."""
+        m = self.manifest
+        return resize_frame(frame, m.height, m.width)[None]
+
+    def start(self, frame: np.ndarray, mask: np.ndarray, *,
+              image: np.ndarray | None = None) -> np.ndarray:
+        """First frame with its annotation; resets the memory. Returns the mask's ids.
+
+        image: `prepare(frame)`, when already computed."""
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
         m = self.manifest
@@ -110,7 +119,7 @@ class Segmenter:
                 f"the first mask has {len(ids)} objects (ids {list(ids)}) but the graphs were "
                 f"exported for at most {m.max_objects}: re-export with "
                 f"`python export/to_onnx.py CKPT --out DIR --max-objects {len(ids)}`")
-        image = resize_frame(frame, m.height, m.width)[None]  # (1, H, W, 3)
+        image = self.prepare(frame) if image is None else image
         probs = onehot(labels, ids, m.max_objects, m.height, m.width)
         for i, obj in enumerate(ids):
             if not probs[i].any():
@@ -142,13 +151,16 @@ class Segmenter:
         self._record(decision, quality, 1.0, ms, t0)
         return labels
 
-    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
-        """Segment the next frame. last=True skips memorising it (nothing follows it)."""
+    def step(self, frame: np.ndarray, *, last: bool = False,
+             image: np.ndarray | None = None) -> np.ndarray:
+        """Segment the next frame. last=True skips memorising it (nothing follows it).
+
+        image: `prepare(frame)`, when already computed."""
         if self.frame_index < 0:
             raise RuntimeError("Segmenter.step() before start()")
         if self._ended:
             raise RuntimeError("the video was ended with step(..., last=True); start() a new one")
-        m, be = self.manifest, self.backend
+        be = self.backend
         ms: dict[str, float] = {}
         t = time.perf_counter()
         t0 = t
@@ -160,7 +172,7 @@ class Segmenter:
             t = now
 
         h0, w0 = frame.shape[:2]
-        image = resize_frame(frame, m.height, m.width)[None]  # (1, H, W, 3)
+        image = self.prepare(frame) if image is None else image
         lap("pre")
         be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
         lap("encoder")

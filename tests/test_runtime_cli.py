@@ -208,15 +208,26 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
 
 
-def test_output_that_is_not_a_run_folder_is_kept(ok, tmp_path, capsys):
+def test_users_files_in_the_output_folder_are_kept(ok, tmp_path, capsys):
+    """Only what an earlier run wrote is replaced; a user's file of an output name is refused."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     argv = ["--engine-dir", str(ok["engine_dir"]), "--input", str(ok["input"]), "--mask",
-            str(ok["mask"]), "--output", str(out), "--quiet"]
-    assert cli.main(argv) == 1
-    assert "not an earlier run's output" in capsys.readouterr().err
+            str(ok["mask"]), "--output", str(out), "--quiet", "--max-frames", "2"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0
     assert (out / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png", "00001.png", "precious.txt", "run.json"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "00000.png").write_bytes(b"my mask")
+    capsys.readouterr()
+    assert cli.main([*argv[:7], str(mine), *argv[8:]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no earlier run of this tool wrote" in err[0], err
+    assert (mine / "00000.png").read_bytes() == b"my mask"
 
 
 def test_runtime_is_torch_free(engine, clip, tmp_path):
@@ -269,6 +280,6 @@ def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path
     log = json.loads((out / "run.json").read_text())
     assert log["frames"][-1]["decision"] is not None and not log["interrupted"]
     monkeypatch.setattr(cli, "open_source", lambda src: Live(stop_after=3))
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 130
     log = json.loads((out / "run.json").read_text())
     assert log["interrupted"] and len(list(out.glob("*.png"))) == 3

@@ -1,0 +1,109 @@
+"""runtime/job.py: one Segmenter over many videos, the pipelined writer, the output-folder rule.
+
+Real frames from the in-repo demo clips (assets/demo), the tests' small exported graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import runtime_support as rs
+from PIL import Image
+
+from runtime.errors import InputError, OutputError
+from runtime.job import check_outputs, segment_video
+from runtime.segmenter import Segmenter
+
+DEMO = rs.REPO / "assets" / "demo"
+
+
+def demo_clip(name: str, n: int, dest: Path) -> tuple[Path, Path]:
+    """The first n frames of a demo clip copied to `dest`, and its first mask."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted((DEMO / "JPEGImages/480p" / name).glob("*.jpg"))[:n]:
+        shutil.copy(p, dest / p.name)
+    return dest, DEMO / "Annotations/480p" / name / "00000.png"
+
+
+@pytest.fixture(scope="module")
+def engine(request) -> Path:
+    return rs.cached_engine(request)[1]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    d = tmp_path_factory.mktemp("clips")
+    return {name: demo_clip(name, 5, d / name) for name in ("blackswan", "cows+libby")}
+
+
+def pngs(out: Path) -> list[np.ndarray]:
+    return [np.array(Image.open(p)) for p in sorted(out.glob("*.png"))]
+
+
+def test_one_segmenter_many_videos_equals_fresh_ones(engine, clips, tmp_path):
+    """start() resets every per-video state: a reused segmenter gives what fresh ones give."""
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        a1 = segment_video(seg, *clips["blackswan"], tmp_path / "a1")
+        b = segment_video(seg, *clips["cows+libby"], tmp_path / "b")
+        a2 = segment_video(seg, *clips["blackswan"], tmp_path / "a2")
+    with Segmenter(engine, backend="ort-cpu") as fresh:
+        segment_video(fresh, *clips["cows+libby"], tmp_path / "b_fresh")
+    assert b["objects"] == [1, 2] and a1["objects"] == [1]
+    for x, y in ((tmp_path / "a1", tmp_path / "a2"), (tmp_path / "b", tmp_path / "b_fresh")):
+        px, py = pngs(x), pngs(y)
+        assert len(px) == len(py) == 5
+        assert all(rs.iou(u, v) > 0.99 for u, v in zip(px, py))
+    assert [f["decision"] for f in a1["frames"]] == [f["decision"] for f in a2["frames"]]
+    s = a1["summary"]
+    assert s["frames"] == 5 and s["fps"] > 0 and s["wall_fps"] > 0 and not a1["interrupted"]
+    assert json.loads((tmp_path / "a1" / "run.json").read_text())["summary"] == s
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):
+    out = tmp_path / "out"
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        segment_video(seg, *clips["blackswan"], out)
+        (out / "notes.txt").write_text("mine")
+        (out / "mine").mkdir()
+        log = segment_video(seg, *clips["blackswan"], out, max_frames=2)
+    assert log["summary"]["frames"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png", "00001.png", "mine", "notes.txt", "run.json"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(out / "00000.png")
+    with pytest.raises(OutputError, match=r"00000.png that no earlier run of this tool wrote"):
+        check_outputs(out)
+    (out / "00000.png").unlink()
+    (out / "run.json").write_text("my own notes")
+    with pytest.raises(OutputError, match="not a run log"):
+        check_outputs(out)
+    assert (out / "run.json").read_text() == "my own notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_unwritable_outputs_are_refused_without_traces(tmp_path):
+    with pytest.raises(OutputError, match="x.mp4"):
+        check_outputs(tmp_path / "out", overlay=Path("/proc/x.mp4"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="not a folder"):
+        check_outputs(tmp_path / "file")
+    with pytest.raises(OutputError, match="is a folder"):
+        check_outputs(tmp_path / "out", overlay=tmp_path)
+    check_outputs(tmp_path / "new" / "deeper" / "out", overlay=tmp_path / "v" / "o.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_bad_max_frames_and_empty_outputs(engine, clips, tmp_path):
+    with Segmenter(engine, backend="ort-cpu") as seg, pytest.raises(InputError, match=">= 1"):
+        segment_video(seg, *clips["blackswan"], tmp_path / "o", max_frames=0)
+    assert not list(tmp_path.iterdir())
