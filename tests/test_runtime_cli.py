@@ -5,6 +5,7 @@ Refusals: one `error: ...` line on stderr, exit code 1, nothing left in (or next
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -186,6 +187,7 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
                         (0, *m.graphs["decoder"].input("f8").shape[1:2],
                          *m.graphs["decoder"].input("f4").shape[1:2]))
+    specs = {g: dataclasses.replace(spec, sha256=m.graphs[g].sha256) for g, spec in specs.items()}
     d = json.loads((other / "manifest.json").read_text())
     d.update(height=160, graphs=json.loads(Manifest(**{**m.__dict__, "height": 160,
                                                        "graphs": specs}).to_json())["graphs"])
@@ -194,6 +196,29 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     assert "graph and manifest come from different exports" in msg
     (other / "encoder.onnx").unlink()
     assert "missing" in refuse(capsys, tmp_path, **{**ok, "engine_dir": other})
+
+
+def test_corrupted_graph_is_refused(ok, engine, tmp_path, capsys):
+    """4 KiB of the decoder's weights overwritten: the graph still parses and runs, so only the
+    sha256 recorded at export can tell (before, this ran and gave wrong masks with exit 0)."""
+    import onnx
+
+    bad = tmp_path / "bad"
+    shutil.copytree(engine, bad)
+    path = bad / "decoder.onnx"
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    data[at:at + 4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    onnx.load(str(path))  # still a valid ONNX file
+    msg = refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
+    assert "decoder.onnx is corrupted or was changed after export" in msg
+    # an older manifest without hashes is refused too, naming what to do
+    d = json.loads((bad / "manifest.json").read_text())
+    shutil.copy(engine / "decoder.onnx", path)
+    d["graphs"]["qam"].pop("sha256")
+    (bad / "manifest.json").write_text(json.dumps(d))
+    assert "records no sha256 for qam.onnx" in refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
 
 
 def test_backend_and_config_refusals(ok, tmp_path, capsys):
@@ -206,6 +231,20 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "exceeds the 2 dynamic slots" in refuse(capsys, tmp_path,
                                                    **{**ok, "memory_size": 5})
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
+
+
+def test_unwritable_outputs_refused_before_the_first_frame(ok, tmp_path, capsys, monkeypatch):
+    """Before, `--overlay /proc/x.mp4` failed after the whole video and lost every mask."""
+    def no_backend(*args, **kwargs):
+        raise AssertionError("the graphs were loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "create_backend", no_backend)
+    assert "x.mp4" in refuse(capsys, tmp_path, **{**ok, "overlay": "/proc/x.mp4"})
+    (tmp_path / "file").write_text("")
+    assert "not a folder" in refuse(capsys, tmp_path, **{**ok, "output": tmp_path / "file"})
+    assert "cannot create the folder" in refuse(capsys, tmp_path,
+                                                **{**ok, "output": tmp_path / "file" / "o"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_users_files_in_the_output_folder_are_kept(ok, tmp_path, capsys):

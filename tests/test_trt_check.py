@@ -299,6 +299,7 @@ def exported(tmp_path_factory) -> Path:
 
 
 def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
+    import hashlib
     import shutil
 
     from export import build_engines
@@ -314,6 +315,8 @@ def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
     assert m.tensorrt["compute_capability"] == "9.0" and m.tensorrt["builder_flags"] == []
     assert Manifest.load(d).graphs["decoder"].engine == "decoder.engine"
     assert (d / "encoder.engine").read_bytes() == b"plan-image"
+    assert Manifest.load(d).graphs["encoder"].engine_sha256 == hashlib.sha256(
+        b"plan-image").hexdigest()
     assert (d / "timing.cache").read_bytes() == b"cache"
     assert ("create_network", 1 << 1) in fake.calls  # STRONGLY_TYPED
     assert ("pool", "WORKSPACE", 2 << 30) in fake.calls
