@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import math
 import os
 import sys
 import time
@@ -196,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timing-cache", type=Path, help=f"default: DIR/{TIMING_CACHE}")
     p.add_argument("--verbose", action="store_true", help="TensorRT INFO log")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.workspace) and args.workspace > 0):
+        p.error(f"--workspace {args.workspace}: expected a number of GB > 0")
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -72,6 +72,7 @@ DEFAULT_SIZE = (480, 864)
 MIN_OPSET = 17
 MAX_OPSET = 20  # the TorchScript exporter's newest opset (TensorRT 10.16 parses 9..24)
 MEM_EVERY = 5
+MAX_OBJECT_ID = 255  # masks are uint8 palette images, 0 = background
 QUALITY_THRESHOLD = 0.8
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
@@ -98,8 +99,9 @@ def export_checkpoint(
         raise ExportError(f"precision {precision!r} not in {PRECISIONS}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET}")
-    if max_objects < 1:
-        raise ExportError(f"max_objects must be >= 1, got {max_objects}")
+    if not 1 <= max_objects <= MAX_OBJECT_ID:
+        raise ExportError(f"max_objects must be in 1..{MAX_OBJECT_ID} (object ids are palette "
+                          f"indices), got {max_objects}")
     if memory_size < 1:
         raise ExportError(f"memory_size must be >= 1, got {memory_size}")
     if size is not None:

@@ -343,6 +343,10 @@ def test_export_into_a_folder_keeps_the_users_files(ckpt, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--size", "60", "112"], "multiples of 16"),
     (["--int8", "--calib", "/nonexistent"], "calibration folder not found"),
+    (["--max-objects", "0"], "max_objects must be in 1..255"),
+    (["--max-objects", "256"], "max_objects must be in 1..255"),
+    (["--memory-size", "0"], "memory_size must be >= 1"),
+    (["--opset", "9"], "opset 9 not supported"),
 ])
 def test_cli_errors_one_line(ckpt, tmp_path, args, message):
     r = subprocess.run([sys.executable, "export/to_onnx.py", str(ckpt), "--out",

@@ -233,6 +233,19 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
 
 
+
+@pytest.mark.parametrize("option, value, message", [
+    ("quality_threshold", 2, "quality_threshold=2.0: expected a number in [0, 1]"),
+    ("quality_threshold", -0.1, "quality_threshold=-0.1"),
+    ("quality_threshold", "nan", "quality_threshold=nan"),
+    ("threads", 0, "threads=0"), ("device", -1, "device=-1"), ("memory_size", 0, "memory_size=0"),
+    ("max_frames", 0, "--max-frames 0"),
+])
+def test_numeric_ranges(ok, tmp_path, capsys, option, value, message):
+    """Before, --quality-threshold 2 was accepted and silently memorised nothing."""
+    assert message in refuse(capsys, tmp_path, **{**ok, option: value})
+
+
 def test_unwritable_outputs_refused_before_the_first_frame(ok, tmp_path, capsys, monkeypatch):
     """Before, `--overlay /proc/x.mp4` failed after the whole video and lost every mask."""
     def no_backend(*args, **kwargs):

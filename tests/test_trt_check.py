@@ -338,3 +338,12 @@ def test_build_engines_without_tensorrt(exported):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert 'pip install ".[trt]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert json.loads((exported / "manifest.json").read_text())["tensorrt"] is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_build_engines_workspace_range(exported, value, capsys):
+    from export import build_engines
+
+    with pytest.raises(SystemExit) as e:
+        build_engines.main([str(exported), "--workspace", value])
+    assert e.value.code == 2 and "--workspace" in capsys.readouterr().err
