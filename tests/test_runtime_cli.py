@@ -5,10 +5,12 @@ Refusals: one `error: ...` line on stderr, exit code 1, nothing left in (or next
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +337,49 @@ def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path
     assert cli.main(argv) == 130
     log = json.loads((out / "run.json").read_text())
     assert log["interrupted"] and len(list(out.glob("*.png"))) == 3
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """600 frames (the demo clip's 50 linked over and over): a run lasts long enough to be
+    signalled while it works, on any machine."""
+    demo = rs.REPO / "assets/demo/JPEGImages/480p/blackswan"
+    src = sorted(demo.glob("*.jpg"))
+    d = tmp_path_factory.mktemp("long")
+    for i in range(600):
+        (d / f"{i:05d}.jpg").symlink_to(src[i % len(src)])
+    return d, rs.REPO / "assets/demo/Annotations/480p/blackswan/00000.png"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code):
+    """A real process and a real signal once frames are being written. Before, SIGINT exited 0
+    and SIGTERM killed the process leaving a hidden `.out.partial-*` folder behind."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "runtime/run.py", "--engine-dir", str(engine), "--input",
+         str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out), "--backend",
+         "ort-cpu", "--threads", "1", "--quiet"],
+        cwd=rs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
+            if list(tmp_path.glob(".out.partial-*/00002.png")):
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)  # waits on the process, returns at once if it exited
+            assert proc.poll() is None, proc.stderr.read()
+        else:
+            pytest.fail("no frame was written")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden partial folder
+    log = json.loads((out / "run.json").read_text())
+    n = len(log["frames"])
+    assert log["interrupted"] and 3 <= n < 600 and log["summary"]["frames"] == n
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(n)]
+    for p in (out / "00000.png", out / f"{n - 1:05d}.png"):
+        assert Image.open(p).size == (854, 480)
