@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def crop_window(first_labels: np.ndarray, aspect: tuple[int, int]) -> tuple[slic
 
 
 def segment(seg: Segmenter, frames: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    return np.stack(list(seg.segment(frames, mask, finite=True)))
+    with warnings.catch_warnings():  # "frames are WxH, the graphs ...": the point of this test
+        warnings.filterwarnings("ignore", message="frames are ")
+        return np.stack(list(seg.segment(frames, mask, finite=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
