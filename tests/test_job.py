@@ -80,6 +80,25 @@ def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_overlay_inside_the_output_folder(engine, clips, tmp_path):
+    """The overlay may live in the output folder; both are ordinary files (umask, not 0600)."""
+    import os
+
+    out = tmp_path / "new" / "out"
+    umask = os.umask(0o022)
+    try:
+        with Segmenter(engine, backend="ort-cpu") as seg:
+            for _ in range(2):
+                segment_video(seg, *clips["blackswan"], out, overlay=out / "overlay.mp4",
+                              max_frames=3)
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png", "00001.png", "00002.png", "overlay.mp4", "run.json"]
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir()} == {0o644}
+    assert (out.stat().st_mode & 0o777) == 0o755
+
+
 def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
