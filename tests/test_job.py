@@ -196,6 +196,6 @@ def test_frames_changing_size_or_colour_mode(engine, clips, tmp_path):
         Image.open(d / "00004.jpg").resize((320, 240)).save(d / "00004.jpg")
         with pytest.raises(InputError, match=r"frame 00004.jpg is 320x240 but the first frame "
                                              r"is 854x480 \(another aspect ratio\)"), \
-                pytest.warns(UserWarning, match="00002.jpg is 427x240"):  # again, as above
+                pytest.warns(UserWarning):  # 00002 and 00003 again, as above
             segment_video(seg, d, mask, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
