@@ -103,7 +103,8 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
     input_path None: the shipped demo clip. mask_path None: the DAVIS annotation of a
     `JPEGImages/<res>/<seq>` folder."""
     from runtime.errors import QDMNRuntimeError
-    from runtime.frames import object_ids, open_source, read_mask
+    from runtime.masks import object_ids, read_mask
+    from runtime.sources import open_source
 
     src = Path(input_path) if input_path is not None else DEFAULT_INPUT
     if not src.exists():

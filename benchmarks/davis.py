@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 # Frames are decoded and masks written exactly as the runtime's CLI does.
-from runtime.frames import davis_palette, read_frame, save_palette_png
+from runtime.palette import davis_palette, save_palette_png
+from runtime.sources import read_frame
 
 __all__ = [
     "DatasetError",

@@ -3,8 +3,8 @@
     python export/build_engines.py DIR [--fp16] [--int8] [--workspace GB] [--timing-cache FILE]
 
 Run it on the machine (TensorRT version + GPU) that will run the engines: a plan is specific to
-both, and the runtime refuses others (runtime/trt_compat.py). Builds on the current CUDA device
-(choose it with CUDA_VISIBLE_DEVICES).
+both, and the runtime refuses others (runtime/backends/trt_compat.py). Builds on the current
+CUDA device (choose it with CUDA_VISIBLE_DEVICES).
 
 Precision. By default the network is STRONGLY_TYPED: types come from the ONNX graph, so an
 `--fp16` export (explicit Casts) builds FP16 engines, an `--int8` export (Q/DQ) builds explicit

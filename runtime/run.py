@@ -37,17 +37,11 @@ import numpy as np
 from runtime.backends import BACKENDS, create_backend
 from runtime.config import RuntimeConfig
 from runtime.errors import MaskError, QDMNRuntimeError
-from runtime.frames import (
-    FrameSource,
-    OverlayWriter,
-    object_ids,
-    open_source,
-    read_mask,
-    save_palette_png,
-    with_last,
-)
 from runtime.manifest import Manifest, ManifestError
+from runtime.masks import object_ids, read_mask
+from runtime.palette import OverlayWriter, save_palette_png
 from runtime.segmenter import FrameRecord, Segmenter, summarize
+from runtime.sources import FrameSource, open_source, with_last
 
 RUN_LOG = "run.json"
 

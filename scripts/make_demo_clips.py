@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from runtime.frames import save_palette_png
+from runtime.palette import save_palette_png
 from training.data import read_label_png
 
 

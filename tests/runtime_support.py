@@ -128,7 +128,7 @@ def side_by_side(seqs: tuple[str, str], n: int, out: Path) -> tuple[Path, Path]:
 
 
 def save_palette(labels: np.ndarray, path: Path) -> None:
-    from runtime.frames import save_palette_png
+    from runtime.palette import save_palette_png
 
     save_palette_png(labels, path)
 

@@ -14,8 +14,9 @@ import pytest
 import runtime_support as rs
 
 from runtime.config import RuntimeConfig
-from runtime.frames import read_frame, read_mask
+from runtime.masks import read_mask
 from runtime.segmenter import Segmenter, summarize
+from runtime.sources import read_frame
 
 # mem_every 1 and sigma 1.15 on this model: normalised scores vary 0.95..1.39, so frames are
 # accepted and rejected and the 2 dynamic slots overflow (no score lies within 0.04 of 1.15).

@@ -245,7 +245,7 @@ def test_runtime_is_torch_free(engine, clip, tmp_path):
 
 def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path, monkeypatch):
     """A camera/stream: no look-ahead (the last frame is memorised too); Ctrl-C keeps results."""
-    from runtime.frames import FrameSource, read_frame
+    from runtime.sources import FrameSource, read_frame
 
     frames, mask = clip
     paths = sorted(frames.glob("*.jpg"))

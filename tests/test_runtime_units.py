@@ -10,18 +10,11 @@ from runtime.backends import create_backend
 from runtime.backends.base import HostBank
 from runtime.config import RuntimeConfig
 from runtime.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
-from runtime.frames import (
-    PALETTE,
-    fit_mask,
-    onehot,
-    open_source,
-    prob_to_labels,
-    read_mask,
-    resize_frame,
-    save_palette_png,
-    with_last,
-)
 from runtime.manifest import Manifest, graph_specs
+from runtime.masks import fit_mask, read_mask
+from runtime.palette import PALETTE, save_palette_png
+from runtime.resize import onehot, prob_to_labels, resize_frame
+from runtime.sources import open_source, with_last
 
 
 def manifest(memory_size: int = 3) -> Manifest:

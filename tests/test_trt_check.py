@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.trt_check import TrtCheckError, assert_compatible, check_model, errors_of
 from export.trt_ops import OPS
-from runtime.trt_compat import EngineCompatError, check_engine_compat
+from runtime.backends.trt_compat import EngineCompatError, check_engine_compat
 
 REPO = Path(__file__).resolve().parents[1]
 OPS_MD = REPO.parent / "shared" / "spec" / "tensorrt-onnx-ops.md"
@@ -148,7 +148,7 @@ def test_op_table_matches_source():
     assert {op: (s.supported, s.types) for op, s in OPS.items()} == rows
 
 
-# --- runtime/trt_compat.py ---
+# --- runtime/backends/trt_compat.py ---
 
 BUILT = {"version": "10.16.1.11", "gpu_name": "NVIDIA H100 80GB HBM3",
          "compute_capability": "9.0", "hardware_compatibility_level": "NONE",

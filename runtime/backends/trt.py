@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
+from runtime.backends.trt_compat import check_engine_compat
 from runtime.errors import BackendUnavailableError, EngineMismatchError, QDMNRuntimeError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -110,8 +111,12 @@ class TrtBackend(Backend):
             if device_id >= cuda.Device.count():
                 raise BackendUnavailableError(f"trt: no CUDA device {device_id} "
                                               f"({cuda.Device.count()} found)")
-            _check_compat(manifest, engine_dir, device_id)
-            self._ctx = cuda.Device(device_id).retain_primary_context()
+            dev = cuda.Device(device_id)
+            major, minor = dev.compute_capability()
+            for message in check_engine_compat(manifest.tensorrt, trt.__version__, dev.name(),
+                                               f"{major}.{minor}"):
+                warnings.warn(f"trt: {message}", stacklevel=2)
+            self._ctx = dev.retain_primary_context()
         except cuda.Error as e:
             raise BackendUnavailableError(f"trt: CUDA is not usable here: {e}") from None
         self.device_id = device_id
@@ -217,16 +222,6 @@ class TrtBackend(Backend):
             self._dev.clear()
             self._host.clear()
         self._ctx.detach()
-
-
-def _check_compat(manifest: Manifest, engine_dir: Path, device_id: int) -> None:
-    """Version/GPU check of the engines (runtime.trt_compat, written with the exporter)."""
-    try:
-        from runtime.trt_compat import check_engine_compat
-    except ImportError:
-        return
-    for message in check_engine_compat(manifest, engine_dir, device_id=device_id):
-        warnings.warn(f"trt: {message}", stacklevel=3)
 
 
 __all__ = ["TrtBackend", "TrtBank"]
