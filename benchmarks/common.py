@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.config import default_threads
 from runtime.manifest import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +33,6 @@ GPU_BACKENDS = ("ort-cuda", "trt")
 
 class BenchmarkError(Exception):
     """A benchmark cannot run as asked (bad input, mismatched checkpoint, missing engine)."""
-
-
-def default_threads() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_ints(text: str, what: str) -> list[int]:

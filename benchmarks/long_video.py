@@ -56,7 +56,6 @@ from benchmarks.common import (
     BenchmarkError,
     DeviceMemory,
     check_checkpoint,
-    default_threads,
     ensure_engine,
     load_clip,
     machine_info,
@@ -67,6 +66,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
+from runtime.config import default_threads
 
 DEFAULT_MEMORY_SIZES = (5, 10, 25, 50)
 # Normalised QAM scores are >= 0 (sigmoid or ReLU head over a positive first-frame score), so
@@ -421,14 +421,10 @@ def _time_graph(engine: str, path: Path, feeds: dict[str, np.ndarray], out_name:
                 device_id: int, spin: bool = False) -> list[float]:
     import onnxruntime as ort
 
+    from runtime.backends.ort import session_options
+
     device = "cuda" if engine == "ort-cuda" else "cpu"
-    so = ort.SessionOptions()  # the runtime's settings (runtime/backends/ort.py)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so = session_options(threads, spin=spin)  # the runtime's settings
     providers = ([("CUDAExecutionProvider", {"device_id": device_id})]
                  if device == "cuda" else []) + ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), so, providers=providers)

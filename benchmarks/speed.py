@@ -56,7 +56,6 @@ from benchmarks.common import (
     Clip,
     calibration_folder,
     check_checkpoint,
-    default_threads,
     ensure_engine,
     load_clip,
     machine_info,
@@ -64,6 +63,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
+from runtime.config import default_threads
 
 VARIANTS: dict[str, str] = {
     "torch-fp32": "PyTorch eager FP32 (reference)",

@@ -11,6 +11,15 @@ from runtime.errors import RuntimeConfigError
 from runtime.manifest import Manifest
 
 
+def default_threads() -> int:
+    """CPUs this process may run on: its affinity set (a container's or `taskset`'s CPUs),
+    not the host's core count, which oversubscribes a restricted process."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Memory policy and execution settings; `None` means "the manifest's value".
@@ -22,7 +31,7 @@ class RuntimeConfig:
     memory_size: int | None = None  # dynamic (long-term) slots used, <= manifest.memory_size
     mem_every: int | None = None  # min frames between two long-term insertions
     quality_threshold: float | None = None  # sigma: accept when normalised score >= it
-    threads: int | None = None  # CPU threads for CPU backends (None: all cores)
+    threads: int | None = None  # CPU threads for CPU backends (None: default_threads())
     device: int = 0  # GPU ordinal for GPU backends
     # ORT CPU worker threads busy-wait between ops when True: a little lower latency on an idle,
     # dedicated machine, but 3x slower per frame when the cores are shared (measured: 2 threads,
@@ -59,5 +68,5 @@ class RuntimeConfig:
             mem_every=self.mem_every if self.mem_every is not None else manifest.mem_every,
             quality_threshold=(float(self.quality_threshold) if self.quality_threshold is not None
                                else float(manifest.quality_threshold)),
-            threads=self.threads if self.threads is not None else (os.cpu_count() or 1),
+            threads=self.threads if self.threads is not None else default_threads(),
         )

@@ -23,6 +23,7 @@ from export.errors import ExportError
 from export.graphs import build_graphs, specs_for
 from export.to_onnx import convert_fp16, export_checkpoint, export_graph
 from export.trt_check import check_model, errors_of
+from runtime.backends.ort import session_options
 from runtime.manifest import GRAPH_NAMES, Manifest, file_sha256
 from training.checkpoint import CheckpointError, load_model, save_weights
 from training.config import ModelConfig
@@ -141,9 +142,7 @@ def chain_inputs(torch_graphs, frames, first_masks) -> dict[str, dict[str, np.nd
 
 
 def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def reference(torch_graphs, name: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

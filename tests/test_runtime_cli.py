@@ -183,7 +183,7 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(engine, other)
     m = Manifest.load(other)
-    specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
+    specs = graph_specs(160, 224, m.max_objects, m.memory_size, m.key_dim, m.value_dim,
                         (0, *m.graphs["decoder"].input("f8").shape[1:2],
                          *m.graphs["decoder"].input("f4").shape[1:2]))
     d = json.loads((other / "manifest.json").read_text())

@@ -18,7 +18,7 @@ from runtime.sources import open_source, with_last
 
 
 def manifest(memory_size: int = 3) -> Manifest:
-    specs = graph_specs(32, 48, 2, memory_size + 2, 4, 6, (16, 8, 4))
+    specs = graph_specs(32, 48, 2, memory_size, 4, 6, (16, 8, 4))
     return Manifest(height=32, width=48, max_objects=2, memory_size=memory_size, top_k=5,
                     key_dim=4, value_dim=6, precision="fp32", graphs=specs)
 
