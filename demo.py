@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.davis import list_sequences, read_labels, read_sequence
-from benchmarks.metrics import evaluate_sequence, summarize
+from evaluation.davis import DavisLayout, list_sequences, read_sequence
+from evaluation.metrics import evaluate_sequence, summarize
 from runtime import run as run_cli
 from runtime.manifest import Manifest, ManifestError, file_sha256
+from runtime.masks import MaskMode, read_labels
 
 REPO = Path(__file__).resolve().parent
 CHECKPOINT = REPO / "models" / "qdmn-light.pth"
@@ -53,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_engines(CHECKPOINT, ENGINES)
     rows = []
-    for name in list_sequences(CLIPS, CLIPS / "ImageSets" / "demo.txt"):
+    layout = DavisLayout(CLIPS)
+    for name in list_sequences(CLIPS, layout.split_file("demo")):
         seq = read_sequence(CLIPS, name)
         out = args.out / name
         frames_dir = seq.frames[0].parent
-        first_mask = CLIPS / "Annotations" / "480p" / name / f"{seq.frames[0].stem}.png"
+        first_mask = layout.annotation(name, seq.frames[0])
         code = run_cli.main([
             "--engine-dir", str(ENGINES), "--input", str(frames_dir), "--mask", str(first_mask),
             "--output", str(out), "--overlay", str(args.out / f"{name}.mp4"),
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         ])
         if code != 0:
             return code
-        preds = np.stack([read_labels(out / f"{f.stem}.png") for f in seq.frames])
+        preds = np.stack([read_labels(out / f"{f.stem}.png", MaskMode.GROUND_TRUTH)
+                          for f in seq.frames])
         objects = evaluate_sequence(name, seq.labels, preds)
         log = json.loads((out / run_cli.RUN_LOG).read_text())
         fps = log["summary"]["fps"]

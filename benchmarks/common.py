@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.davis import DavisLayout
 from runtime.config import default_threads
 from runtime.manifest import file_sha256
 
@@ -33,6 +34,15 @@ GPU_BACKENDS = ("ort-cuda", "trt")
 
 class BenchmarkError(Exception):
     """A benchmark cannot run as asked (bad input, mismatched checkpoint, missing engine)."""
+
+
+def portable_path(path: str | Path) -> str:
+    """How a result file names a path: relative to the repository when inside it (results are
+    committed and compared across machines), else as given."""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -79,13 +89,12 @@ class Clip:
 
 
 def davis_mask_for(frames_dir: Path) -> Path | None:
-    """.../JPEGImages/<res>/<seq> (or .../JPEGImages/<seq>) -> its Annotations/.../00000.png."""
-    parts = frames_dir.resolve().parts
-    if "JPEGImages" not in parts:
+    """A DAVIS-layout `.../JPEGImages/<res>/<seq>` folder -> its first annotation, else None."""
+    found = DavisLayout.of_frames_dir(Path(frames_dir).resolve())
+    if found is None:
         return None
-    i = len(parts) - 1 - parts[::-1].index("JPEGImages")
-    ann = Path(*parts[:i], "Annotations", *parts[i + 1:])
-    first = sorted(ann.glob("*.png"))[:1] if ann.is_dir() else []
+    layout, seq = found
+    first = sorted(layout.annotations_dir(seq).glob("*.png"))[:1]
     return first[0] if first else None
 
 
@@ -127,7 +136,7 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
         raise BenchmarkError(f"mask {mask_path} is {mw}x{mh} but the frames are {fw}x{fh}")
     if not object_ids(mask):
         raise BenchmarkError(f"mask {mask_path} marks no object")
-    return Clip(frames, mask, str(src), str(mask_path))
+    return Clip(frames, mask, portable_path(src), portable_path(mask_path))
 
 
 # ---------------------------------------------------------------------------------- memory

@@ -59,6 +59,7 @@ from benchmarks.common import (
     ensure_engine,
     load_clip,
     machine_info,
+    portable_path,
     pyplot,
     table,
     write_json,
@@ -284,7 +285,8 @@ def run_variants(names: Sequence[str], ctx: Context, clip: Clip, frames: int,
         try:
             row["backend"] = seg.backend.describe()
             row["precision"] = _precision(name, seg.manifest)
-            row["engine_dir"] = None if name in TORCH_VARIANTS else str(_engine_of(name, ctx))
+            row["engine_dir"] = (None if name in TORCH_VARIANTS
+                                 else portable_path(_engine_of(name, ctx)))
             m = measure(seg, video, clip.mask, warmup)
         except Exception as e:  # noqa: BLE001 - reported; the other variants still count
             first = (str(e).strip().splitlines() or [""])[0]
@@ -464,13 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "speed",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine,
-        "engine": {"dir": str(args.engine_dir), "height": manifest.height,
+        "engine": {"dir": portable_path(args.engine_dir), "height": manifest.height,
                    "width": manifest.width, "max_objects": manifest.max_objects,
                    "memory_size": manifest.memory_size, "precision": manifest.precision,
                    "checkpoint_sha256": manifest.checkpoint_sha256,
                    "model_config": manifest.model_config},
-        "checkpoint": None if args.checkpoint is None else {"path": str(args.checkpoint),
-                                                            "sha256": sha},
+        "checkpoint": None if args.checkpoint is None else {
+            "path": portable_path(args.checkpoint), "sha256": sha},
         "input": {"source": clip.source, "mask": clip.mask_path, "playback": "ping-pong"},
         "settings": {"frames": args.frames, "warmup": warmup, "threads": threads,
                      "spin": args.spin,

@@ -15,7 +15,7 @@ BuilderFlag.FP16/INT8, letting TensorRT pick lower-precision kernels per layer f
 exported in higher precision; `--int8` needs a Q/DQ (`--int8`) export, since implicit INT8
 calibration is deprecated in TensorRT 10.1.
 
-API used (tensorrt-api-notes.md): Builder, create_network(flags), OnnxParser.parse_from_file +
+API used (docs/spec/tensorrt-api-notes.md): Builder, create_network(flags), OnnxParser.parse_from_file +
 get_error, create_builder_config, set_memory_pool_limit(WORKSPACE), set_flag, an optimisation
 profile with min = opt = max = the manifest's static shapes, create/set/serialize timing cache,
 build_serialized_network (None on failure).

@@ -3,7 +3,7 @@
 TensorRT's own capability check (`polygraphy inspect capability`, the ORT TensorRT EP) needs a
 CUDA device, so this checks what the exported graphs depend on against the parser's operator
 matrix (`export.trt_ops`) and the restrictions/pitfalls in the TensorRT 10.16 sources and docs
-(see /work/shared/spec/tensorrt-*.md):
+(docs/spec/tensorrt-onnx-ops.md, docs/spec/tensorrt-api-notes.md):
 
 - every op is in the matrix and supported, for the dtype it gets; no custom domains;
 - opset within 9..24; graph inputs/outputs fully static; UINT8 only as graph I/O;

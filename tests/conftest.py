@@ -1,4 +1,4 @@
-"""Shared fixtures: the real DAVIS-2016 data (skipped where absent) and tiny checkpoints."""
+"""Shared fixtures: the real DAVIS clips shipped with the repository (assets/demo)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = REPO.parent / "shared" / "data" / "DAVIS2016"
+DEMO = REPO / "assets" / "demo"  # real DAVIS-2016 clips in the DAVIS layout (assets/demo/README.md)
 
 
 @pytest.fixture(scope="session")
 def davis_root() -> Path:
-    if not (DAVIS / "JPEGImages" / "480p").is_dir():
-        pytest.skip(f"real DAVIS-2016 data not found at {DAVIS}")
-    return DAVIS
+    """A DAVIS-layout root with real frames and annotations: `blackswan` (one object, 50
+    frames) and `cows+libby` (two objects, 49 frames)."""
+    return DEMO

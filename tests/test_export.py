@@ -19,18 +19,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from evaluation.davis import DavisLayout
 from export.errors import ExportError
 from export.graphs import build_graphs, specs_for
 from export.to_onnx import convert_fp16, export_checkpoint, export_graph
 from export.trt_check import check_model, errors_of
 from runtime.backends.ort import session_options
 from runtime.manifest import GRAPH_NAMES, Manifest, file_sha256
+from runtime.masks import MaskMode, read_labels
 from training.checkpoint import CheckpointError, load_model, save_weights
 from training.config import ModelConfig
 from training.model import QDMN, memory_readout
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = REPO.parent / "shared" / "data" / "DAVIS2016"
+DAVIS = DavisLayout(REPO / "assets" / "demo")  # real DAVIS clips shipped in the repo
 SEQ = "blackswan"
 H, W, N, BETA = 64, 112, 2, 3
 S = BETA + 2
@@ -44,16 +46,9 @@ INT8_PROB_TOL = 0.15  # decoder prob only; measured ~0.05 (INT8 features: see th
 
 
 @pytest.fixture(scope="module")
-def davis() -> Path:
-    if not (DAVIS / "JPEGImages" / "480p" / SEQ).is_dir():
-        pytest.skip(f"real DAVIS-2016 frames not found at {DAVIS}")
-    return DAVIS
-
-
-@pytest.fixture(scope="module")
-def frames(davis: Path) -> list[np.ndarray]:
+def frames() -> list[np.ndarray]:
     """Six (1, H, W, 3) uint8 RGB frames."""
-    paths = sorted((davis / "JPEGImages" / "480p" / SEQ).glob("*.jpg"))[:6]
+    paths = sorted(DAVIS.frames_dir(SEQ).glob("*.jpg"))[:6]
     out = []
     for p in paths:
         bgr = cv2.resize(cv2.imread(str(p)), (W, H), interpolation=cv2.INTER_AREA)
@@ -62,10 +57,10 @@ def frames(davis: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def first_masks(davis: Path) -> np.ndarray:
+def first_masks() -> np.ndarray:
     """(N, H, W): the DAVIS object and, as a second object, the image's lower-left quarter."""
-    ann = cv2.imread(str(davis / "Annotations" / "480p" / SEQ / "00000.png"), 0)
-    obj = (cv2.resize(ann, (W, H), interpolation=cv2.INTER_NEAREST) > 127).astype(np.float32)
+    ann = read_labels(DAVIS.annotation(SEQ, "00000"), MaskMode.GROUND_TRUTH)
+    obj = (cv2.resize(ann, (W, H), interpolation=cv2.INTER_NEAREST) > 0).astype(np.float32)
     other = np.zeros_like(obj)
     other[H // 2:, : W // 4] = 1
     return np.stack([obj, other * (1 - obj)])
@@ -258,9 +253,9 @@ def test_fp16_decoder_finite_when_saturated(ckpt, frames):
     np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-3)
 
 
-def test_int8_export(ckpt, davis, torch_graphs, chain_inputs, tmp_path):
+def test_int8_export(ckpt, torch_graphs, chain_inputs, tmp_path):
     out = tmp_path / "int8"
-    calib = davis / "JPEGImages" / "480p" / "cows"
+    calib = DAVIS.frames_dir("cows+libby")
     m = export_checkpoint(ckpt, out, max_objects=N, memory_size=BETA, precision="int8",
                           calib_frames=calib)
     assert m.precision == "int8"
@@ -353,14 +348,12 @@ def test_cli_missing_keys_one_line(ckpt, tmp_path):
 
 # --- official checkpoints (bare ResNet-50 state dict, names from the official code) ---
 
-OFFICIAL_KEYS = REPO.parent / "shared" / "spec" / "official-qdmn-state-dict.json"
+OFFICIAL_KEYS = REPO / "docs" / "spec" / "official-qdmn-state-dict.json"
 
 
 @pytest.fixture(scope="module")
 def official_ckpt(tmp_path_factory) -> Path:
     """A bare state dict with the official names/shapes (zeros: only loading is tested)."""
-    if not OFFICIAL_KEYS.is_file():
-        pytest.skip(f"{OFFICIAL_KEYS} not present")
     keys = json.loads(OFFICIAL_KEYS.read_text())["keys"]
     state = {k: torch.zeros(shape, dtype=torch.long if k.endswith("num_batches_tracked")
                             else torch.float32) for k, shape in keys.items()}

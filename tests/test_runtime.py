@@ -80,10 +80,10 @@ def test_ort_cpu_matches_reference_single_object(engine):
     assert set(ra[5].ms) >= {"pre", "encoder", "memory_read", "decoder", "qam", "bank", "post"}
 
 
-def test_two_objects_side_by_side(engine, tmp_path):
-    folder, mask_path = rs.side_by_side(("blackswan", "car-shadow"), 6, tmp_path)
-    frames = [read_frame(p) for p in sorted(folder.glob("*.jpg"))]
-    mask = read_mask(mask_path)
+def test_two_objects_side_by_side(engine):
+    """The shipped two-object clip (cows and libby side by side)."""
+    paths, mask_path = rs.davis_clip("cows+libby", 6)
+    frames, mask = [read_frame(p) for p in paths], read_mask(mask_path)
     assert set(np.unique(mask)) == {0, 1, 2}
     cfg = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.0, threads=1)
     seg, _, ((la, ra), (lb, rb)) = run_both(engine, frames, mask, cfg)

@@ -20,6 +20,8 @@ from PIL import Image
 
 from runtime import run as cli
 from runtime.manifest import Manifest, graph_specs
+from runtime.masks import read_mask
+from runtime.palette import save_palette_png
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_script_end_to_end(engine, clip, tmp_path):
         assert set(np.unique(np.array(im))) <= {0, 1}
         assert im.getpalette()[3:6] == [128, 0, 0]  # DAVIS colour of object 1
     # frame 0 is the given mask itself
-    assert np.array_equal(np.array(Image.open(pngs[0])), np.array(Image.open(mask)) // 255)
+    assert np.array_equal(np.array(Image.open(pngs[0])), read_mask(mask))
     log = json.loads((out / "run.json").read_text())
     assert log["backend"]["name"] in ("ort-cpu", "openvino", "openvino-bf16")  # auto on a CPU
     assert [f["frame"] for f in log["frames"]] == list(range(5))
@@ -170,7 +172,7 @@ def test_too_many_objects(ok, tmp_path, capsys):
     labels = np.zeros((480, 854), np.uint8)
     labels[:, :100], labels[:, 200:300], labels[:, 400:500] = 1, 2, 3
     three = tmp_path / "three.png"
-    rs.save_palette(labels, three)
+    save_palette_png(labels, three)
     msg = refuse(capsys, tmp_path, **{**ok, "mask": three})
     assert "3 objects" in msg and "--max-objects 3" in msg
 

@@ -288,7 +288,7 @@ def validate(trainer: Trainer, names: list[str]) -> dict[str, float]:
     appended to out_dir/val.csv."""
     # The metric code is numpy-only and shared with the benchmarks; imported here so training
     # without --validate does not need it.
-    from benchmarks.evaluate import evaluate_sequences
+    from evaluation.sequences import evaluate_sequences
     from training.reference import ReferenceSegmenter
 
     cfg = trainer.cfg

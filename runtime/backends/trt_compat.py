@@ -1,7 +1,7 @@
 """Refuse TensorRT engines built for another TensorRT version or GPU, with a clear message.
 
 A serialized plan is specific to the TensorRT version and the GPU it was built on
-(tensorrt-api-notes.md): deserializing it elsewhere fails with an opaque error or, across GPUs
+(docs/spec/tensorrt-api-notes.md): deserializing it elsewhere fails with an opaque error or, across GPUs
 of the same family, runs with kernels tuned for another chip. `export/build_engines.py`
 records what it built for in the manifest's `tensorrt` field:
 
