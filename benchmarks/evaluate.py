@@ -22,9 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if __package__ in (None, ""):  # run as `python benchmarks/evaluate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from evaluation.davis import DatasetError, list_sequences
 from evaluation.metrics import EvaluationError
 from evaluation.sequences import EvaluationResults, Segmenter, evaluate_sequences

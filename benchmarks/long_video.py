@@ -28,15 +28,10 @@ run) and OUT/read_scaling.png, and prints the tables.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/long_video.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import math
 import multiprocessing
+import sys
 import tempfile
 import time
 import warnings
@@ -44,6 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -501,8 +497,7 @@ def plot_read_scaling(rs: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from runtime.backends import BACKENDS
 
-    p = argparse.ArgumentParser(prog="benchmarks/long_video.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
     p.add_argument("--checkpoint", type=Path,
                    help="the engine's checkpoint (needed by --unbounded, --reference-bounded, "

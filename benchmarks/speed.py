@@ -31,19 +31,15 @@ OUT/speed.json and OUT/speed.png (stacked per-stage ms per variant) and prints t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/speed.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import contextlib
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -380,7 +376,7 @@ def plot_results(results: Sequence[dict[str, Any]], title: str, path: Path) -> P
 
 # -------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="benchmarks/speed.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
     p.add_argument("--checkpoint", type=Path,
                    help="the engine's checkpoint (PyTorch variants, INT8 export)")

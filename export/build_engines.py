@@ -32,9 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, GraphSpec, Manifest, ManifestError
 
 INSTALL_HINT = ('TensorRT is not installed: on a machine with an NVIDIA GPU, pip install ".[trt]" '
@@ -182,8 +179,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python export/build_engines.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("engine_dir", type=Path, help="folder written by export/to_onnx.py")
     p.add_argument("--fp16", action="store_true",
                    help="weakly typed build with BuilderFlag.FP16 (default: strongly typed)")

@@ -39,9 +39,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python export/to_onnx.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import onnx
 import onnxslim
 import torch
@@ -314,7 +311,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python export/to_onnx.py", description=__doc__.split("\n\n")[0])
+        description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="training checkpoint or official ckpt.pth")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),

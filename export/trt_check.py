@@ -29,9 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -381,8 +378,7 @@ def _graph_files(path: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python export/trt_check.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, help=".onnx files or export folders")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     args = p.parse_args(argv)

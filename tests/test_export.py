@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import script_env
 
 from evaluation.davis import DavisLayout
 from export.errors import ExportError
@@ -93,7 +94,8 @@ def fp32_dir(ckpt: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "fp32"
     r = subprocess.run([sys.executable, "export/to_onnx.py", str(ckpt), "--out", str(out),
                         "--max-objects", str(N), "--memory-size", str(BETA)],
-                       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+                       cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
+                       check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["size"] == [H, W]  # the checkpoint's image_size
     return out
@@ -323,8 +325,8 @@ def test_refuses_to_replace_a_foreign_folder(ckpt, tmp_path):
 ])
 def test_cli_errors_one_line(ckpt, tmp_path, args, message):
     r = subprocess.run([sys.executable, "export/to_onnx.py", str(ckpt), "--out",
-                        str(tmp_path / "out"), *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, check=False)
+                        str(tmp_path / "out"), *args], cwd=REPO, env=script_env(),
+                       capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import script_env
 from PIL import Image
 
 from runtime import run as cli
@@ -41,7 +42,8 @@ def clip(tmp_path_factory) -> tuple[Path, Path]:
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          env=script_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_script_end_to_end(engine, clip, tmp_path):
