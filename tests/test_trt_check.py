@@ -274,6 +274,7 @@ class _Fake:
 
         self.module = types.SimpleNamespace(
             __version__="10.16.1.11", Logger=Logger, Builder=Builder, OnnxParser=OnnxParser,
+            Dims=Dims,
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
             BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"),
             MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
