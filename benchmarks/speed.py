@@ -153,8 +153,8 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- runtime ones
-def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path,
-                       **backend_kwargs: Any) -> Any:
+def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path) -> Any:
+    """The runtime's Segmenter on `backend` (a runtime backend name), as `run.py` builds it."""
     from runtime.backends import create_backend
     from runtime.config import RuntimeConfig
     from runtime.errors import BackendUnavailableError
@@ -165,52 +165,32 @@ def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path,
     config = RuntimeConfig(threads=ctx.threads, device=ctx.device,
                            spin=ctx.spin).resolve(manifest)
     try:
-        if backend_kwargs:  # an option create_backend does not forward
-            from runtime.backends.openvino import OpenVinoBackend
-
-            try:
-                be = OpenVinoBackend(manifest, engine_dir, threads=ctx.threads, **backend_kwargs)
-            except TypeError as e:
-                raise Skip(f"this runtime's OpenVinoBackend has no such option ({e})") from None
-        else:
-            be = create_backend(backend, manifest, engine_dir, config)
+        be = create_backend(backend, manifest, engine_dir, config)
     except BackendUnavailableError as e:
         raise Skip(str(e)) from None
     return Segmenter.from_backend(manifest, be, config)
 
 
-def _need_fp32(ctx: Context, name: str) -> None:
-    if ctx.manifest.precision != "fp32":
-        raise Skip(f"{name} runs FP32 graphs; --engine-dir is {ctx.manifest.precision}")
-
-
-def _openvino_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") is None:
-        raise Skip("openvino is not installed (pip install openvino)")
+# runtime variant -> (runtime backend it is created as, its graphs): "engine" = --engine-dir,
+# "fp32" = --engine-dir, which must hold FP32 graphs, "int8" = the INT8 export of the checkpoint
+RUNTIME_VARIANTS: dict[str, tuple[str, str]] = {
+    "ort-cpu": ("ort-cpu", "engine"), "ort-cpu-int8": ("ort-cpu", "int8"),
+    "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino-bf16", "fp32"),
+    "openvino-int8": ("openvino", "int8"), "ort-cuda": ("ort-cuda", "engine"),
+    "trt": ("trt", "engine"),
+}
 
 
 def build_variant(name: str, ctx: Context) -> Any:
     """A Segmenter for variant `name`; raises Skip when it cannot run here."""
     if name in TORCH_VARIANTS:
         return _torch_segmenter(ctx, bf16=name == "torch-bf16")
-    if name in ("ort-cpu", "ort-cuda", "trt"):
-        return _runtime_segmenter(ctx, name, ctx.engine_dir)
-    if name == "ort-cpu-int8":
-        return _runtime_segmenter(ctx, "ort-cpu", ctx.int8_dir())
-    if name == "openvino":
-        _openvino_installed()
-        _need_fp32(ctx, name)
-        return _runtime_segmenter(ctx, "openvino", ctx.engine_dir)
-    if name == "openvino-bf16":
-        _openvino_installed()
-        _need_fp32(ctx, name)
-        return _runtime_segmenter(ctx, "openvino", ctx.engine_dir, inference_precision="bf16")
-    if name == "openvino-int8":
-        _openvino_installed()
-        return _runtime_segmenter(ctx, "openvino", ctx.int8_dir())
-    raise BenchmarkError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    if name not in RUNTIME_VARIANTS:
+        raise BenchmarkError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    backend, graphs = RUNTIME_VARIANTS[name]
+    if graphs == "fp32" and ctx.manifest.precision != "fp32":
+        raise Skip(f"{name} runs FP32 graphs; --engine-dir is {ctx.manifest.precision}")
+    return _runtime_segmenter(ctx, backend, ctx.int8_dir() if graphs == "int8" else ctx.engine_dir)
 
 
 # -------------------------------------------------------------------------------- measuring
@@ -313,7 +293,7 @@ def _precision(name: str, manifest: Any) -> str:
 
 
 def _engine_of(name: str, ctx: Context) -> Path:
-    return ctx.int8_dir() if name.endswith("int8") else ctx.engine_dir
+    return ctx.int8_dir() if RUNTIME_VARIANTS[name][1] == "int8" else ctx.engine_dir
 
 
 def _ratios(results: list[dict[str, Any]]) -> None:

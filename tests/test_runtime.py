@@ -123,3 +123,16 @@ def test_fewer_objects_than_graphs_and_stream_api(engine):
     # a new video restarts cleanly (memory reset, slot 0 rewritten)
     seg.start(read_frame(paths[0]), read_mask(mask_path))
     assert seg.backend.bank.valid.tolist() == [1, 0, 0, 0] and seg.frame_index == 0
+
+
+def test_one_onnx_runtime_session_configuration(engine):
+    """ORT CPU and OpenVINO's memory_read session share runtime.backends.ort.session_options."""
+    _, graphs = engine
+    config = RuntimeConfig(threads=1)
+    ort_sessions = list(Segmenter(graphs, "ort-cpu", config).backend.sessions.values())
+    openvino_read = Segmenter(graphs, "openvino", config).backend._read_session
+    for sess in [*ort_sessions, openvino_read]:
+        so = sess.get_session_options()
+        assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert so.log_severity_level == 3
