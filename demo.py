@@ -1,6 +1,9 @@
-"""Demo: segment the shipped real clips with the shipped QDMN model on ONNX Runtime CPU.
+"""Demo: segment the shipped real clips with the shipped QDMN model on the fastest backend here.
 
-    python demo.py [--backend ort-cpu] [--out out/demo]
+    python demo.py [--backend auto|ort-cpu|openvino-bf16|...] [--out out/demo]
+
+`auto` picks OpenVINO bf16 on CPUs with native bf16 (AMX or AVX-512 BF16), else ONNX Runtime CPU
+(a GPU backend where one is installed).
 
 1. exports `models/qdmn-light.pth` to ONNX graphs in `engines/qdmn-light/` (once; redone when
    the checkpoint changes),
@@ -48,7 +51,7 @@ def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     args = ap.parse_args(argv)
 

@@ -4,10 +4,12 @@ Labels are uint8 (H0, W0) maps whose values are object ids (= DAVIS palette indi
 0 = background). Every mask PNG of the project (a user's first mask, DAVIS ground truth, the
 training data) is read by `read_labels`, so a PNG means the same object ids everywhere:
 
-- palette PNG (DAVIS 2017, what the CLI writes): ids are the palette indices; 255 is DAVIS's
-  "void" (unlabelled border pixels) and reads as background, as in the DAVIS toolkit;
+- palette PNG (DAVIS 2017, what the CLI writes): ids are the palette indices;
 - grayscale PNG (DAVIS 2016): 0 / 255 only, 255 = object 1;
-- RGB(A) PNG: every colour must be a DAVIS palette colour (its index is the id).
+- RGB(A) PNG: every colour must be a DAVIS (= Pascal VOC) palette colour; its index is the id.
+
+Palette index 255 (colour (224, 224, 192)) is DAVIS's and VOC's "void" (unlabelled border
+pixels) and reads as background, as in the DAVIS toolkit.
 
 Modes say what the map is for: `first` (the annotation a video starts from: it must mark an
 object) and `ground_truth` (a dataset annotation, which may show no object).
@@ -52,7 +54,6 @@ def read_labels(path: str | Path, mode: MaskMode | str) -> np.ndarray:
         raise MaskError(f"{what} {path} is not a readable image: {e}") from None
     if image_mode in ("P", "1"):
         labels = arr.astype(np.uint8)
-        labels[labels == VOID_ID] = 0
     elif image_mode in _GRAY_MODES:
         gray = arr[..., 0] if arr.ndim == 3 else arr
         values = np.unique(gray)
@@ -67,6 +68,7 @@ def read_labels(path: str | Path, mode: MaskMode | str) -> np.ndarray:
         labels = _colours_to_ids(arr[..., :3], path, what)
     else:
         raise MaskError(f"{what} {path} has unsupported image mode {image_mode}")
+    labels[labels == VOID_ID] = 0  # palette index / colour 255: void
     if mode is MaskMode.FIRST and not labels.any():
         raise MaskError(f"first mask {path} is empty: it marks no object (palette index "
                         f"{VOID_ID} is DAVIS's void and counts as background)")

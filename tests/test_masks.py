@@ -49,8 +49,10 @@ def test_void_is_background_everywhere(tmp_path):
     with_void = lab.copy()
     with_void[0, :] = VOID_ID
     save_palette_png(with_void, tmp_path / "v.png")
+    Image.fromarray(PALETTE[with_void]).save(tmp_path / "v_rgb.png")
     for mode in MODES:
         np.testing.assert_array_equal(read_labels(tmp_path / "v.png", mode), lab)
+        np.testing.assert_array_equal(read_labels(tmp_path / "v_rgb.png", mode), lab)
     only_void = np.zeros_like(lab)
     only_void[3:5, 3:5] = VOID_ID
     save_palette_png(only_void, tmp_path / "only_void.png")

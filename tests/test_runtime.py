@@ -6,7 +6,6 @@ label maps, identical memory decisions, and identical bank contents slot by slot
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,6 @@ def test_two_objects_side_by_side(engine):
     assert set(np.unique(la[-1])) <= {0, 1, 2}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino missing")
 def test_openvino_matches_ort_cpu(engine):
     paths, mask_path = rs.davis_clip("blackswan", 6)
     frames, mask = [read_frame(p) for p in paths], read_mask(mask_path)
