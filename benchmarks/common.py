@@ -6,6 +6,7 @@ functions that need them), so a benchmark that only drives the runtime starts qu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -64,6 +65,22 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ input
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark shares: execution settings, the clip, the output folder."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the CPUs this process may use)")
+    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
+    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
+                   "runtime's --spin; faster only on an otherwise idle machine)")
+    p.add_argument("--input", type=Path, default=None,
+                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
+    p.add_argument("--mask", type=Path, default=None,
+                   help="first-frame mask (default: the DAVIS annotation of --input)")
+    p.add_argument("--max-source-frames", type=int, default=200,
+                   help="decode at most this many input frames (the rest of the video loops)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+
+
 @dataclass
 class Clip:
     """Decoded source frames (RGB uint8, original size) and the first frame's object ids."""

@@ -45,12 +45,10 @@ from typing import Any, Literal
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_INPUT,
-    DEFAULT_OUT,
     GPU_BACKENDS,
-    REPO,
     BenchmarkError,
     DeviceMemory,
+    add_common_arguments,
     check_checkpoint,
     ensure_engine,
     load_clip,
@@ -526,23 +524,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="time memory_read alone for these memory sizes")
     p.add_argument("--read-iters", type=int, default=30)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
-    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
-                   "runtime's --spin; faster only on an otherwise idle machine)")
-    p.add_argument("--input", type=Path, default=None,
-                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
-    p.add_argument("--mask", type=Path, default=None,
-                   help="first-frame mask (default: the DAVIS annotation of --input)")
-    p.add_argument("--max-source-frames", type=int, default=200,
-                   help="decode at most this many input frames (the rest of the video loops)")
+    add_common_arguments(p)
     p.add_argument("--window", type=int, default=50, help="frames per FPS window")
     p.add_argument("--warmup", type=int, default=100,
                    help="RSS growth (and the unbounded cap) is measured from this frame on")
     p.add_argument("--report-at", default="100,1000,5000",
                    help="frames whose windowed FPS the table shows")
     p.add_argument("--device-every", type=int, default=100, help="GPU memory sample period")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--in-process", action="store_true",
                    help="run everything in this process (RSS then mixes the runs)")
     p.add_argument("--no-progress", action="store_true")

@@ -45,11 +45,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_INPUT,
-    DEFAULT_OUT,
-    REPO,
     BenchmarkError,
     Clip,
+    add_common_arguments,
     calibration_folder,
     check_checkpoint,
     ensure_engine,
@@ -369,17 +367,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8-engine-dir", type=Path, help="INT8 export of the same checkpoint")
     p.add_argument("--calib", type=Path,
                    help="calibration frames for the INT8 export (default: the input's frames)")
-    p.add_argument("--threads", type=int, default=None, help="threads for every variant "
-                   "(default: all cores)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
-    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
-                   "runtime's --spin; faster only on an otherwise idle machine)")
-    p.add_argument("--input", type=Path, default=None,
-                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
-    p.add_argument("--mask", type=Path, default=None,
-                   help="first-frame mask (default: the DAVIS annotation of --input)")
-    p.add_argument("--max-source-frames", type=int, default=200)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    add_common_arguments(p)  # --threads (the same for every variant), --input, --out, ...
     args = p.parse_args(argv)
     if args.frames < 2:
         p.error("--frames must be >= 2")
