@@ -7,7 +7,7 @@
 Each sequence is cropped to a fixed window of the given aspect ratio (full height, centred on
 the first-frame objects, as a phone would frame them); frames and ground truth are cropped
 alike, and the runtime segments the crop with each fit (`runtime.geometry`). Scored with the
-DAVIS 2017 semi-supervised rules (benchmarks/metrics.py). Writes aspect_fit.json and prints a
+DAVIS 2017 semi-supervised rules (evaluation/metrics.py). Writes aspect_fit.json and prints a
 table; the better fit is `runtime.geometry.DEFAULT_FIT`.
 """
 
@@ -20,20 +20,18 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python benchmarks/aspect_fit.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from benchmarks.common import BenchmarkError, default_threads, machine_info, table, write_json
-from benchmarks.davis import DatasetError, read_frame, read_sequence
-from benchmarks.metrics import evaluate_sequence, summarize
-from runtime.config import RuntimeConfig
+from benchmarks.common import BenchmarkError, machine_info, table, write_json
+from evaluation.davis import DatasetError, read_sequence
+from evaluation.metrics import evaluate_sequence, summarize
+from runtime.config import RuntimeConfig, default_threads
 from runtime.errors import QDMNRuntimeError
 from runtime.geometry import FITS
 from runtime.manifest import ManifestError
 from runtime.outputs import check_writable_dir
 from runtime.segmenter import Segmenter
+from runtime.sources import read_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,8 +66,7 @@ def segment(seg: Segmenter, frames: list[np.ndarray], mask: np.ndarray) -> np.nd
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/aspect_fit.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
     p.add_argument("--sequences", default="blackswan,cows,libby",

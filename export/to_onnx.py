@@ -40,9 +40,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python export/to_onnx.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import onnx
 import onnxslim
 import torch
@@ -56,11 +53,14 @@ from runtime.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
     PRECISIONS,
+    STRIDE,
     GraphSpec,
     Manifest,
     ManifestError,
     file_sha256,
 )
+from runtime.masks import VOID_ID
+from runtime.memory_policy import DEFAULT_MEMORY_SIZE
 from runtime.outputs import StagedFolder
 from training.checkpoint import CheckpointError, load_model
 from training.config import ConfigError
@@ -71,9 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = (480, 864)
 MIN_OPSET = 17
 MAX_OPSET = 20  # the TorchScript exporter's newest opset (TensorRT 10.16 parses 9..24)
-MEM_EVERY = 5
-MAX_OBJECT_ID = 255  # masks are uint8 palette images, 0 = background
-QUALITY_THRESHOLD = 0.8
+MAX_OBJECT_ID = VOID_ID - 1  # object ids are palette indices: 0 background, 255 void
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
 
@@ -84,14 +82,14 @@ def export_checkpoint(
     *,
     size: tuple[int, int] | None = None,
     max_objects: int = 4,
-    memory_size: int = 25,
+    memory_size: int = DEFAULT_MEMORY_SIZE,
     precision: str = "fp32",
     opset: int = 17,
     calib_frames: str | Path | None = None,
 ) -> Manifest:
     """Export `ckpt_path` to `out_dir` (four ONNX graphs + manifest.json); return the manifest.
 
-    size: (H, W), multiples of 16; None = the checkpoint's config["image_size"], else 480x864.
+    size: (H, W), multiples of STRIDE (16); None = the checkpoint's config["image_size"], else 480x864.
     calib_frames: a folder of frames (or of sequence folders), required for precision="int8".
     Raises ExportError, or CheckpointError for an unusable checkpoint.
     """
@@ -101,7 +99,7 @@ def export_checkpoint(
         raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET}")
     if not 1 <= max_objects <= MAX_OBJECT_ID:
         raise ExportError(f"max_objects must be in 1..{MAX_OBJECT_ID} (object ids are palette "
-                          f"indices), got {max_objects}")
+                          f"indices, {VOID_ID} is void), got {max_objects}")
     if memory_size < 1:
         raise ExportError(f"memory_size must be >= 1, got {memory_size}")
     if size is not None:
@@ -157,7 +155,7 @@ def _export_into(model: QDMN, meta: dict, ckpt: Path, tmp: Path, height: int, wi
     manifest = Manifest(
         height=height, width=width, max_objects=max_objects, memory_size=memory_size,
         top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim, precision=precision,
-        graphs=specs, mem_every=MEM_EVERY, quality_threshold=QUALITY_THRESHOLD, opset=opset,
+        graphs=specs, opset=opset,
         checkpoint_sha256=sha, model_config=cfg.to_dict(),
         normalisation={"input": "uint8 RGB NHWC", "mean": list(IMAGENET_MEAN),
                        "std": list(IMAGENET_STD), "scale": 1 / 255},
@@ -266,9 +264,9 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
         height, width = (int(s) for s in size)
     except (TypeError, ValueError):
         raise ExportError(f"size must be (H, W), got {size!r}") from None
-    if height <= 0 or width <= 0 or height % 16 or width % 16:
-        raise ExportError(f"size {height}x{width}: H and W must be positive multiples of 16 "
-                          "(the features are at 1/16 resolution)")
+    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
+        raise ExportError(f"size {height}x{width}: H and W must be positive multiples of "
+                          f"{STRIDE} (the features are at 1/{STRIDE} resolution)")
     return height, width
 
 
@@ -301,15 +299,16 @@ def _owned(out_dir: Path) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python export/to_onnx.py", description=__doc__.split("\n\n")[0])
+        description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="training checkpoint or official ckpt.pth")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (an earlier export there is replaced; other files kept)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="static input size, multiples of 16 (default: the checkpoint's "
+                   help=f"static input size, multiples of {STRIDE} (default: the checkpoint's "
                         f"image_size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
     p.add_argument("--max-objects", type=int, default=4)
-    p.add_argument("--memory-size", type=int, default=25, help="dynamic memory slots (beta)")
+    p.add_argument("--memory-size", type=int, default=DEFAULT_MEMORY_SIZE,
+                   help=f"dynamic memory slots (beta, default {DEFAULT_MEMORY_SIZE})")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="FP16 weights/compute, FP32 I/O")
     prec.add_argument("--int8", action="store_true", help="static QDQ INT8 (needs --calib)")

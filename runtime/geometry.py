@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.frames import onehot, prob_to_labels, resize_frame
+from runtime.manifest import STRIDE
+from runtime.resize import onehot, prob_to_labels, resize_frame
 
 FITS = ("letterbox", "stretch")
 # benchmarks/aspect_fit.py, shipped model on 240x432 graphs, the 3 held-out DAVIS-2016 clips
@@ -98,10 +99,10 @@ class Placement:
 
 
 def export_size(frame_hw: tuple[int, int], graph_hw: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) with the frame's aspect ratio and about the graphs' pixel count, multiples of 16:
-    the `--size` to export for videos of this shape."""
+    """(H, W) with the frame's aspect ratio and about the graphs' pixel count, multiples of
+    STRIDE: the `--size` to export for videos of this shape."""
     (h0, w0), (h, w) = frame_hw, graph_hw
     area = h * w
-    eh = max(16, round((area * h0 / w0) ** 0.5 / 16) * 16)
-    ew = max(16, round((area * w0 / h0) ** 0.5 / 16) * 16)
+    eh = max(STRIDE, round((area * h0 / w0) ** 0.5 / STRIDE) * STRIDE)
+    ew = max(STRIDE, round((area * w0 / h0) ** 0.5 / STRIDE) * STRIDE)
     return eh, ew

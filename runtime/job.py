@@ -39,20 +39,13 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from runtime.errors import InputError, MaskError, OutputError, QDMNRuntimeError
-from runtime.frames import (
-    FolderSource,
-    FrameSource,
-    OverlayWriter,
-    object_ids,
-    open_source,
-    read_mask,
-    resize_frame,
-    save_palette_png,
-    with_last,
-)
 from runtime.manifest import Manifest
+from runtime.masks import object_ids, read_mask
 from runtime.outputs import StagedFile, StagedFolder, deferred_signals
+from runtime.palette import OverlayWriter, save_palette_png
+from runtime.resize import resize_frame
 from runtime.segmenter import FrameRecord, Segmenter, summarize
+from runtime.sources import FolderSource, FrameSource, open_source, with_last
 
 RUN_LOG = "run.json"
 QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be written: enough to hide jitter
@@ -99,7 +92,7 @@ def segment_video(
     """Segment `source` from its first-frame `mask` into `output_dir`; return run.json's content.
 
     source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
-    mask: a mask file (see `runtime.frames.read_mask`) or (H0, W0) uint8 object ids.
+    mask: a mask file (see `runtime.masks.read_mask`) or (H0, W0) uint8 object ids.
     overlay: also write an mp4 of the masks over the frames. extra: more run.json fields.
     Raises QDMNRuntimeError subclasses (one-line messages) for bad input or unwritable
     outputs, before the first frame wherever they can be known then; JobInterrupted after a

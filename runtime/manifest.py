@@ -4,7 +4,7 @@ The exporter writes `manifest.json` next to the four graphs; the runtime reads i
 else, so every shape the runtime allocates comes from here.
 
 Graph I/O (N = max_objects, S = capacity = memory_size + 2, CK/CV = key/value dims,
-h x w = H/16 x W/16; all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
+h x w = H/STRIDE x W/STRIDE = H/16 x W/16; all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
 
     encoder      image (1,H,W,3) uint8 RGB, prev_prob (N,H,W)
                  -> query_key (1,CK,h,w), query_value (1,CV,h,w), f8 (1,C8,H/8,W/8), f4 (1,C4,H/4,W/4)
@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.memory_policy import DEFAULT_MEM_EVERY, DEFAULT_QUALITY_THRESHOLD, bank_capacity
+
+STRIDE = 16  # keys/values are at 1/16 of the input: H and W must be multiples of it
 SCHEMA_VERSION = 2  # 2: sha256 per graph (and per built engine)
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "qam", "memory_read", "decoder")
@@ -99,12 +102,12 @@ class GraphSpec:
 
 
 def graph_specs(
-    height: int, width: int, max_objects: int, capacity: int, key_dim: int, value_dim: int,
+    height: int, width: int, max_objects: int, memory_size: int, key_dim: int, value_dim: int,
     feature_dims: tuple[int, int, int], files: dict[str, str] | None = None,
 ) -> dict[str, GraphSpec]:
     """The four graphs' I/O for one static configuration (see the module docstring)."""
-    n, s = max_objects, capacity
-    h, w = height // 16, width // 16
+    n, s = max_objects, bank_capacity(memory_size)
+    h, w = height // STRIDE, width // STRIDE
     _, c8, c4 = feature_dims
     files = files or {g: f"{g}.onnx" for g in GRAPH_NAMES}
 
@@ -149,8 +152,8 @@ class Manifest:
     value_dim: int
     precision: str
     graphs: dict[str, GraphSpec]
-    mem_every: int = 5
-    quality_threshold: float = 0.8
+    mem_every: int = DEFAULT_MEM_EVERY
+    quality_threshold: float = DEFAULT_QUALITY_THRESHOLD
     opset: int = 17
     checkpoint_sha256: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -160,7 +163,7 @@ class Manifest:
 
     @property
     def capacity(self) -> int:
-        return self.memory_size + 2
+        return bank_capacity(self.memory_size)
 
     @property
     def first_slot(self) -> int:
@@ -172,14 +175,15 @@ class Manifest:
 
     @property
     def feature_size(self) -> tuple[int, int]:
-        return self.height // 16, self.width // 16
+        return self.height // STRIDE, self.width // STRIDE
 
     def validate(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise ManifestError(f"manifest schema {self.schema_version}, runtime expects "
                                 f"{SCHEMA_VERSION}: re-export the graphs")
-        if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
-            raise ManifestError(f"size {self.height}x{self.width} is not a positive multiple of 16")
+        if self.height % STRIDE or self.width % STRIDE or self.height <= 0 or self.width <= 0:
+            raise ManifestError(f"size {self.height}x{self.width} is not a positive multiple of "
+                                f"{STRIDE}")
         if self.precision not in PRECISIONS:
             raise ManifestError(f"precision {self.precision!r} not in {PRECISIONS}")
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]

@@ -17,32 +17,27 @@ saying "interrupted".
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repo importable, not runtime/ itself
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from runtime.backends import BACKENDS, create_backend
 from runtime.config import RuntimeConfig
 from runtime.errors import QDMNRuntimeError
-from runtime.frames import open_source, read_mask
 from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import RUN_LOG, JobInterrupted, check_outputs, segment_video
 from runtime.manifest import Manifest, ManifestError
+from runtime.masks import read_mask
 from runtime.outputs import Terminated, terminate_as_interrupt
 from runtime.segmenter import Segmenter
+from runtime.sources import open_source
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="runtime/run.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path,
                    help="folder with manifest.json and the graphs")
     p.add_argument("--input", required=True,

@@ -28,10 +28,11 @@ from runtime.backends import create_backend
 from runtime.backends.base import Backend
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, MaskError, TooManyObjectsError
-from runtime.frames import fit_mask, object_ids, with_last
 from runtime.geometry import DEFAULT_FIT, Placement, export_size
 from runtime.manifest import Manifest
+from runtime.masks import fit_mask, object_ids
 from runtime.memory_policy import Decision, MemoryPolicy
+from runtime.sources import with_last
 
 STAGES = ("pre", "encoder", "memory_read", "decoder", "qam", "bank", "post")
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything behind the numbers in the README, in order (CPU, ~1 h on 2 cores after training).
-# Needs the DAVIS-2016 copy at ../shared/data/DAVIS2016 for training and validation.
+# Needs a DAVIS-2016 copy (DAVIS=ROOT; default ../shared/data/DAVIS2016) for training and validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DAVIS=../shared/data/DAVIS2016
+DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 R=benchmarks/results
 VAL=blackswan,cows,libby          # configs/light.yaml's val_sequences (never trained on)
 

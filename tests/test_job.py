@@ -16,9 +16,9 @@ from PIL import Image
 
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, OutputError
-from runtime.frames import read_mask
 from runtime.geometry import PAD_RGB, Placement
 from runtime.job import check_outputs, segment_video
+from runtime.masks import read_mask
 from runtime.segmenter import Segmenter
 
 DEMO = rs.REPO / "assets" / "demo"

@@ -19,10 +19,13 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import script_env
 from PIL import Image
 
 from runtime import run as cli
 from runtime.manifest import Manifest, graph_specs
+from runtime.masks import read_mask
+from runtime.palette import save_palette_png
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def clip(tmp_path_factory) -> tuple[Path, Path]:
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          env=script_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_script_end_to_end(engine, clip, tmp_path):
@@ -59,7 +63,7 @@ def test_script_end_to_end(engine, clip, tmp_path):
         assert set(np.unique(np.array(im))) <= {0, 1}
         assert im.getpalette()[3:6] == [128, 0, 0]  # DAVIS colour of object 1
     # frame 0 is the given mask itself
-    assert np.array_equal(np.array(Image.open(pngs[0])), np.array(Image.open(mask)) // 255)
+    assert np.array_equal(np.array(Image.open(pngs[0])), read_mask(mask))
     log = json.loads((out / "run.json").read_text())
     assert log["backend"]["name"] in ("ort-cpu", "openvino", "openvino-bf16")  # auto on a CPU
     assert [f["frame"] for f in log["frames"]] == list(range(5))
@@ -181,7 +185,7 @@ def test_too_many_objects(ok, tmp_path, capsys):
     labels = np.zeros((480, 854), np.uint8)
     labels[:, :100], labels[:, 200:300], labels[:, 400:500] = 1, 2, 3
     three = tmp_path / "three.png"
-    rs.save_palette(labels, three)
+    save_palette_png(labels, three)
     msg = refuse(capsys, tmp_path, **{**ok, "mask": three})
     assert "3 objects" in msg and "--max-objects 3" in msg
 
@@ -194,7 +198,7 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(engine, other)
     m = Manifest.load(other)
-    specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
+    specs = graph_specs(160, 224, m.max_objects, m.memory_size, m.key_dim, m.value_dim,
                         (0, *m.graphs["decoder"].input("f8").shape[1:2],
                          *m.graphs["decoder"].input("f4").shape[1:2]))
     specs = {g: dataclasses.replace(spec, sha256=m.graphs[g].sha256) for g, spec in specs.items()}
@@ -318,7 +322,7 @@ def test_runtime_is_torch_free(engine, clip, tmp_path):
 
 def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path, monkeypatch):
     """A camera/stream: no look-ahead (the last frame is memorised too); Ctrl-C keeps results."""
-    from runtime.frames import FrameSource, read_frame
+    from runtime.sources import FrameSource, read_frame
 
     frames, mask = clip
     paths = sorted(frames.glob("*.jpg"))
@@ -368,7 +372,7 @@ def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code)
         [sys.executable, "runtime/run.py", "--engine-dir", str(engine), "--input",
          str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out), "--backend",
          "ort-cpu", "--threads", "1", "--quiet"],
-        cwd=rs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
             if list(tmp_path.glob(".out.partial-*/00002.png")):

@@ -23,9 +23,10 @@ import runtime_support as rs
 
 from runtime.backends import resolve_auto
 from runtime.config import RuntimeConfig
-from runtime.frames import read_frame, read_mask
 from runtime.manifest import Manifest, file_sha256
+from runtime.masks import read_mask
 from runtime.segmenter import Segmenter
+from runtime.sources import read_frame
 
 
 class FakeMemory:

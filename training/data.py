@@ -13,9 +13,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from evaluation.davis import DavisLayout
+from runtime.masks import MaskMode, read_labels
 from training import augment
 from training.copy_paste import Cutout, paste, trajectory
 from training.mask_corruption import corrupt_masks
@@ -43,27 +44,10 @@ class Sequence:
         return int(self.labels[0].max())
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    """Object ids from a DAVIS palette PNG or a 0/255 grayscale mask (255 -> object 1)."""
-    try:
-        im = Image.open(path)
-        im.load()
-    except (OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot read mask {path}: {e}") from None
-    if im.mode == "P":
-        return np.asarray(im, dtype=np.uint8)
-    arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    values = np.unique(arr)
-    if not set(values.tolist()) <= {0, 255}:
-        raise DatasetError(f"mask {path} is grayscale with values {values[:8].tolist()}: expected "
-                           "0/255 (one object) or a palette PNG (object ids = palette indices)")
-    return (arr == 255).astype(np.uint8)
-
-
 def load_sequence(root: Path, name: str, size: tuple[int, int]) -> Sequence:
     """Load frames and masks of `name` from a DAVIS-layout `root`, resized to size=(H, W)."""
-    frame_dir = root / "JPEGImages" / "480p" / name
-    mask_dir = root / "Annotations" / "480p" / name
+    layout = DavisLayout(root)
+    frame_dir, mask_dir = layout.frames_dir(name), layout.annotations_dir(name)
     if not frame_dir.is_dir():
         raise DatasetError(f"sequence {name!r}: no frame folder {frame_dir}")
     frame_paths = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -79,7 +63,7 @@ def load_sequence(root: Path, name: str, size: tuple[int, int]) -> Sequence:
         if img is None:
             raise DatasetError(f"cannot read frame {fp}")
         frames.append(cv2.resize(img[:, :, ::-1], (w, h), interpolation=cv2.INTER_AREA))
-        lab = read_label_png(mp)
+        lab = read_labels(mp, MaskMode.GROUND_TRUTH)
         labels.append(cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST))
     seq = Sequence(name, np.stack(frames), np.stack(labels))
     if seq.num_objects == 0:

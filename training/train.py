@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
+from runtime.manifest import STRIDE
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.data import (
@@ -99,8 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "crop_size"):
             h, w = getattr(self, name)
-            if h % 16 or w % 16:
-                raise ConfigError(f"train.{name}={h}x{w}: both must be multiples of 16")
+            if h % STRIDE or w % STRIDE:
+                raise ConfigError(f"train.{name}={h}x{w}: both must be multiples of {STRIDE}")
         if any(c > s for c, s in zip(self.crop_size, self.image_size)):
             raise ConfigError(f"train.crop_size {self.crop_size} exceeds image_size {self.image_size}")
         object.__setattr__(self, "max_skip", tuple(tuple(x) for x in self.max_skip))

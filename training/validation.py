@@ -23,14 +23,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks.metrics import evaluate_sequence
-from runtime.frames import save_palette_png
+from evaluation.davis import DavisLayout
+from evaluation.metrics import evaluate_sequence
+from runtime.masks import MaskMode, read_labels
+from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
+from runtime.palette import save_palette_png
 from training.copy_paste import Cutout, paste
-from training.data import IMAGE_EXTS, read_label_png
+from training.data import IMAGE_EXTS
 from training.model import QDMN, normalize_uint8
 
 DEFAULT_NAMES = ("blackswan", "cows", "libby")
-GATE_SIGMA = 0.8  # the paper's memory threshold, the runtime default
+GATE_SIGMA = DEFAULT_QUALITY_THRESHOLD  # the paper's memory threshold, the runtime default
 
 
 @dataclass
@@ -47,10 +50,11 @@ class ValVideo:
 
 
 def read_video(root: Path, name: str) -> ValVideo:
-    frame_dir = root / "JPEGImages" / "480p" / name
-    paths = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    layout = DavisLayout(root)
+    paths = sorted(p for p in layout.frames_dir(name).iterdir()
+                   if p.suffix.lower() in IMAGE_EXTS)
     frames = np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in paths])
-    labels = np.stack([read_label_png(root / "Annotations" / "480p" / name / f"{p.stem}.png")
+    labels = np.stack([read_labels(layout.annotation(name, p), MaskMode.GROUND_TRUTH)
                        for p in paths])
     return ValVideo(name, frames, (labels > 0).astype(np.uint8))
 
@@ -100,17 +104,17 @@ def load_val_videos(root: str | Path, names: Sequence[str] = DEFAULT_NAMES) -> l
 
 def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
     """Write videos in the DAVIS layout (JPEG frames, palette PNG masks, ImageSets/val.txt)."""
-    root = Path(root)
+    layout = DavisLayout(root)
     for v in videos:
-        fdir, mdir = root / "JPEGImages/480p" / v.name, root / "Annotations/480p" / v.name
+        fdir, mdir = layout.frames_dir(v.name), layout.annotations_dir(v.name)
         fdir.mkdir(parents=True, exist_ok=True)
         mdir.mkdir(parents=True, exist_ok=True)
         for i, (frame, lab) in enumerate(zip(v.frames, v.labels)):
             cv2.imwrite(str(fdir / f"{i:05d}.jpg"), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
             save_palette_png(lab, mdir / f"{i:05d}.png")
-    (root / "ImageSets").mkdir(exist_ok=True)
-    (root / "ImageSets" / "val.txt").write_text("".join(f"{v.name}\n" for v in videos))
-    return root
+    layout.split_file("val").parent.mkdir(exist_ok=True)
+    layout.split_file("val").write_text("".join(f"{v.name}\n" for v in videos))
+    return layout.root
 
 
 # ---------------------------------------------------------------- scoring
