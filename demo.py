@@ -1,6 +1,9 @@
-"""Demo: segment the shipped real clips with the shipped QDMN model on ONNX Runtime CPU.
+"""Demo: segment the shipped real clips with the shipped QDMN model on the fastest backend here.
 
-    python demo.py [--backend ort-cpu] [--out out/demo]
+    python demo.py [--backend auto|ort-cpu|openvino-bf16|...] [--out out/demo]
+
+`auto` picks OpenVINO bf16 on CPUs with native bf16 (AMX or AVX-512 BF16), else ONNX Runtime CPU
+(a GPU backend where one is installed).
 
 1. exports `models/qdmn-light.pth` to ONNX graphs in `engines/qdmn-light/` (once; redone when
    the checkpoint changes),
@@ -19,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.davis import list_sequences, read_labels, read_sequence
-from benchmarks.metrics import evaluate_sequence, summarize
+from evaluation.davis import DavisLayout, list_sequences, read_sequence
+from evaluation.metrics import evaluate_sequence, summarize
 from runtime import run as run_cli
 from runtime.manifest import Manifest, ManifestError, file_sha256
+from runtime.masks import MaskMode, read_labels
 
 REPO = Path(__file__).resolve().parent
 CHECKPOINT = REPO / "models" / "qdmn-light.pth"
@@ -47,17 +51,18 @@ def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     args = ap.parse_args(argv)
 
     ensure_engines(CHECKPOINT, ENGINES)
     rows = []
-    for name in list_sequences(CLIPS, CLIPS / "ImageSets" / "demo.txt"):
+    layout = DavisLayout(CLIPS)
+    for name in list_sequences(CLIPS, layout.split_file("demo")):
         seq = read_sequence(CLIPS, name)
         out = args.out / name
         frames_dir = seq.frames[0].parent
-        first_mask = CLIPS / "Annotations" / "480p" / name / f"{seq.frames[0].stem}.png"
+        first_mask = layout.annotation(name, seq.frames[0])
         code = run_cli.main([
             "--engine-dir", str(ENGINES), "--input", str(frames_dir), "--mask", str(first_mask),
             "--output", str(out), "--overlay", str(args.out / f"{name}.mp4"),
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         ])
         if code != 0:
             return code
-        preds = np.stack([read_labels(out / f"{f.stem}.png") for f in seq.frames])
+        preds = np.stack([read_labels(out / f"{f.stem}.png", MaskMode.GROUND_TRUTH)
+                          for f in seq.frames])
         objects = evaluate_sequence(name, seq.labels, preds)
         log = json.loads((out / run_cli.RUN_LOG).read_text())
         fps = log["summary"]["fps"]

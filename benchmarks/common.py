@@ -6,6 +6,7 @@ functions that need them), so a benchmark that only drives the runtime starts qu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.davis import DavisLayout
+from runtime.config import default_threads
 from runtime.manifest import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,12 +37,13 @@ class BenchmarkError(Exception):
     """A benchmark cannot run as asked (bad input, mismatched checkpoint, missing engine)."""
 
 
-def default_threads() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
+def portable_path(path: str | Path) -> str:
+    """How a result file names a path: relative to the repository when inside it (results are
+    committed and compared across machines), else as given."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -61,6 +65,22 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ input
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark shares: execution settings, the clip, the output folder."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the CPUs this process may use)")
+    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
+    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
+                   "runtime's --spin; faster only on an otherwise idle machine)")
+    p.add_argument("--input", type=Path, default=None,
+                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
+    p.add_argument("--mask", type=Path, default=None,
+                   help="first-frame mask (default: the DAVIS annotation of --input)")
+    p.add_argument("--max-source-frames", type=int, default=200,
+                   help="decode at most this many input frames (the rest of the video loops)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+
+
 @dataclass
 class Clip:
     """Decoded source frames (RGB uint8, original size) and the first frame's object ids."""
@@ -86,13 +106,12 @@ class Clip:
 
 
 def davis_mask_for(frames_dir: Path) -> Path | None:
-    """.../JPEGImages/<res>/<seq> (or .../JPEGImages/<seq>) -> its Annotations/.../00000.png."""
-    parts = frames_dir.resolve().parts
-    if "JPEGImages" not in parts:
+    """A DAVIS-layout `.../JPEGImages/<res>/<seq>` folder -> its first annotation, else None."""
+    found = DavisLayout.of_frames_dir(Path(frames_dir).resolve())
+    if found is None:
         return None
-    i = len(parts) - 1 - parts[::-1].index("JPEGImages")
-    ann = Path(*parts[:i], "Annotations", *parts[i + 1:])
-    first = sorted(ann.glob("*.png"))[:1] if ann.is_dir() else []
+    layout, seq = found
+    first = sorted(layout.annotations_dir(seq).glob("*.png"))[:1]
     return first[0] if first else None
 
 
@@ -103,7 +122,8 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
     input_path None: the shipped demo clip. mask_path None: the DAVIS annotation of a
     `JPEGImages/<res>/<seq>` folder."""
     from runtime.errors import QDMNRuntimeError
-    from runtime.frames import object_ids, open_source, read_mask
+    from runtime.masks import object_ids, read_mask
+    from runtime.sources import open_source
 
     src = Path(input_path) if input_path is not None else DEFAULT_INPUT
     if not src.exists():
@@ -133,7 +153,7 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
         raise BenchmarkError(f"mask {mask_path} is {mw}x{mh} but the frames are {fw}x{fh}")
     if not object_ids(mask):
         raise BenchmarkError(f"mask {mask_path} marks no object")
-    return Clip(frames, mask, str(src), str(mask_path))
+    return Clip(frames, mask, portable_path(src), portable_path(mask_path))
 
 
 # ---------------------------------------------------------------------------------- memory

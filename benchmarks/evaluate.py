@@ -1,13 +1,13 @@
 """J&F of the deployed runtime (and optionally the PyTorch reference) on DAVIS-layout data.
 
-    python benchmarks/evaluate.py --engine-dir engines/tiny --data ../shared/data/DAVIS2016 \
-        [--sequences blackswan,cows | --split-file F] [--backend onnxruntime] \
+    python benchmarks/evaluate.py --engine-dir engines/tiny --data DAVIS_ROOT \
+        [--sequences blackswan,cows | --split-file F] [--backend auto|ort-cpu|...] \
         [--reference runs/x/ckpt.pth] --out out/eval
 
 Writes the official toolkit's CSVs (`global_results-<set>.csv`, `per-sequence_results-<set>.csv`,
 3 decimals) for the runtime into `--out`, and for the reference into `--out/reference`, plus
 `timing-<set>.csv` (segmenter-only frames per second) next to each. Scoring follows the DAVIS
-2017 semi-supervised toolkit (see benchmarks/metrics.py); the first-frame annotation is given to
+2017 semi-supervised toolkit (see evaluation/metrics.py); the first-frame annotation is given to
 the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit.
 """
 
@@ -18,154 +18,17 @@ import contextlib
 import csv
 import dataclasses
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-from tqdm import tqdm
-
-if __package__ in (None, ""):  # run as `python benchmarks/evaluate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.davis import DatasetError, list_sequences, read_frame, read_sequence, write_labels
-from benchmarks.metrics import (
-    EvaluationError,
-    GlobalResult,
-    ObjectResult,
-    evaluate_sequence,
-    summarize,
-)
+from evaluation.davis import DatasetError, list_sequences
+from evaluation.metrics import EvaluationError
+from evaluation.sequences import EvaluationResults, Segmenter, evaluate_sequences
 
 if TYPE_CHECKING:
     from runtime.config import RuntimeConfig
     from runtime.manifest import Manifest
-
-
-class Segmenter(Protocol):
-    """What is evaluated: the runtime's Segmenter or the PyTorch reference.
-
-    frame: (H,W,3) uint8 RGB; mask and the returned labels: (H,W) integer object ids.
-    """
-
-    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
-
-    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray: ...
-
-
-SegmenterFactory = Callable[[], Segmenter]
-
-
-@dataclass(frozen=True)
-class SequenceRun:
-    """Scores and speed of one sequence."""
-
-    name: str
-    objects: tuple[ObjectResult, ...]
-    frames: int
-    seconds: float  # inside start()/step() only: no decoding, no scoring
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else float("nan")
-
-    @property
-    def j_mean(self) -> float:
-        return float(np.mean([o.j_stats.mean for o in self.objects]))
-
-    @property
-    def f_mean(self) -> float:
-        return float(np.mean([o.f_stats.mean for o in self.objects]))
-
-    @property
-    def jf_mean(self) -> float:
-        return (self.j_mean + self.f_mean) / 2
-
-
-@dataclass(frozen=True)
-class EvaluationResults:
-    """Everything one evaluation produced; `summary()` is the toolkit's global row."""
-
-    sequences: tuple[SequenceRun, ...]
-
-    @property
-    def objects(self) -> list[ObjectResult]:
-        return [o for s in self.sequences for o in s.objects]
-
-    def summary(self) -> GlobalResult:
-        return summarize(self.objects)
-
-    @property
-    def fps(self) -> float:
-        seconds = sum(s.seconds for s in self.sequences)
-        return sum(s.frames for s in self.sequences) / seconds if seconds > 0 else float("nan")
-
-
-def run_sequence(
-    segmenter: Segmenter, frames: Sequence[Path], first_mask: np.ndarray, *, progress: bool = False
-) -> tuple[np.ndarray, float]:
-    """Segment one video from its first-frame mask.
-
-    first_mask: (H,W) uint8 ids. Returns predicted ids (T,H,W) uint8 and the seconds spent in the
-    segmenter.
-    """
-    preds = np.zeros((len(frames), *first_mask.shape), dtype=np.uint8)
-    seconds = 0.0
-    for t, path in enumerate(tqdm(frames, leave=False, disable=not progress, unit="frame")):
-        image = read_frame(path)
-        if image.shape[:2] != first_mask.shape:
-            raise EvaluationError(f"{path}: frame {image.shape[:2]} vs mask {first_mask.shape}")
-        t0 = time.perf_counter()
-        if t == 0:
-            out = segmenter.start(image, first_mask)
-        else:
-            # last=True: nothing follows, so the segmenter may skip memorising the frame.
-            out = segmenter.step(image, last=t == len(frames) - 1)
-        seconds += time.perf_counter() - t0
-        out = np.asarray(out)
-        if out.shape != first_mask.shape:
-            raise EvaluationError(
-                f"{path}: the segmenter returned labels of shape {out.shape}, "
-                f"expected {first_mask.shape}"
-            )
-        preds[t] = out
-    return preds, seconds
-
-
-def evaluate_sequences(
-    segmenter_factory: SegmenterFactory,
-    root: str | Path,
-    sequences: Sequence[str],
-    *,
-    save_masks: str | Path | None = None,
-    progress: bool = True,
-) -> EvaluationResults:
-    """Run a segmenter on each sequence and score it with the DAVIS 2017 semi-supervised rules.
-
-    `segmenter_factory()` is called once per sequence; it may hand back the same object each
-    time if that object's `start()` resets all video state. With `save_masks`, predictions are
-    written as palette PNGs to `save_masks/<seq>/<frame>.png` (the toolkit's results layout).
-    """
-    runs = []
-    bar = tqdm(list(sequences), disable=not progress, unit="seq")
-    for name in bar:
-        bar.set_postfix_str(name)
-        seq = read_sequence(root, name)
-        # Per-frame bars only on a terminal: in logs they would add a line per frame.
-        frame_bars = progress and sys.stderr.isatty()
-        preds, seconds = run_sequence(
-            segmenter_factory(), seq.frames, seq.labels[0], progress=frame_bars
-        )
-        if save_masks is not None:
-            out_dir = Path(save_masks) / name
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for path, labels in zip(seq.frames, preds):
-                write_labels(out_dir / f"{path.stem}.png", labels)
-        objects = evaluate_sequence(name, seq.labels, preds)
-        runs.append(SequenceRun(name, tuple(objects), len(seq.frames), seconds))
-    return EvaluationResults(tuple(runs))
 
 
 def write_csvs(results: EvaluationResults, out_dir: str | Path, split: str = "val") -> list[Path]:
@@ -237,6 +100,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         quality_threshold=args.quality_threshold,
         threads=args.threads,
         device=args.device,
+        fit=args.fit,
     )
 
 
@@ -273,6 +137,7 @@ def build_reference(args: argparse.Namespace, manifest: Manifest) -> Segmenter:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from runtime.backends import BACKENDS
+    from runtime.geometry import FITS
 
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
@@ -299,6 +164,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quality-threshold", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of CPU backends")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help="frames of another aspect ratio than the engine's (runtime.geometry)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:
@@ -311,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.set or (args.split_file.stem if args.split_file else "val")
     try:
         with contextlib.ExitStack() as stack:
+            _check_args(args)
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
             else:
@@ -343,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Settings in range and every folder the CSVs (and masks) go to writable, before the first
+    frame runs."""
+    from runtime.outputs import check_writable_dir
+
+    runtime_config(args)  # RuntimeConfig checks its ranges (RuntimeConfigError)
+    check_writable_dir(args.out)
+    if args.reference is not None:
+        check_writable_dir(args.out / "reference")
 
 
 def _closing(stack: contextlib.ExitStack, segmenter: Segmenter) -> Segmenter:

@@ -29,15 +29,10 @@ run) and OUT/read_scaling.png, and prints the tables.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/long_video.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import math
 import multiprocessing
+import sys
 import tempfile
 import time
 import warnings
@@ -45,34 +40,34 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_INPUT,
-    DEFAULT_OUT,
     GPU_BACKENDS,
-    REPO,
     BenchmarkError,
     DeviceMemory,
+    add_common_arguments,
     check_checkpoint,
-    default_threads,
     ensure_engine,
     load_clip,
     machine_info,
     parse_ints,
     peak_rss_mb,
+    portable_path,
     pyplot,
     rss_mb,
     table,
     write_json,
 )
+from runtime.config import default_threads
 
 DEFAULT_MEMORY_SIZES = (5, 10, 25, 50)
 # Normalised QAM scores are >= 0 (sigmoid or ReLU head over a positive first-frame score), so
-# this threshold accepts every candidate frame: the predecessors' "every mem_every-th frame".
-ACCEPT_ALL = -1.0
+# sigma = 0 accepts every candidate frame: the predecessors' "every mem_every-th frame".
+ACCEPT_ALL = 0.0
 RunKind = Literal["qdmn", "reference", "unbounded"]
 
 
@@ -201,7 +196,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "kind": spec.kind,
         "memory_size": spec.memory_size,
         "graph_slots": None if spec.kind == "unbounded" else m.capacity,
-        "engine_dir": spec.engine_dir,
+        "engine_dir": portable_path(spec.engine_dir),
         "backend": backend,
         "frames_requested": n,
         "frames_run": done,
@@ -436,14 +431,10 @@ def _time_graph(engine: str, path: Path, feeds: dict[str, np.ndarray], out_name:
                 device_id: int, spin: bool = False) -> list[float]:
     import onnxruntime as ort
 
+    from runtime.backends.ort import session_options
+
     device = "cuda" if engine == "ort-cuda" else "cpu"
-    so = ort.SessionOptions()  # the runtime's settings (runtime/backends/ort.py)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so = session_options(threads, spin=spin)  # the runtime's settings
     providers = ([("CUDAExecutionProvider", {"device_id": device_id})]
                  if device == "cuda" else []) + ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), so, providers=providers)
@@ -519,8 +510,7 @@ def plot_read_scaling(rs: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from runtime.backends import BACKENDS
 
-    p = argparse.ArgumentParser(prog="benchmarks/long_video.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
     p.add_argument("--checkpoint", type=Path,
                    help="the engine's checkpoint (needed by --unbounded, --reference-bounded, "
@@ -549,23 +539,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="time memory_read alone for these memory sizes")
     p.add_argument("--read-iters", type=int, default=30)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
-    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
-                   "runtime's --spin; faster only on an otherwise idle machine)")
-    p.add_argument("--input", type=Path, default=None,
-                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
-    p.add_argument("--mask", type=Path, default=None,
-                   help="first-frame mask (default: the DAVIS annotation of --input)")
-    p.add_argument("--max-source-frames", type=int, default=200,
-                   help="decode at most this many input frames (the rest of the video loops)")
+    add_common_arguments(p)
     p.add_argument("--window", type=int, default=50, help="frames per FPS window")
     p.add_argument("--warmup", type=int, default=100,
                    help="RSS growth (and the unbounded cap) is measured from this frame on")
     p.add_argument("--report-at", default="100,1000,5000",
                    help="frames whose windowed FPS the table shows")
     p.add_argument("--device-every", type=int, default=100, help="GPU memory sample period")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--in-process", action="store_true",
                    help="run everything in this process (RSS then mixes the runs)")
     p.add_argument("--no-progress", action="store_true")
@@ -575,6 +555,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    for name in ("threads", "unbounded_max_frames"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.device < 0:
+        p.error("--device must be >= 0")
+    for name in ("unbounded_cap_mb", "unbounded_max_seconds"):  # 0: no limit
+        if not math.isfinite(getattr(args, name)) or getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be a number >= 0 (0: no limit)")
     needs_ckpt = [f for f, on in (("--unbounded", args.unbounded),
                                   ("--reference-bounded", args.reference_bounded),
                                   ("--per-size-engines", args.per_size_engines)) if on]
@@ -644,9 +632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from runtime.errors import QDMNRuntimeError
     from runtime.manifest import Manifest, ManifestError
+    from runtime.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
+        check_writable_dir(args.out)  # before hours of running, not after
         manifest = Manifest.load(args.engine_dir)
         sha = check_checkpoint(manifest, args.checkpoint) if args.checkpoint else None
         report_at = [p for p in parse_ints(args.report_at, "--report-at") if p <= args.frames]
@@ -672,15 +662,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "long_video",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(threads),
-        "engine": {"dir": str(args.engine_dir), "height": manifest.height,
+        "engine": {"dir": portable_path(args.engine_dir), "height": manifest.height,
                    "width": manifest.width, "max_objects": manifest.max_objects,
                    "memory_size": manifest.memory_size, "precision": manifest.precision,
                    "mem_every": manifest.mem_every,
                    "quality_threshold": manifest.quality_threshold,
                    "checkpoint_sha256": manifest.checkpoint_sha256,
                    "model_config": manifest.model_config},
-        "checkpoint": None if args.checkpoint is None else {"path": str(args.checkpoint),
-                                                            "sha256": sha},
+        "checkpoint": None if args.checkpoint is None else {
+            "path": portable_path(args.checkpoint), "sha256": sha},
         "input": {"source": clip.source, "mask": clip.mask_path, "playback": "ping-pong",
                   "max_source_frames": args.max_source_frames},
         "settings": {"frames": args.frames, "window": args.window, "warmup": args.warmup,

@@ -13,14 +13,10 @@ the memory and the bank fills as with trained weights.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/official_speed_checkpoint.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,8 +41,7 @@ def speed_only_model(seed: int = 0) -> QDMN:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/official_speed_checkpoint.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="where to write the bare state dict (.pth)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -29,28 +29,24 @@ table.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/read_options.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import math
-import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_OUT,
     BenchmarkError,
+    add_common_arguments,
     default_threads,
     load_clip,
     machine_info,
+    portable_path,
     table,
     write_json,
 )
@@ -62,7 +58,7 @@ def real_memory(engine_dir: Path, clip: Any, threads: int) -> Memory:
     """Run the runtime long enough to fill the bank (mem_every x memory_size frames, every
     candidate accepted with a trained QAM); return the next frame's read inputs."""
     from runtime.config import RuntimeConfig
-    from runtime.frames import resize_frame
+    from runtime.resize import resize_frame
     from runtime.segmenter import Segmenter
 
     seg = Segmenter(engine_dir, backend="ort-cpu", config=RuntimeConfig(threads=threads))
@@ -276,14 +272,10 @@ def bf16_selection(mem: Memory, top_k: int) -> dict[str, float]:
 
 # -------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/read_options.py",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--input", type=Path, default=None)
-    p.add_argument("--mask", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
+    p.add_argument("--iters", type=int, default=20, help="timed calls per option")
+    add_common_arguments(p)  # --threads, --input, --mask, --out, ...
     args = p.parse_args(argv)
     if args.iters < 1 or (args.threads is not None and args.threads < 1):
         p.error("--iters and --threads must be >= 1")
@@ -297,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(threads)
     try:
         manifest = Manifest.load(args.engine_dir)
-        clip = load_clip(args.input, args.mask, 200)
+        clip = load_clip(args.input, args.mask, args.max_source_frames)
         print("filling the memory bank...", file=sys.stderr, flush=True)
         mem = real_memory(args.engine_dir, clip, threads)
     except (BenchmarkError, ManifestError, QDMNRuntimeError, OSError) as e:
@@ -341,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "engine": {"height": manifest.height, "width": manifest.width,
                    "max_objects": manifest.max_objects, "memory_size": manifest.memory_size,
                    "top_k": k, "key_dim": manifest.key_dim, "value_dim": manifest.value_dim},
-        "input": {"source": os.path.relpath(clip.source), "frames_run": manifest.mem_every *
+        "input": {"source": portable_path(clip.source), "frames_run": manifest.mem_every *
                   manifest.memory_size + 6, "valid_slots": int(mem["mem_valid"].sum())},
         "settings": {"threads": threads, "iters": args.iters},
         "options": rows,

@@ -31,39 +31,34 @@ OUT/speed.json and OUT/speed.png (stacked per-stage ms per variant) and prints t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/speed.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import contextlib
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_INPUT,
-    DEFAULT_OUT,
-    REPO,
     BenchmarkError,
     Clip,
+    add_common_arguments,
     calibration_folder,
     check_checkpoint,
-    default_threads,
     ensure_engine,
     load_clip,
     machine_info,
+    portable_path,
     pyplot,
     table,
     write_json,
 )
+from runtime.config import default_threads
 
 VARIANTS: dict[str, str] = {
     "torch-fp32": "PyTorch eager FP32 (reference)",
@@ -159,8 +154,8 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- runtime ones
-def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path,
-                       **backend_kwargs: Any) -> Any:
+def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path) -> Any:
+    """The runtime's Segmenter on `backend` (a runtime backend name), as `run.py` builds it."""
     from runtime.backends import create_backend
     from runtime.config import RuntimeConfig
     from runtime.errors import BackendUnavailableError
@@ -171,52 +166,32 @@ def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path,
     config = RuntimeConfig(threads=ctx.threads, device=ctx.device,
                            spin=ctx.spin).resolve(manifest)
     try:
-        if backend_kwargs:  # an option create_backend does not forward
-            from runtime.backends.openvino import OpenVinoBackend
-
-            try:
-                be = OpenVinoBackend(manifest, engine_dir, threads=ctx.threads, **backend_kwargs)
-            except TypeError as e:
-                raise Skip(f"this runtime's OpenVinoBackend has no such option ({e})") from None
-        else:
-            be = create_backend(backend, manifest, engine_dir, config)
+        be = create_backend(backend, manifest, engine_dir, config)
     except BackendUnavailableError as e:
         raise Skip(str(e)) from None
     return Segmenter.from_backend(manifest, be, config)
 
 
-def _need_fp32(ctx: Context, name: str) -> None:
-    if ctx.manifest.precision != "fp32":
-        raise Skip(f"{name} runs FP32 graphs; --engine-dir is {ctx.manifest.precision}")
-
-
-def _openvino_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") is None:
-        raise Skip("openvino is not installed (pip install openvino)")
+# runtime variant -> (runtime backend it is created as, its graphs): "engine" = --engine-dir,
+# "fp32" = --engine-dir, which must hold FP32 graphs, "int8" = the INT8 export of the checkpoint
+RUNTIME_VARIANTS: dict[str, tuple[str, str]] = {
+    "ort-cpu": ("ort-cpu", "engine"), "ort-cpu-int8": ("ort-cpu", "int8"),
+    "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino-bf16", "fp32"),
+    "openvino-int8": ("openvino", "int8"), "ort-cuda": ("ort-cuda", "engine"),
+    "trt": ("trt", "engine"),
+}
 
 
 def build_variant(name: str, ctx: Context) -> Any:
     """A Segmenter for variant `name`; raises Skip when it cannot run here."""
     if name in TORCH_VARIANTS:
         return _torch_segmenter(ctx, bf16=name == "torch-bf16")
-    if name in ("ort-cpu", "ort-cuda", "trt"):
-        return _runtime_segmenter(ctx, name, ctx.engine_dir)
-    if name == "ort-cpu-int8":
-        return _runtime_segmenter(ctx, "ort-cpu", ctx.int8_dir())
-    if name == "openvino":
-        _openvino_installed()
-        _need_fp32(ctx, name)
-        return _runtime_segmenter(ctx, "openvino", ctx.engine_dir)
-    if name == "openvino-bf16":
-        _openvino_installed()
-        _need_fp32(ctx, name)
-        return _runtime_segmenter(ctx, "openvino", ctx.engine_dir, inference_precision="bf16")
-    if name == "openvino-int8":
-        _openvino_installed()
-        return _runtime_segmenter(ctx, "openvino", ctx.int8_dir())
-    raise BenchmarkError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    if name not in RUNTIME_VARIANTS:
+        raise BenchmarkError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
+    backend, graphs = RUNTIME_VARIANTS[name]
+    if graphs == "fp32" and ctx.manifest.precision != "fp32":
+        raise Skip(f"{name} runs FP32 graphs; --engine-dir is {ctx.manifest.precision}")
+    return _runtime_segmenter(ctx, backend, ctx.int8_dir() if graphs == "int8" else ctx.engine_dir)
 
 
 # -------------------------------------------------------------------------------- measuring
@@ -287,7 +262,8 @@ def run_variants(names: Sequence[str], ctx: Context, clip: Clip, frames: int,
         try:
             row["backend"] = seg.backend.describe()
             row["precision"] = _precision(name, seg.manifest)
-            row["engine_dir"] = None if name in TORCH_VARIANTS else str(_engine_of(name, ctx))
+            row["engine_dir"] = (None if name in TORCH_VARIANTS
+                                 else portable_path(_engine_of(name, ctx)))
             m = measure(seg, video, clip.mask, warmup)
         except Exception as e:  # noqa: BLE001 - reported; the other variants still count
             first = (str(e).strip().splitlines() or [""])[0]
@@ -318,7 +294,7 @@ def _precision(name: str, manifest: Any) -> str:
 
 
 def _engine_of(name: str, ctx: Context) -> Path:
-    return ctx.int8_dir() if name.endswith("int8") else ctx.engine_dir
+    return ctx.int8_dir() if RUNTIME_VARIANTS[name][1] == "int8" else ctx.engine_dir
 
 
 def _ratios(results: list[dict[str, Any]]) -> None:
@@ -381,7 +357,7 @@ def plot_results(results: Sequence[dict[str, Any]], title: str, path: Path) -> P
 
 # -------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="benchmarks/speed.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
     p.add_argument("--checkpoint", type=Path,
                    help="the engine's checkpoint (PyTorch variants, INT8 export)")
@@ -394,19 +370,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8-engine-dir", type=Path, help="INT8 export of the same checkpoint")
     p.add_argument("--calib", type=Path,
                    help="calibration frames for the INT8 export (default: the input's frames)")
-    p.add_argument("--threads", type=int, default=None, help="threads for every variant "
-                   "(default: all cores)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
-    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
-                   "runtime's --spin; faster only on an otherwise idle machine)")
-    p.add_argument("--input", type=Path, default=None,
-                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
-    p.add_argument("--mask", type=Path, default=None,
-                   help="first-frame mask (default: the DAVIS annotation of --input)")
-    p.add_argument("--max-source-frames", type=int, default=200)
     p.add_argument("--note", default="", help="what the checkpoint is, recorded in the JSON and "
                    "the plot title (e.g. 'random weights, speed only')")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    add_common_arguments(p)  # --threads (the same for every variant), --input, --out, ...
     args = p.parse_args(argv)
     if args.frames < 2:
         p.error("--frames must be >= 2")
@@ -414,6 +380,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--warmup must be >= 0")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.max_source_frames < 1:
+        p.error("--max-source-frames must be >= 1")
+    if args.device < 0:
+        p.error("--device must be >= 0")
     return args
 
 
@@ -432,11 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from runtime.errors import QDMNRuntimeError
     from runtime.manifest import Manifest, ManifestError
+    from runtime.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
         with contextlib.ExitStack() as stack:
             names = _variant_names(args.variants)
+            check_writable_dir(args.out)
             manifest = Manifest.load(args.engine_dir)
             sha = check_checkpoint(manifest, args.checkpoint) if args.checkpoint else None
             clip = load_clip(args.input, args.mask, args.max_source_frames)
@@ -469,13 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "speed",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine,
-        "engine": {"dir": str(args.engine_dir), "height": manifest.height,
+        "engine": {"dir": portable_path(args.engine_dir), "height": manifest.height,
                    "width": manifest.width, "max_objects": manifest.max_objects,
                    "memory_size": manifest.memory_size, "precision": manifest.precision,
                    "checkpoint_sha256": manifest.checkpoint_sha256,
                    "model_config": manifest.model_config},
-        "checkpoint": None if args.checkpoint is None else {"path": str(args.checkpoint),
-                                                            "sha256": sha, "note": args.note},
+        "checkpoint": None if args.checkpoint is None else {
+            "path": portable_path(args.checkpoint), "sha256": sha, "note": args.note},
         "input": {"source": clip.source, "mask": clip.mask_path, "playback": "ping-pong"},
         "settings": {"frames": args.frames, "warmup": warmup, "threads": threads,
                      "spin": args.spin,

@@ -3,8 +3,8 @@
     python export/build_engines.py DIR [--fp16] [--int8] [--workspace GB] [--timing-cache FILE]
 
 Run it on the machine (TensorRT version + GPU) that will run the engines: a plan is specific to
-both, and the runtime refuses others (runtime/trt_compat.py). Builds on the current CUDA device
-(choose it with CUDA_VISIBLE_DEVICES).
+both, and the runtime refuses others (runtime/backends/trt_compat.py). Builds on the current
+CUDA device (choose it with CUDA_VISIBLE_DEVICES).
 
 Precision. By default the network is STRONGLY_TYPED: types come from the ONNX graph, so an
 `--fp16` export (explicit Casts) builds FP16 engines, an `--int8` export (Q/DQ) builds explicit
@@ -15,7 +15,7 @@ BuilderFlag.FP16/INT8, letting TensorRT pick lower-precision kernels per layer f
 exported in higher precision; `--int8` needs a Q/DQ (`--int8`) export, since implicit INT8
 calibration is deprecated in TensorRT 10.1.
 
-API used (tensorrt-api-notes.md): Builder, create_network(flags), OnnxParser.parse_from_file +
+API used (docs/spec/tensorrt-api-notes.md): Builder, create_network(flags), OnnxParser.parse_from_file +
 get_error, create_builder_config, set_memory_pool_limit(WORKSPACE), set_flag, an optimisation
 profile with min = opt = max = the manifest's static shapes, create/set/serialize timing cache,
 build_serialized_network (None on failure).
@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import TYPE_CHECKING
 
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, GraphSpec, Manifest, ManifestError
 
 INSTALL_HINT = ('TensorRT is not installed: on a machine with an NVIDIA GPU, pip install ".[trt]" '
                 "(NVIDIA's tensorrt 10.x wheels + pycuda)")
 TIMING_CACHE = "timing.cache"
+
+if TYPE_CHECKING:  # imported where used (optional); typed against the stubs (test_typecheck.py)
+    import tensorrt as trt
 
 
 class BuildError(RuntimeError):
@@ -69,7 +71,8 @@ def build_engines(
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_path = Path(timing_cache) if timing_cache else engine_dir / TIMING_CACHE
-    cache = None
+    cache = builder.create_builder_config().create_timing_cache(
+        cache_path.read_bytes() if cache_path.is_file() else b"")
     graphs = dict(manifest.graphs)
     for name in GRAPH_NAMES:
         spec = manifest.graphs[name]
@@ -77,19 +80,17 @@ def build_engines(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
         for f in flags:
             config.set_flag(getattr(trt.BuilderFlag, f))
-        if cache is None:
-            cache = config.create_timing_cache(
-                cache_path.read_bytes() if cache_path.is_file() else b"")
         if not config.set_timing_cache(cache, False):  # a cache from another GPU/TensorRT
             print(f"warning: ignoring {cache_path} (another GPU or TensorRT version)",
                   file=sys.stderr)
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, False)
         t0 = time.perf_counter()
-        plan = _build(trt, builder, logger, config, engine_dir / spec.file, spec, strongly_typed)
+        plan = _build(builder, logger, config, engine_dir / spec.file, spec, strongly_typed)
         engine_file = f"{name}.engine"
         _write_atomic(engine_dir / engine_file, plan)
-        graphs[name] = dataclasses.replace(spec, engine=engine_file)
+        graphs[name] = dataclasses.replace(spec, engine=engine_file,
+                                           engine_sha256=hashlib.sha256(plan).hexdigest())
         print(f"{name}: {engine_file} ({len(plan) / 2**20:.1f} MiB, "
               f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     _write_atomic(cache_path, bytes(memoryview(cache.serialize())))
@@ -106,8 +107,10 @@ def build_engines(
     return manifest
 
 
-def _build(trt: Any, builder: Any, logger: Any, config: Any, onnx_path: Path, spec: GraphSpec,
-           strongly_typed: bool) -> bytes:
+def _build(builder: trt.Builder, logger: trt.ILogger, config: trt.IBuilderConfig,
+           onnx_path: Path, spec: GraphSpec, strongly_typed: bool) -> bytes:
+    import tensorrt as trt
+
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -121,10 +124,12 @@ def _build(trt: Any, builder: Any, logger: Any, config: Any, onnx_path: Path, sp
         shape = declared.get(tensor.name)
         if shape is None:
             raise BuildError(f"{onnx_path.name}: input {tensor.name} is not in the manifest")
-        if tuple(tensor.shape) != shape:
-            raise BuildError(f"{onnx_path.name}: input {tensor.name} {tuple(tensor.shape)} "
+        dims = tuple(tensor.shape[:])  # Dims slice like tuples
+        if dims != shape:
+            raise BuildError(f"{onnx_path.name}: input {tensor.name} {dims} "
                              f"does not match the manifest's static {shape}")
-        profile.set_shape(tensor.name, shape, shape, shape)  # min = opt = max: static
+        static = trt.Dims(list(shape))
+        profile.set_shape(tensor.name, static, static, static)  # min = opt = max: static
     config.add_optimization_profile(profile)
     outputs = {network.get_output(i).name for i in range(network.num_outputs)}
     if outputs != {t.name for t in spec.outputs}:
@@ -182,8 +187,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python export/build_engines.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("engine_dir", type=Path, help="folder written by export/to_onnx.py")
     p.add_argument("--fp16", action="store_true",
                    help="weakly typed build with BuilderFlag.FP16 (default: strongly typed)")
@@ -194,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timing-cache", type=Path, help=f"default: DIR/{TIMING_CACHE}")
     p.add_argument("--verbose", action="store_true", help="TensorRT INFO log")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.workspace) and args.workspace > 0):
+        p.error(f"--workspace {args.workspace}: expected a number of GB > 0")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -206,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BuildError, ManifestError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    print(f"TensorRT {m.tensorrt['version']} engines for {m.tensorrt['gpu_name']} "
-          f"(sm {m.tensorrt['compute_capability']}) in {args.engine_dir}")
+    built = m.tensorrt or {}
+    print(f"TensorRT {built.get('version')} engines for {built.get('gpu_name')} "
+          f"(sm {built.get('compute_capability')}) in {args.engine_dir}")
     return 0
 
 

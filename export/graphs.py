@@ -150,7 +150,7 @@ def specs_for(model: QDMN, height: int, width: int, max_objects: int,
               memory_size: int) -> dict[str, GraphSpec]:
     """The manifest's I/O declaration for `model` at one static configuration."""
     cfg = model.cfg
-    return graph_specs(height, width, max_objects, memory_size + 2, cfg.key_dim, cfg.value_dim,
+    return graph_specs(height, width, max_objects, memory_size, cfg.key_dim, cfg.value_dim,
                        cfg.feature_dims, cfg.qam_size)
 
 

@@ -28,6 +28,7 @@ import onnx
 
 from export.errors import ExportError
 from runtime.manifest import GraphSpec
+from runtime.memory_policy import DEFAULT_MEM_EVERY, FIXED_SLOTS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 QUANTISED_GRAPHS = ("encoder", "qam", "quality", "decoder")
@@ -77,14 +78,15 @@ def synthetic_masks(n: int, height: int, width: int) -> np.ndarray:
 
 
 def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, GraphSpec],
-                      sequences: Sequence[Sequence[Path]], mem_every: int = 5,
+                      sequences: Sequence[Sequence[Path]], mem_every: int = DEFAULT_MEM_EVERY,
                       collect: Sequence[str] = QUANTISED_GRAPHS
                       ) -> dict[str, list[dict[str, np.ndarray]]]:
     """Run the FP32 graphs over each sequence; return the inputs every graph received."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    from runtime.backends.ort import session_options
+
+    so = session_options()
     sess = {name: ort.InferenceSession(m.SerializeToString(), so,
                                        providers=["CPUExecutionProvider"])
             for name, m in graphs.items()}
@@ -126,7 +128,7 @@ def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, Graph
             k, v = memorise(image, prob)
             slot = s - 1  # the previous frame's temporary slot
             if t % mem_every == 0:
-                slot, next_slot = next_slot, next_slot % (s - 2) + 1
+                slot, next_slot = next_slot, next_slot % (s - FIXED_SLOTS) + 1
             keys[:, slot], values[:, slot], valid[slot] = k, v, 1
     return feeds
 

@@ -3,8 +3,10 @@
     python export/to_onnx.py CKPT --out DIR [--size H W] [--max-objects N] [--memory-size B]
                              [--fp16] [--int8 --calib DIR_OF_FRAMES] [--opset 17]
 
-Everything is written to a temporary folder next to DIR and renamed at the end, so a failed
-export leaves nothing half-written. Precisions (all keep FP32/uint8 graph I/O):
+Everything is written to a temporary folder next to DIR and moved in at the end, so a failed
+export leaves nothing half-written. Re-exporting into DIR replaces only the files an earlier
+export (or `build_engines.py`) wrote and its manifest lists; anything else in DIR is kept, and a
+file of the user's that the export would overwrite is refused. Precisions (all keep FP32/uint8 graph I/O):
 
     fp32  the traced graphs as they are.
     fp16  weights and compute in FP16 (explicit Casts, so a strongly typed TensorRT build runs
@@ -29,18 +31,14 @@ See docs/export.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
-import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python export/to_onnx.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx
 import onnxslim
@@ -50,15 +48,20 @@ from export.errors import ExportError
 from export.fp16 import convert_to_fp16
 from export.graphs import build_graphs, example_inputs, specs_for
 from export.trt_check import check_model, errors_of
+from runtime.errors import OutputError
 from runtime.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
     PRECISIONS,
+    STRIDE,
     GraphSpec,
     Manifest,
     ManifestError,
     file_sha256,
 )
+from runtime.masks import VOID_ID
+from runtime.memory_policy import DEFAULT_MEMORY_SIZE
+from runtime.outputs import StagedFolder
 from training.checkpoint import CheckpointError, load_model
 from training.config import ConfigError
 from training.model import IMAGENET_MEAN, IMAGENET_STD, QDMN
@@ -68,8 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = (480, 864)
 MIN_OPSET = 17
 MAX_OPSET = 20  # the TorchScript exporter's newest opset (TensorRT 10.16 parses 9..24)
-MEM_EVERY = 5
-QUALITY_THRESHOLD = 0.8
+MAX_OBJECT_ID = VOID_ID - 1  # object ids are palette indices: 0 background, 255 void
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
 
@@ -80,14 +82,14 @@ def export_checkpoint(
     *,
     size: tuple[int, int] | None = None,
     max_objects: int = 4,
-    memory_size: int = 25,
+    memory_size: int = DEFAULT_MEMORY_SIZE,
     precision: str = "fp32",
     opset: int = 17,
     calib_frames: str | Path | None = None,
 ) -> Manifest:
     """Export `ckpt_path` to `out_dir` (four ONNX graphs + manifest.json); return the manifest.
 
-    size: (H, W), multiples of 16; None = the checkpoint's config["image_size"], else 480x864.
+    size: (H, W), multiples of STRIDE (16); None = the checkpoint's config["image_size"], else 480x864.
     calib_frames: a folder of frames (or of sequence folders), required for precision="int8".
     Raises ExportError, or CheckpointError for an unusable checkpoint.
     """
@@ -95,8 +97,9 @@ def export_checkpoint(
         raise ExportError(f"precision {precision!r} not in {PRECISIONS}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET}")
-    if max_objects < 1:
-        raise ExportError(f"max_objects must be >= 1, got {max_objects}")
+    if not 1 <= max_objects <= MAX_OBJECT_ID:
+        raise ExportError(f"max_objects must be in 1..{MAX_OBJECT_ID} (object ids are palette "
+                          f"indices, {VOID_ID} is void), got {max_objects}")
     if memory_size < 1:
         raise ExportError(f"memory_size must be >= 1, got {memory_size}")
     if size is not None:
@@ -112,16 +115,19 @@ def export_checkpoint(
     if size is None:
         size = _checkpoint_size(meta)
     height, width = _check_size(size)
-    out_dir = Path(out_dir)
-    tmp, created = _make_temp_dir(out_dir)
     try:
-        manifest = _export_into(model, meta, Path(ckpt_path), tmp, height, width, max_objects,
-                                memory_size, precision, opset, calib_frames)
-        _replace_dir(tmp, out_dir)
+        staged = StagedFolder(out_dir, index=MANIFEST_NAME, owned=_owned(Path(out_dir)),
+                              reserved=lambda name: name in _GRAPH_FILES)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+    try:
+        manifest = _export_into(model, meta, Path(ckpt_path), staged.path, height, width,
+                                max_objects, memory_size, precision, opset, calib_frames)
+        staged.commit()
+    except OutputError as e:
+        raise ExportError(str(e)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        staged.abort()
         raise
     return manifest
 
@@ -144,11 +150,12 @@ def _export_into(model: QDMN, meta: dict, ckpt: Path, tmp: Path, height: int, wi
     for name, m in graphs.items():
         _finalise(m, name, specs[name], precision, sha)
         onnx.save(m, str(tmp / specs[name].file))
+        specs[name] = dataclasses.replace(specs[name], sha256=file_sha256(tmp / specs[name].file))
     cfg = model.cfg
     manifest = Manifest(
         height=height, width=width, max_objects=max_objects, memory_size=memory_size,
         top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim, precision=precision,
-        graphs=specs, mem_every=MEM_EVERY, quality_threshold=QUALITY_THRESHOLD, opset=opset,
+        graphs=specs, opset=opset,
         checkpoint_sha256=sha, model_config=cfg.to_dict(),
         normalisation={"input": "uint8 RGB NHWC", "mean": list(IMAGENET_MEAN),
                        "std": list(IMAGENET_STD), "scale": 1 / 255},
@@ -257,9 +264,9 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
         height, width = (int(s) for s in size)
     except (TypeError, ValueError):
         raise ExportError(f"size must be (H, W), got {size!r}") from None
-    if height <= 0 or width <= 0 or height % 16 or width % 16:
-        raise ExportError(f"size {height}x{width}: H and W must be positive multiples of 16 "
-                          "(the features are at 1/16 resolution)")
+    if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
+        raise ExportError(f"size {height}x{width}: H and W must be positive multiples of "
+                          f"{STRIDE} (the features are at 1/{STRIDE} resolution)")
     return height, width
 
 
@@ -268,60 +275,40 @@ def _checkpoint_size(meta: dict) -> tuple[int, int]:
     return tuple(size) if size else DEFAULT_SIZE
 
 
-def _make_temp_dir(out_dir: Path) -> tuple[Path, Path | None]:
-    """A fresh folder next to `out_dir` (same filesystem, so the final rename is atomic).
+_GRAPH_FILES = {f"{g}.onnx" for g in GRAPH_NAMES}
 
-    Returns it and the outermost parent folder this call had to create (None if none)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise ExportError(f"output {out_dir} is a non-empty folder without {MANIFEST_NAME}: "
-                          "refusing to replace it")
-    parent = out_dir.resolve().parent
-    created = parent
-    while not created.parent.exists():
-        created = created.parent
-    created = None if parent.exists() else created
+
+def _owned(out_dir: Path) -> set[str]:
+    """The files an earlier export wrote into `out_dir`: those its manifest lists."""
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return set()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    except OSError as e:
-        if created is not None and created.exists():
-            shutil.rmtree(created, ignore_errors=True)
-        raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from None
-    return tmp, created
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into place, replacing an earlier export in `out_dir`."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=tmp.parent))
-        out_dir.rename(old / "export")
-    try:
-        tmp.rename(out_dir)
-    except OSError as e:
-        if old is not None:
-            (old / "export").rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        raise ExportError(f"cannot move the export into {out_dir}: {e.strerror or e}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        d = json.loads(path.read_text())
+        names = {MANIFEST_NAME}
+        for g in d["graphs"].values():
+            names.update(n for n in (g["file"], g.get("engine")) if n)
+        cache = (d.get("tensorrt") or {}).get("timing_cache")
+        if cache and "/" not in cache:
+            names.add(cache)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExportError(f"{path} is not a manifest written by this exporter ({e}): refusing "
+                          "to overwrite it; choose another --out") from None
+    return {n for n in names if Path(n).name == n}  # only plain names inside out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python export/to_onnx.py", description=__doc__.split("\n\n")[0])
+        description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="training checkpoint or official ckpt.pth")
-    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (an earlier export there is replaced; other files kept)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="static input size, multiples of 16 (default: the checkpoint's "
+                   help=f"static input size, multiples of {STRIDE} (default: the checkpoint's "
                         f"image_size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
     p.add_argument("--max-objects", type=int, default=4)
-    p.add_argument("--memory-size", type=int, default=25, help="dynamic memory slots (beta)")
+    p.add_argument("--memory-size", type=int, default=DEFAULT_MEMORY_SIZE,
+                   help=f"dynamic memory slots (beta, default {DEFAULT_MEMORY_SIZE})")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="FP16 weights/compute, FP32 I/O")
     prec.add_argument("--int8", action="store_true", help="static QDQ INT8 (needs --calib)")

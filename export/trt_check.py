@@ -3,7 +3,7 @@
 TensorRT's own capability check (`polygraphy inspect capability`, the ORT TensorRT EP) needs a
 CUDA device, so this checks what the exported graphs depend on against the parser's operator
 matrix (`export.trt_ops`) and the restrictions/pitfalls in the TensorRT 10.16 sources and docs
-(see /work/shared/spec/tensorrt-*.md):
+(docs/spec/tensorrt-onnx-ops.md, docs/spec/tensorrt-api-notes.md):
 
 - every op is in the matrix and supported, for the dtype it gets; no custom domains;
 - opset within 9..24; graph inputs/outputs fully static; UINT8 only as graph I/O;
@@ -28,9 +28,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import onnx
@@ -381,8 +378,7 @@ def _graph_files(path: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python export/trt_check.py",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, help=".onnx files or export folders")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     args = p.parse_args(argv)

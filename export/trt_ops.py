@@ -2,7 +2,7 @@
 
 Source: onnx/onnx-tensorrt `docs/operators.md` at commit 6bde6596eca84abf9afe9b4d21c18c32800fd3ad,
 the `parsers/onnx` submodule of NVIDIA/TensorRT "TensorRT 10.16 OSS Release" (52399f55, unchanged
-in 10.16.1 5302b288), via /work/shared/spec/tensorrt-onnx-ops.md. Header: "TensorRT 10.16 supports
+in 10.16.1 5302b288), via docs/spec/tensorrt-onnx-ops.md. Header: "TensorRT 10.16 supports
 operators in the inclusive range of opset 9 to opset 24". Restrictions that the matrix does not
 state (TopK k <= 3840, symmetric Q/DQ, ...) are checked in `export.trt_check`.
 

@@ -8,7 +8,18 @@ import os
 from dataclasses import dataclass
 
 from runtime.errors import RuntimeConfigError
+from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.manifest import Manifest
+from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
+
+
+def default_threads() -> int:
+    """CPUs this process may run on: its affinity set (a container's or `taskset`'s CPUs),
+    not the host's core count, which oversubscribes a restricted process."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -21,13 +32,16 @@ class RuntimeConfig:
 
     memory_size: int | None = None  # dynamic (long-term) slots used, <= manifest.memory_size
     mem_every: int | None = None  # min frames between two long-term insertions
-    quality_threshold: float | None = None  # sigma: accept when normalised score >= it
-    threads: int | None = None  # CPU threads for CPU backends (None: all cores)
+    quality_threshold: float | None = None  # sigma in [0, 1]: accept when normalised score >= it
+    threads: int | None = None  # CPU threads for CPU backends (None: default_threads())
     device: int = 0  # GPU ordinal for GPU backends
     # ORT CPU worker threads busy-wait between ops when True: a little lower latency on an idle,
     # dedicated machine, but 3x slower per frame when the cores are shared (measured: 2 threads,
     # load 5 on 2 cores, 240x432: 636 ms vs 199 ms).
     spin: bool = False
+    # How frames of another aspect ratio than the graphs' enter them (runtime.geometry):
+    # "letterbox" or "stretch"; None: DEFAULT_FIT.
+    fit: str | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -39,12 +53,18 @@ class RuntimeConfig:
             positive_int(name)
         q = self.quality_threshold
         if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float))
-                              or not math.isfinite(q)):
-            raise RuntimeConfigError(f"quality_threshold={q!r}: expected a finite number")
+                              or not math.isfinite(q) or not 0.0 <= q <= 1.0):
+            # The score is a frame's mean quality over the first frame's: 0 accepts every
+            # candidate, 1 only frames at least as good as the annotated one; above 1 almost
+            # nothing would ever enter the memory.
+            raise RuntimeConfigError(f"quality_threshold={q!r}: expected a number in [0, 1] "
+                                     f"(the paper's sigma is {DEFAULT_QUALITY_THRESHOLD})")
         if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
             raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
         if not isinstance(self.spin, bool):
             raise RuntimeConfigError(f"spin={self.spin!r}: expected True or False")
+        if self.fit is not None and self.fit not in FITS:
+            raise RuntimeConfigError(f"fit={self.fit!r}: expected one of {', '.join(FITS)}")
 
     def resolve(self, manifest: Manifest) -> RuntimeConfig:
         """Fill every `None` from the manifest and reject values the graphs cannot honour."""
@@ -59,5 +79,6 @@ class RuntimeConfig:
             mem_every=self.mem_every if self.mem_every is not None else manifest.mem_every,
             quality_threshold=(float(self.quality_threshold) if self.quality_threshold is not None
                                else float(manifest.quality_threshold)),
-            threads=self.threads if self.threads is not None else (os.cpu_count() or 1),
+            threads=self.threads if self.threads is not None else default_threads(),
+            fit=self.fit or DEFAULT_FIT,
         )

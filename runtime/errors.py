@@ -11,8 +11,9 @@ class InputError(QDMNRuntimeError):
     """A frame source (folder, video, camera, stream) is missing, empty or unreadable."""
 
 
-class MaskError(InputError):
-    """The first-frame mask is missing, empty, of an unknown format or has unknown values."""
+class MaskError(InputError, ValueError):
+    """A mask PNG is missing, of an unknown format or has unknown values; or a first-frame
+    mask is empty."""
 
 
 class TooManyObjectsError(MaskError):

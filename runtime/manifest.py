@@ -4,7 +4,8 @@ The exporter writes `manifest.json` next to the graphs; the runtime reads it and
 else, so every shape the runtime allocates comes from here.
 
 Graph I/O (N = max_objects, S = capacity = memory_size + 2, CK/CV = key/value dims,
-h x w = H/16 x W/16, P = h*w positions, C16 = the value encoder's f16 width, q = qam_size;
+h x w = H/STRIDE x W/STRIDE = H/16 x W/16, P = h*w positions, C16 = the value encoder's f16
+width, q = qam_size;
 all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
 
     encoder      image (1,H,W,3) uint8 RGB, prev_prob (N,H,W)
@@ -37,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: bank (object, slot, position, channel); QAM score head split out
+from runtime.memory_policy import DEFAULT_MEM_EVERY, DEFAULT_QUALITY_THRESHOLD, bank_capacity
+
+STRIDE = 16  # keys/values are at 1/16 of the input: H and W must be multiples of it
+# 2: sha256 per graph (and per built engine); 3: bank (object, slot, position, channel), QAM
+# score head split out
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "qam", "quality", "memory_read", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -64,6 +70,18 @@ class ManifestError(ValueError):
     """The engine directory or its manifest is missing, malformed or inconsistent."""
 
 
+def verify_sha256(path: Path, expected: str | None, data: bytes | None = None) -> None:
+    """Refuse a graph/engine file whose sha256 is not the one the manifest recorded for it
+    (a corrupted or replaced file may still parse and run, giving wrong masks)."""
+    if not expected:
+        raise ManifestError(f"the manifest records no sha256 for {path.name} (written by an older "
+                            "version): re-export (and rebuild engines) to check it")
+    got = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    if got != expected:
+        raise ManifestError(f"{path} is corrupted or was changed after export: its sha256 "
+                            f"{got[:12]}... is not the manifest's {expected[:12]}...; re-export it")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -81,7 +99,9 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    sha256: str = ""  # of `file`, recorded by the exporter, checked by Manifest.load
     engine: str | None = None  # serialized TensorRT engine, once built
+    engine_sha256: str | None = None  # of `engine`, checked when the engine is loaded
 
     def input(self, name: str) -> TensorSpec:
         return _find(self.inputs, name, self.file)
@@ -95,17 +115,19 @@ class GraphSpec:
             file=str(d["file"]),
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            sha256=str(d.get("sha256", "")),
             engine=d.get("engine"),
+            engine_sha256=d.get("engine_sha256"),
         )
 
 
 def graph_specs(
-    height: int, width: int, max_objects: int, capacity: int, key_dim: int, value_dim: int,
+    height: int, width: int, max_objects: int, memory_size: int, key_dim: int, value_dim: int,
     feature_dims: tuple[int, int, int], qam_size: int, files: dict[str, str] | None = None,
 ) -> dict[str, GraphSpec]:
     """The graphs' I/O for one static configuration (see the module docstring)."""
-    n, s = max_objects, capacity
-    h, w = height // 16, width // 16
+    n, s = max_objects, bank_capacity(memory_size)
+    h, w = height // STRIDE, width // STRIDE
     p = h * w
     c16, c8, c4 = feature_dims
     files = files or {g: f"{g}.onnx" for g in GRAPH_NAMES}
@@ -154,8 +176,8 @@ class Manifest:
     value_dim: int
     precision: str
     graphs: dict[str, GraphSpec]
-    mem_every: int = 5
-    quality_threshold: float = 0.8
+    mem_every: int = DEFAULT_MEM_EVERY
+    quality_threshold: float = DEFAULT_QUALITY_THRESHOLD
     opset: int = 17
     checkpoint_sha256: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -166,7 +188,7 @@ class Manifest:
 
     @property
     def capacity(self) -> int:
-        return self.memory_size + 2
+        return bank_capacity(self.memory_size)
 
     @property
     def first_slot(self) -> int:
@@ -178,7 +200,7 @@ class Manifest:
 
     @property
     def feature_size(self) -> tuple[int, int]:
-        return self.height // 16, self.width // 16
+        return self.height // STRIDE, self.width // STRIDE
 
     def bank_chunk(self, tensor: str, obj: int, slot: int) -> tuple[int, int]:
         """(element offset, element count) of object `obj`'s chunk of `slot` in bank tensor
@@ -192,8 +214,9 @@ class Manifest:
         if self.schema_version != SCHEMA_VERSION:
             raise ManifestError(f"manifest schema {self.schema_version}, runtime expects "
                                 f"{SCHEMA_VERSION}: re-export the graphs")
-        if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
-            raise ManifestError(f"size {self.height}x{self.width} is not a positive multiple of 16")
+        if self.height % STRIDE or self.width % STRIDE or self.height <= 0 or self.width <= 0:
+            raise ManifestError(f"size {self.height}x{self.width} is not a positive multiple of "
+                                f"{STRIDE}")
         if tuple(self.bank_axes) != BANK_AXES:
             raise ManifestError(f"bank layout {tuple(self.bank_axes)}, runtime expects "
                                 f"{BANK_AXES}: re-export the graphs")
@@ -249,7 +272,8 @@ class Manifest:
 
     @classmethod
     def load(cls, engine_dir: str | Path) -> Manifest:
-        """Read and validate `engine_dir/manifest.json`; check that the graph files exist."""
+        """Read and validate `engine_dir/manifest.json`; check that every graph file exists and
+        has the sha256 recorded at export (engines are checked when a backend loads them)."""
         engine_dir = Path(engine_dir)
         path = engine_dir / MANIFEST_NAME
         if not engine_dir.is_dir():
@@ -265,6 +289,7 @@ class Manifest:
         for name, g in m.graphs.items():
             if not (engine_dir / g.file).is_file():
                 raise ManifestError(f"{name} graph file {engine_dir / g.file} is missing")
+            verify_sha256(engine_dir / g.file, g.sha256)
         return m
 
     def save(self, engine_dir: str | Path) -> Path:

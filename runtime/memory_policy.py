@@ -21,6 +21,18 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# The paper's memory settings (Sec. 4.1, the official inference code): the exporter writes them
+# into the manifest, and a RuntimeConfig may override them per run.
+DEFAULT_MEMORY_SIZE = 25  # beta: dynamic (long-term) slots
+DEFAULT_MEM_EVERY = 5  # min frames between two long-term insertions
+DEFAULT_QUALITY_THRESHOLD = 0.8  # sigma: min normalised quality score of an inserted frame
+FIXED_SLOTS = 2  # besides the dynamic slots: the first frame's and the temp (previous) slot
+
+
+def bank_capacity(memory_size: int) -> int:
+    """Slots of a bank with `memory_size` dynamic slots (the graphs' S = beta + 2)."""
+    return memory_size + FIXED_SLOTS
+
 
 @dataclass(frozen=True)
 class MemoryEntry:
@@ -80,7 +92,8 @@ class MemoryPolicy:
         self.quality_threshold = float(quality_threshold)
         self.first_slot = first_slot
         self.dynamic_slots = range(first_slot + 1, first_slot + 1 + memory_size)
-        self.temp_slot = first_slot + memory_size + 1 if temp_slot is None else temp_slot
+        last_slot = first_slot + bank_capacity(memory_size) - 1
+        self.temp_slot = last_slot if temp_slot is None else temp_slot
         if self.temp_slot in self.dynamic_slots or self.temp_slot == first_slot:
             raise ValueError(f"temp_slot={self.temp_slot} collides with the first/dynamic slots")
         self._first: MemoryEntry | None = None

@@ -1,17 +1,43 @@
-"""Shared fixtures: the real DAVIS-2016 data (skipped where absent) and tiny checkpoints."""
+"""Shared fixtures and helpers: the real DAVIS clips shipped with the repository (assets/demo),
+and the environment in which the repository's scripts run."""
 
 from __future__ import annotations
 
+import json
+import os
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = REPO.parent / "shared" / "data" / "DAVIS2016"
+DEMO = REPO / "assets" / "demo"  # real DAVIS-2016 clips in the DAVIS layout (assets/demo/README.md)
 
 
 @pytest.fixture(scope="session")
 def davis_root() -> Path:
-    if not (DAVIS / "JPEGImages" / "480p").is_dir():
-        pytest.skip(f"real DAVIS-2016 data not found at {DAVIS}")
-    return DAVIS
+    """A DAVIS-layout root with real frames and annotations: `blackswan` (one object, 50
+    frames) and `cows+libby` (two objects, 49 frames)."""
+    return DEMO
+
+
+def installed_from_here() -> bool:
+    """True when the installed qdmn-deploy is this checkout (`pip install -e .` here, as CI)."""
+    try:
+        dist = metadata.distribution("qdmn-deploy")
+    except metadata.PackageNotFoundError:
+        return False
+    url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+    parsed = urlparse(url)
+    return parsed.scheme == "file" and Path(unquote(parsed.path)).resolve() == REPO
+
+
+def script_env() -> dict[str, str]:
+    """Environment for running the scripts (`python runtime/run.py`, console scripts) in a
+    subprocess. They import the packages through the editable install; where another checkout
+    is the installed one, PYTHONPATH puts this checkout's packages first."""
+    env = dict(os.environ)
+    if not installed_from_here():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env

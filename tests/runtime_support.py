@@ -1,4 +1,5 @@
-"""Shared helpers for the runtime tests: a small exported checkpoint and real DAVIS clips.
+"""Shared helpers for the runtime tests: a small exported checkpoint and the real DAVIS clips
+shipped in assets/demo (`blackswan`: one object; `cows+libby`: two).
 
 Imported by tests/test_runtime*.py and tests/test_reference.py (not a conftest, so the other
 layers' fixtures stay independent).
@@ -10,21 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from evaluation.davis import DavisLayout
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"
+DAVIS = DavisLayout(REPO / "assets" / "demo")
 SIZE = (128, 224)  # small static size the test graphs are exported at
 MAX_OBJECTS = 2
 MEMORY_SIZE = 2
 
 
 def davis_clip(seq: str, n: int) -> tuple[list[Path], Path]:
-    """First n frame paths and the first mask of a DAVIS-2016 sequence (skip if absent)."""
-    frames = DAVIS / "JPEGImages/480p" / seq
-    if not frames.is_dir():
-        pytest.skip(f"DAVIS-2016 data not found at {DAVIS}")
-    return sorted(frames.glob("*.jpg"))[:n], DAVIS / "Annotations/480p" / seq / "00000.png"
+    """First n frame paths and the first mask of a shipped clip."""
+    frames = sorted(DAVIS.frames_dir(seq).glob("*.jpg"))[:n]
+    assert frames, f"no frames in {DAVIS.frames_dir(seq)}"
+    return frames, DAVIS.annotation(seq, frames[0])
 
 
 def make_checkpoint(path: Path) -> Path:
@@ -67,7 +68,6 @@ def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
 
     import torch
 
-    davis_clip("blackswan", 1)  # skip before the slow part when the data is absent
     h = hashlib.sha256(torch.__version__.encode())
     for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
                      REPO / "runtime/manifest.py", Path(__file__)]):
@@ -100,37 +100,6 @@ def export(ckpt: Path, out: Path, size: tuple[int, int] = SIZE, max_objects: int
 
     export_checkpoint(ckpt, out, size=size, max_objects=max_objects, memory_size=memory_size)
     return out
-
-
-def side_by_side(seqs: tuple[str, str], n: int, out: Path) -> tuple[Path, Path]:
-    """A 2-object video (README of DAVIS2016): two sequences at half width, side by side.
-
-    Returns the frame folder and the first mask (palette PNG: 1 left, 2 right)."""
-    import cv2
-
-    (fa, ma), (fb, mb) = davis_clip(seqs[0], n), davis_clip(seqs[1], n)
-    frames = out / "frames"
-    frames.mkdir(parents=True, exist_ok=True)
-    for i, (a, b) in enumerate(zip(fa, fb)):
-        ia, ib = cv2.imread(str(a)), cv2.imread(str(b))
-        h, w = ia.shape[:2]
-        both = np.concatenate([cv2.resize(ia, (w // 2, h), interpolation=cv2.INTER_AREA),
-                               cv2.resize(ib, (w - w // 2, h), interpolation=cv2.INTER_AREA)], 1)
-        cv2.imwrite(str(frames / f"{i:05d}.jpg"), both)
-    la, lb = (np.array(Image.open(m)) > 127 for m in (ma, mb))
-    h, w = la.shape
-    left = cv2.resize(la.astype(np.uint8), (w // 2, h), interpolation=cv2.INTER_NEAREST)
-    right = cv2.resize(lb.astype(np.uint8), (w - w // 2, h), interpolation=cv2.INTER_NEAREST)
-    labels = np.concatenate([left, right * 2], 1).astype(np.uint8)
-    mask = out / "mask.png"
-    save_palette(labels, mask)
-    return frames, mask
-
-
-def save_palette(labels: np.ndarray, path: Path) -> None:
-    from runtime.frames import save_palette_png
-
-    save_palette_png(labels, path)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,8 +4,6 @@ write well-formed tables, JSON and plots. No timing is asserted (shared CI machi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +23,9 @@ def engine(request) -> tuple[Path, Path]:
 
 
 def clip_args() -> list[str]:
-    """The shipped demo clip when present (the scripts' default), else DAVIS blackswan."""
-    if (DEFAULT_INPUT / "00000.jpg").is_file():
-        frames = DEFAULT_INPUT
-        mask = davis_mask_for(frames)
-    else:
-        paths, mask = rs.davis_clip("blackswan", 1)
-        frames = paths[0].parent
-    return ["--input", str(frames), "--mask", str(mask), "--max-source-frames", "12"]
+    """The shipped demo clip (the scripts' default) with its mask found from the layout."""
+    return ["--input", str(DEFAULT_INPUT), "--mask", str(davis_mask_for(DEFAULT_INPUT)),
+            "--max-source-frames", "12"]
 
 
 # ------------------------------------------------------------------------------------- units
@@ -141,6 +134,40 @@ def test_long_video_refuses_bad_requests(engine, tmp_path: Path, capsys) -> None
     assert not (tmp_path / "long_video.json").exists()
 
 
+@pytest.mark.parametrize("extra", [
+    ["--threads", "0"], ["--device", "-1"], ["--unbounded-max-frames", "0"],
+    ["--unbounded-cap-mb", "-1"], ["--unbounded-cap-mb", "nan"], ["--unbounded-max-seconds", "-5"],
+    ["--frames", "0"], ["--warmup", "-1"]])
+def test_long_video_range_checks(engine, tmp_path: Path, capsys, extra) -> None:
+    _, graphs = engine
+    with pytest.raises(SystemExit) as e:
+        lv.main(["--engine-dir", str(graphs), "--out", str(tmp_path), *extra])
+    assert e.value.code == 2 and extra[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--max-source-frames", "0"], ["--device", "-2"],
+                                   ["--frames", "1"], ["--threads", "0"]])
+def test_speed_range_checks(engine, tmp_path: Path, capsys, extra) -> None:
+    _, graphs = engine
+    with pytest.raises(SystemExit) as e:
+        speed.main(["--engine-dir", str(graphs), "--out", str(tmp_path), *extra])
+    assert e.value.code == 2 and extra[0] in capsys.readouterr().err
+
+
+def test_unwritable_out_refused_before_any_run(engine, tmp_path: Path, capsys,
+                                               monkeypatch) -> None:
+    _, graphs = engine
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("ran before checking --out")
+
+    monkeypatch.setattr(lv, "execute", no_runs)
+    monkeypatch.setattr(speed, "run_variants", no_runs)
+    for main in (lv.main, speed.main):
+        assert main(["--engine-dir", str(graphs), "--out", "/proc/qdmn", *clip_args()]) == 2
+        assert "/proc/qdmn" in capsys.readouterr().err
+
+
 def test_speed_outputs(engine, tmp_path: Path, capsys) -> None:
     ckpt, graphs = engine
     out = tmp_path / "out"
@@ -212,9 +239,21 @@ def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
     assert "unknown variant" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py",
-                                    "benchmarks/read_options.py"])
-def test_scripts_start_from_any_directory(script: str, tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 0 and "--engine-dir" in r.stdout
+def test_aspect_fit_outputs(engine, tmp_path: Path, capsys) -> None:
+    from benchmarks import aspect_fit
+
+    _, graphs = engine
+    out = tmp_path / "out"
+    rc = aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
+                          "--sequences", "blackswan", "--aspects", "9:16", "--threads", "1",
+                          "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "aspect_fit.json").read_text())
+    assert [(r["aspect"], r["fit"]) for r in data["summary"]] == [("9:16", "letterbox"),
+                                                                  ("9:16", "stretch")]
+    assert all(0 <= r["jf"] <= 1 for r in data["summary"])
+    assert data["per_sequence"][0]["crop"][1] - data["per_sequence"][0]["crop"][0] == 480
+    assert aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
+                            "--aspects", "9x16", "--out", str(out)]) == 2
+    assert "expected W:H" in capsys.readouterr().err
+

@@ -1,10 +1,9 @@
-"""benchmarks/evaluate.py on a tiny synthetic DAVIS folder with stub segmenters."""
+"""evaluation.sequences and benchmarks/evaluate.py on a tiny synthetic DAVIS folder with stub
+segmenters."""
 
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,8 +11,9 @@ import numpy as np
 import pytest
 
 from benchmarks import evaluate as ev
-from benchmarks.davis import read_labels, write_labels
-from benchmarks.metrics import EvaluationError, statistics
+from evaluation.davis import DavisLayout, write_labels
+from evaluation.metrics import EvaluationError, statistics
+from runtime.masks import MaskMode, read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 T, H, W, SIDE = 6, 32, 48, 8
@@ -109,7 +109,7 @@ def test_copy_first_matches_hand_computed_j(toy_root, tmp_path):
     # Saved predictions are palette PNGs in the toolkit's results layout.
     saved = sorted((tmp_path / "m/alpha").glob("*.png"))
     assert len(saved) == T
-    np.testing.assert_array_equal(read_labels(saved[-1]), toy_labels()[0])
+    np.testing.assert_array_equal(read_labels(saved[-1], MaskMode.GROUND_TRUTH), toy_labels()[0])
 
 
 def test_write_csvs_toolkit_format(toy_root, tmp_path):
@@ -186,35 +186,62 @@ def test_cli_sequences_and_errors(toy_root, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "gamma" in capsys.readouterr().err
 
 
-def test_script_runs_from_any_directory(tmp_path):
-    r = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/evaluate.py"), "--help"],
-        check=False,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "--engine-dir" in r.stdout
+def test_cli_checks_outputs_and_ranges_before_any_work(toy_root, tmp_path, monkeypatch, capsys):
+    def no_work(args):
+        raise AssertionError("evaluation started before the arguments were checked")
+
+    monkeypatch.setattr(ev, "build_runtime", no_work)
+    base = ["--engine-dir", "e", "--data", str(toy_root), "--no-progress"]
+    for extra, message in ((["--out", "/proc/x"], "/proc/x"),
+                           (["--out", str(tmp_path / "o"), "--quality-threshold", "2"],
+                            "quality_threshold=2.0: expected a number in [0, 1]"),
+                           (["--out", str(tmp_path / "o"), "--threads", "0"], "threads=0"),
+                           (["--out", str(tmp_path / "o"), "--device", "-1"], "device=-1")):
+        assert ev.main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_reference_checkpoint_errors_in_our_words(request, toy_root, tmp_path, capsys):
+    """--reference with random bytes / a code-running pickle: one line, no torch advice."""
+    import os
+
+    import runtime_support as rs
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    rand, unsafe = tmp_path / "random.pth", tmp_path / "unsafe.pth"
+    rand.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    torch.save({"model": Payload()}, unsafe)
+    _, engine = rs.cached_engine(request)
+    for path, message in ((rand, "is not a PyTorch checkpoint"), (unsafe, "refused: ")):
+        rc = ev.main(["--engine-dir", str(engine), "--data", str(toy_root), "--backend",
+                      "ort-cpu", "--reference", str(path), "--out", str(tmp_path / "o"),
+                      "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and message in err[0], err
+        assert "weights_only" not in err[0]
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_cli_on_exported_tiny_model(request, tmp_path, capsys):
     """The runtime tests' tiny exported model: runtime (ORT CPU) and reference on 4 frames."""
     import runtime_support as rs
 
-    frames, _ = rs.davis_clip("blackswan", 4)
-    root = tmp_path / "davis"
-    for sub, src, ext in (("JPEGImages", frames[0].parent, "jpg"), ("Annotations", None, "png")):
-        d = root / sub / "480p/blackswan"
-        d.mkdir(parents=True)
-        src = src or rs.DAVIS / "Annotations/480p/blackswan"
-        for t in range(4):
-            (d / f"{t:05d}.{ext}").write_bytes((src / f"{t:05d}.{ext}").read_bytes())
+    root = DavisLayout(tmp_path / "davis")
+    for src, dst in ((rs.DAVIS.frames_dir("blackswan"), root.frames_dir("blackswan")),
+                     (rs.DAVIS.annotations_dir("blackswan"), root.annotations_dir("blackswan"))):
+        dst.mkdir(parents=True)
+        for f in sorted(src.iterdir())[:4]:
+            (dst / f.name).write_bytes(f.read_bytes())
     ckpt, engine = rs.cached_engine(request)
     out = tmp_path / "out"
     rc = ev.main(
-        ["--engine-dir", str(engine), "--data", str(root), "--backend", "ort-cpu",
+        ["--engine-dir", str(engine), "--data", str(root.root), "--backend", "ort-cpu",
          "--reference", str(ckpt), "--threads", "1", "--out", str(out), "--no-progress"]
     )  # fmt: skip
     assert rc == 0, capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""J&F metrics and the DAVIS reader: hand-computed cases, toolkit edge cases, real ground truth."""
+"""J&F metrics and the DAVIS reader: hand-computed cases, toolkit edge cases, real ground truth
+(the DAVIS clips shipped in assets/demo)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image
 
-from benchmarks.davis import (
+from evaluation.davis import (
     DatasetError,
-    davis_palette,
+    DavisLayout,
     list_sequences,
-    read_labels,
     read_sequence,
     write_labels,
 )
-from benchmarks.metrics import (
+from evaluation.metrics import (
     EvaluationError,
     ObjectResult,
     bound_pixels,
@@ -35,7 +34,7 @@ from benchmarks.metrics import (
     summarize,
 )
 
-DAVIS2016 = Path(__file__).resolve().parents[2] / "shared/data/DAVIS2016"
+DEMO = Path(__file__).resolve().parents[1] / "assets/demo"  # real DAVIS clips, DAVIS layout
 
 
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -248,32 +247,6 @@ def test_summarize_weighs_objects():
 # --- DAVIS reader -----------------------------------------------------------------------------
 
 
-def test_palette_first_colours():
-    pal = davis_palette()
-    assert pal.shape == (256, 3) and pal.dtype == np.uint8
-    np.testing.assert_array_equal(pal[:4], [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]])
-
-
-def test_labels_round_trip_and_grayscale(tmp_path):
-    labels = np.zeros((6, 7), np.uint8)
-    labels[1:3, 1:3] = 1
-    labels[4:, 4:] = 3
-    write_labels(tmp_path / "p.png", labels)
-    assert Image.open(tmp_path / "p.png").mode == "P"
-    np.testing.assert_array_equal(read_labels(tmp_path / "p.png"), labels)
-    # Void (255) in a palette annotation becomes background, as in the toolkit.
-    with_void = labels.copy()
-    with_void[0, 0] = 255
-    write_labels(tmp_path / "v.png", with_void)
-    np.testing.assert_array_equal(read_labels(tmp_path / "v.png"), labels)
-    # DAVIS 2016 grayscale 0/255 -> {0, 1}.
-    Image.fromarray((labels > 0).astype(np.uint8) * 255, mode="L").save(tmp_path / "g.png")
-    np.testing.assert_array_equal(read_labels(tmp_path / "g.png"), labels > 0)
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(DatasetError):
-        read_labels(tmp_path / "rgb.png")
-
-
 def test_read_sequence_layout(tmp_path):
     img_dir = tmp_path / "JPEGImages/480p/toy"
     ann_dir = tmp_path / "Annotations/480p/toy"
@@ -296,12 +269,14 @@ def test_read_sequence_layout(tmp_path):
         read_sequence(tmp_path, "missing")
 
 
-@pytest.mark.skipif(not DAVIS2016.is_dir(), reason="DAVIS2016 sample data not present")
 def test_real_davis_ground_truth():
-    seq = read_sequence(DAVIS2016, "blackswan")
+    """The shipped DAVIS clip (assets/demo, DAVIS layout) and its real annotations."""
+    seq = read_sequence(DEMO, "blackswan")
     assert seq.labels.shape == (50, 480, 854) and seq.num_objects == 1
     assert set(np.unique(seq.labels)) == {0, 1}
-    assert "blackswan" in list_sequences(DAVIS2016)
+    assert list_sequences(DEMO, DavisLayout(DEMO).split_file("demo")) == ["blackswan",
+                                                                          "cows+libby"]
+    assert read_sequence(DEMO, "cows+libby").num_objects == 2
 
     (same,) = evaluate_sequence("blackswan", seq.labels, seq.labels)
     assert same.j.shape == (48,)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from runtime.config import RuntimeConfig
+from runtime.memory_policy import DEFAULT_MEMORY_SIZE
 from training.config import ModelConfig
 from training.model import QDMN, memory_readout
 from training.reference import (
@@ -70,6 +71,15 @@ def test_unbounded_never_evicts(model):
                for s in seg.backend.bank.valid_slots())
 
 
+def test_unbounded_has_one_meaning(model):
+    """memory_size=None is the default bank everywhere; only unbounded=True is unbounded."""
+    seg = reference_segmenter(model, size=(64, 96), max_objects=1)
+    assert seg.manifest.memory_size == DEFAULT_MEMORY_SIZE
+    assert reference_manifest(model.cfg, 64, 96, 1).memory_size == DEFAULT_MEMORY_SIZE
+    with pytest.raises(ValueError, match="exclude each other"):
+        reference_segmenter(model, size=(64, 96), max_objects=1, memory_size=3, unbounded=True)
+
+
 def test_bounded_reference_evicts_and_reuses_slots(model):
     frames, mask = clip(6)
     seg = reference_segmenter(model, size=(64, 96), max_objects=3, memory_size=2,
@@ -111,7 +121,8 @@ def test_from_checkpoint(model, tmp_path):
     seg = ref.segmenter
     assert (seg.manifest.height, seg.manifest.width) == (48, 64)
     assert seg.config.mem_every == 2 and seg.config.quality_threshold == 0.5
-    assert seg.manifest.memory_size == 25 and len(seg.manifest.checkpoint_sha256) == 64
+    assert seg.manifest.memory_size == DEFAULT_MEMORY_SIZE
+    assert len(seg.manifest.checkpoint_sha256) == 64
 
 
 def test_torch_backend_matches_model_methods(model):

@@ -5,9 +5,12 @@ Refusals: one `error: ...` line on stderr, exit code 1, nothing left in (or next
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +19,13 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import script_env
 from PIL import Image
 
 from runtime import run as cli
 from runtime.manifest import Manifest, graph_specs
+from runtime.masks import read_mask
+from runtime.palette import save_palette_png
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,8 @@ def clip(tmp_path_factory) -> tuple[Path, Path]:
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          env=script_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_script_end_to_end(engine, clip, tmp_path):
@@ -56,7 +63,7 @@ def test_script_end_to_end(engine, clip, tmp_path):
         assert set(np.unique(np.array(im))) <= {0, 1}
         assert im.getpalette()[3:6] == [128, 0, 0]  # DAVIS colour of object 1
     # frame 0 is the given mask itself
-    assert np.array_equal(np.array(Image.open(pngs[0])), np.array(Image.open(mask)) // 255)
+    assert np.array_equal(np.array(Image.open(pngs[0])), read_mask(mask))
     log = json.loads((out / "run.json").read_text())
     assert log["backend"]["name"] in ("ort-cpu", "openvino", "openvino-bf16")  # auto on a CPU
     assert [f["frame"] for f in log["frames"]] == list(range(5))
@@ -136,6 +143,14 @@ def test_corrupt_frames(ok, tmp_path, capsys):
     assert "00002.jpg" in refuse(capsys, tmp_path, **{**ok, "input": bad})
 
 
+def test_frame_of_another_aspect_ratio_mid_video(ok, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(ok["input"], bad)
+    Image.open(bad / "00002.jpg").resize((320, 240)).save(bad / "00002.jpg")
+    msg = refuse(capsys, tmp_path, **{**ok, "input": bad})
+    assert "frame 00002.jpg is 320x240 but the first frame is 854x480" in msg
+
+
 def test_corrupt_and_empty_video(ok, tmp_path, capsys):
     v = tmp_path / "v.mp4"
     v.write_bytes(os.urandom(4096))
@@ -170,7 +185,7 @@ def test_too_many_objects(ok, tmp_path, capsys):
     labels = np.zeros((480, 854), np.uint8)
     labels[:, :100], labels[:, 200:300], labels[:, 400:500] = 1, 2, 3
     three = tmp_path / "three.png"
-    rs.save_palette(labels, three)
+    save_palette_png(labels, three)
     msg = refuse(capsys, tmp_path, **{**ok, "mask": three})
     assert "3 objects" in msg and "--max-objects 3" in msg
 
@@ -184,9 +199,10 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     shutil.copytree(engine, other)
     m = Manifest.load(other)
     _, c16, qam_size, _ = m.graphs["quality"].input("quality_features").shape
-    specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
+    specs = graph_specs(160, 224, m.max_objects, m.memory_size, m.key_dim, m.value_dim,
                         (c16, *m.graphs["decoder"].input("f8").shape[1:2],
                          *m.graphs["decoder"].input("f4").shape[1:2]), qam_size)
+    specs = {g: dataclasses.replace(spec, sha256=m.graphs[g].sha256) for g, spec in specs.items()}
     d = json.loads((other / "manifest.json").read_text())
     d.update(height=160, graphs=json.loads(Manifest(**{**m.__dict__, "height": 160,
                                                        "graphs": specs}).to_json())["graphs"])
@@ -195,6 +211,29 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     assert "graph and manifest come from different exports" in msg
     (other / "encoder.onnx").unlink()
     assert "missing" in refuse(capsys, tmp_path, **{**ok, "engine_dir": other})
+
+
+def test_corrupted_graph_is_refused(ok, engine, tmp_path, capsys):
+    """4 KiB of the decoder's weights overwritten: the graph still parses and runs, so only the
+    sha256 recorded at export can tell (before, this ran and gave wrong masks with exit 0)."""
+    import onnx
+
+    bad = tmp_path / "bad"
+    shutil.copytree(engine, bad)
+    path = bad / "decoder.onnx"
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    data[at:at + 4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    onnx.load(str(path))  # still a valid ONNX file
+    msg = refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
+    assert "decoder.onnx is corrupted or was changed after export" in msg
+    # an older manifest without hashes is refused too, naming what to do
+    d = json.loads((bad / "manifest.json").read_text())
+    shutil.copy(engine / "decoder.onnx", path)
+    d["graphs"]["qam"].pop("sha256")
+    (bad / "manifest.json").write_text(json.dumps(d))
+    assert "records no sha256 for qam.onnx" in refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
 
 
 def test_backend_and_config_refusals(ok, tmp_path, capsys):
@@ -209,15 +248,53 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
 
 
-def test_output_that_is_not_a_run_folder_is_kept(ok, tmp_path, capsys):
+
+@pytest.mark.parametrize("option, value, message", [
+    ("quality_threshold", 2, "quality_threshold=2.0: expected a number in [0, 1]"),
+    ("quality_threshold", -0.1, "quality_threshold=-0.1"),
+    ("quality_threshold", "nan", "quality_threshold=nan"),
+    ("threads", 0, "threads=0"), ("device", -1, "device=-1"), ("memory_size", 0, "memory_size=0"),
+    ("max_frames", 0, "--max-frames 0"),
+])
+def test_numeric_ranges(ok, tmp_path, capsys, option, value, message):
+    """Before, --quality-threshold 2 was accepted and silently memorised nothing."""
+    assert message in refuse(capsys, tmp_path, **{**ok, option: value})
+
+
+def test_unwritable_outputs_refused_before_the_first_frame(ok, tmp_path, capsys, monkeypatch):
+    """Before, `--overlay /proc/x.mp4` failed after the whole video and lost every mask."""
+    def no_backend(*args, **kwargs):
+        raise AssertionError("the graphs were loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "create_backend", no_backend)
+    assert "x.mp4" in refuse(capsys, tmp_path, **{**ok, "overlay": "/proc/x.mp4"})
+    (tmp_path / "file").write_text("")
+    assert "not a folder" in refuse(capsys, tmp_path, **{**ok, "output": tmp_path / "file"})
+    assert "cannot create the folder" in refuse(capsys, tmp_path,
+                                                **{**ok, "output": tmp_path / "file" / "o"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_users_files_in_the_output_folder_are_kept(ok, tmp_path, capsys):
+    """Only what an earlier run wrote is replaced; a user's file of an output name is refused."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     argv = ["--engine-dir", str(ok["engine_dir"]), "--input", str(ok["input"]), "--mask",
-            str(ok["mask"]), "--output", str(out), "--quiet"]
-    assert cli.main(argv) == 1
-    assert "not an earlier run's output" in capsys.readouterr().err
+            str(ok["mask"]), "--output", str(out), "--quiet", "--max-frames", "2"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0
     assert (out / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png", "00001.png", "precious.txt", "run.json"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "00000.png").write_bytes(b"my mask")
+    capsys.readouterr()
+    assert cli.main([*argv[:7], str(mine), *argv[8:]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no earlier run of this tool wrote" in err[0], err
+    assert (mine / "00000.png").read_bytes() == b"my mask"
 
 
 def test_runtime_is_torch_free(engine, clip, tmp_path):
@@ -246,7 +323,7 @@ def test_runtime_is_torch_free(engine, clip, tmp_path):
 
 def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path, monkeypatch):
     """A camera/stream: no look-ahead (the last frame is memorised too); Ctrl-C keeps results."""
-    from runtime.frames import FrameSource, read_frame
+    from runtime.sources import FrameSource, read_frame
 
     frames, mask = clip
     paths = sorted(frames.glob("*.jpg"))
@@ -270,6 +347,52 @@ def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path
     log = json.loads((out / "run.json").read_text())
     assert log["frames"][-1]["decision"] is not None and not log["interrupted"]
     monkeypatch.setattr(cli, "open_source", lambda src: Live(stop_after=3))
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 130
     log = json.loads((out / "run.json").read_text())
     assert log["interrupted"] and len(list(out.glob("*.png"))) == 3
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """600 frames (the demo clip's 50 linked over and over): a run lasts long enough to be
+    signalled while it works, on any machine."""
+    demo = rs.REPO / "assets/demo/JPEGImages/480p/blackswan"
+    src = sorted(demo.glob("*.jpg"))
+    d = tmp_path_factory.mktemp("long")
+    for i in range(600):
+        (d / f"{i:05d}.jpg").symlink_to(src[i % len(src)])
+    return d, rs.REPO / "assets/demo/Annotations/480p/blackswan/00000.png"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code):
+    """A real process and a real signal once frames are being written. Before, SIGINT exited 0
+    and SIGTERM killed the process leaving a hidden `.out.partial-*` folder behind."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "runtime/run.py", "--engine-dir", str(engine), "--input",
+         str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out), "--backend",
+         "ort-cpu", "--threads", "1", "--quiet"],
+        cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
+            if list(tmp_path.glob(".out.partial-*/00002.png")):
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)  # waits on the process, returns at once if it exited
+            assert proc.poll() is None, proc.stderr.read()
+        else:
+            pytest.fail("no frame was written")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden partial folder
+    log = json.loads((out / "run.json").read_text())
+    n = len(log["frames"])
+    assert log["interrupted"] and 3 <= n < 600 and log["summary"]["frames"] == n
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(n)]
+    for p in (out / "00000.png", out / f"{n - 1:05d}.png"):
+        assert Image.open(p).size == (854, 480)

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import script_env
 from PIL import Image
 
 from runtime.backends import create_backend
 from runtime.backends.base import HostBank
-from runtime.config import RuntimeConfig
+from runtime.config import RuntimeConfig, default_threads
 from runtime.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
-from runtime.frames import (
-    PALETTE,
-    fit_mask,
-    onehot,
-    open_source,
-    prob_to_labels,
-    read_mask,
-    resize_frame,
-    save_palette_png,
-    with_last,
+from runtime.manifest import STRIDE, Manifest, graph_specs
+from runtime.masks import fit_mask, read_mask
+from runtime.memory_policy import (
+    DEFAULT_MEM_EVERY,
+    DEFAULT_QUALITY_THRESHOLD,
+    FIXED_SLOTS,
+    MemoryPolicy,
+    bank_capacity,
 )
-from runtime.manifest import Manifest, graph_specs
+from runtime.palette import PALETTE
+from runtime.resize import onehot, prob_to_labels, resize_frame
+from runtime.sources import open_source, with_last
 
 
 def manifest(memory_size: int = 3) -> Manifest:
-    specs = graph_specs(32, 48, 2, memory_size + 2, 4, 6, (16, 8, 4), qam_size=4)
+    specs = graph_specs(32, 48, 2, memory_size, 4, 6, (16, 8, 4), qam_size=4)
     return Manifest(height=32, width=48, max_objects=2, memory_size=memory_size, top_k=5,
                     key_dim=4, value_dim=6, precision="fp32", graphs=specs)
 
@@ -35,23 +40,6 @@ def test_davis_palette():
     assert PALETTE[1].tolist() == [128, 0, 0] and PALETTE[2].tolist() == [0, 128, 0]
     assert PALETTE[3].tolist() == [128, 128, 0] and PALETTE[4].tolist() == [0, 0, 128]
     assert len({tuple(c) for c in PALETTE}) == 256
-
-
-def test_mask_formats(tmp_path):
-    labels = np.zeros((20, 30), np.uint8)
-    labels[2:8, 2:8], labels[10:15, 20:28] = 1, 7
-    save_palette_png(labels, tmp_path / "p.png")
-    assert Image.open(tmp_path / "p.png").mode == "P"
-    assert np.array_equal(read_mask(tmp_path / "p.png"), labels)
-    Image.fromarray((labels > 0).astype(np.uint8) * 255).save(tmp_path / "g.png")
-    assert np.array_equal(read_mask(tmp_path / "g.png"), (labels > 0).astype(np.uint8))
-    Image.fromarray(labels > 0).save(tmp_path / "b.png")  # mode "1"
-    assert np.array_equal(read_mask(tmp_path / "b.png"), (labels > 0).astype(np.uint8))
-    Image.fromarray(PALETTE[labels]).save(tmp_path / "rgb.png")
-    assert np.array_equal(read_mask(tmp_path / "rgb.png"), labels)
-    Image.fromarray(np.dstack([PALETTE[labels], np.full((20, 30), 255, np.uint8)])).save(
-        tmp_path / "rgba.png")
-    assert np.array_equal(read_mask(tmp_path / "rgba.png"), labels)
 
 
 def test_mask_refusals(tmp_path):
@@ -99,6 +87,30 @@ def test_pre_and_post_processing():
     assert (out == labels).mean() > 0.97
     single = prob_to_labels(prob[:2].astype(np.float32), (3,), 100, 150)
     assert set(np.unique(single)) == {0, 3}
+
+
+def test_memory_constants_are_defined_once():
+    """beta + 2 slots, mem_every and sigma: one definition (runtime.memory_policy), used by the
+    manifest, the graphs' shapes and the policy alike."""
+    m = manifest(3)
+    assert m.capacity == bank_capacity(3) == 3 + FIXED_SLOTS
+    assert m.graphs["memory_read"].input("mem_keys").shape[1] == m.capacity  # (N, S, P, CK)
+    assert (m.mem_every, m.quality_threshold) == (DEFAULT_MEM_EVERY, DEFAULT_QUALITY_THRESHOLD)
+    policy = MemoryPolicy(3, DEFAULT_MEM_EVERY, DEFAULT_QUALITY_THRESHOLD)
+    assert policy.temp_slot == m.temp_slot == m.capacity - 1
+    assert (m.height // STRIDE, m.width // STRIDE) == m.feature_size == (2, 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity API (Linux)")
+def test_default_threads_follow_the_cpu_affinity_set():
+    assert default_threads() == len(os.sched_getaffinity(0))
+    assert RuntimeConfig().resolve(manifest()).threads == default_threads()
+    # A process restricted to one CPU (taskset, a container's cpuset) gets one thread.
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from runtime.config import default_threads; print(default_threads())")
+    r = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
+                       text=True, timeout=60, check=True)
+    assert r.stdout.strip() == "1"
 
 
 def test_with_last():

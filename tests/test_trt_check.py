@@ -17,10 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.trt_check import TrtCheckError, assert_compatible, check_model, errors_of
 from export.trt_ops import OPS
-from runtime.trt_compat import EngineCompatError, check_engine_compat
+from runtime.backends.trt_compat import EngineCompatError, check_engine_compat
 
 REPO = Path(__file__).resolve().parents[1]
-OPS_MD = REPO.parent / "shared" / "spec" / "tensorrt-onnx-ops.md"
+OPS_MD = REPO / "docs" / "spec" / "tensorrt-onnx-ops.md"
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
@@ -136,7 +136,6 @@ def test_assert_compatible_raises():
         assert_compatible(topk_model(k_const=False))
 
 
-@pytest.mark.skipif(not OPS_MD.is_file(), reason="shared/spec not present")
 def test_op_table_matches_source():
     text = OPS_MD.read_text().split("## Operator support matrix")[1].split("## Additional")[0]
     rows = {}
@@ -148,7 +147,7 @@ def test_op_table_matches_source():
     assert {op: (s.supported, s.types) for op, s in OPS.items()} == rows
 
 
-# --- runtime/trt_compat.py ---
+# --- runtime/backends/trt_compat.py ---
 
 BUILT = {"version": "10.16.1.11", "gpu_name": "NVIDIA H100 80GB HBM3",
          "compute_capability": "9.0", "hardware_compatibility_level": "NONE",
@@ -183,7 +182,7 @@ def test_compat_warnings_and_levels():
 # --- export/build_engines.py against a recording fake of the TensorRT 10 API ---
 
 class _Fake:
-    """Just the TensorRT 10 Python surface build_engines.py uses (tensorrt-api-notes.md)."""
+    """Just the TensorRT 10 Python surface build_engines.py uses (docs/spec/tensorrt-api-notes.md)."""
 
     def __init__(self):
         self.calls: list[tuple] = []
@@ -275,6 +274,7 @@ class _Fake:
 
         self.module = types.SimpleNamespace(
             __version__="10.16.1.11", Logger=Logger, Builder=Builder, OnnxParser=OnnxParser,
+            Dims=Dims,
             NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
             BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"),
             MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
@@ -299,6 +299,7 @@ def exported(tmp_path_factory) -> Path:
 
 
 def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
+    import hashlib
     import shutil
 
     from export import build_engines
@@ -314,6 +315,8 @@ def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
     assert m.tensorrt["compute_capability"] == "9.0" and m.tensorrt["builder_flags"] == []
     assert Manifest.load(d).graphs["decoder"].engine == "decoder.engine"
     assert (d / "encoder.engine").read_bytes() == b"plan-image"
+    assert Manifest.load(d).graphs["encoder"].engine_sha256 == hashlib.sha256(
+        b"plan-image").hexdigest()
     assert (d / "timing.cache").read_bytes() == b"cache"
     assert ("create_network", 1 << 1) in fake.calls  # STRONGLY_TYPED
     assert ("pool", "WORKSPACE", 2 << 30) in fake.calls
@@ -335,3 +338,12 @@ def test_build_engines_without_tensorrt(exported):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert 'pip install ".[trt]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert json.loads((exported / "manifest.json").read_text())["tensorrt"] is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_build_engines_workspace_range(exported, value, capsys):
+    from export import build_engines
+
+    with pytest.raises(SystemExit) as e:
+        build_engines.main([str(exported), "--workspace", value])
+    assert e.value.code == 2 and "--workspace" in capsys.readouterr().err

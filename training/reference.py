@@ -1,9 +1,10 @@
-"""PyTorch reference inference: QDMN's four methods behind the runtime's backend interface.
+"""PyTorch reference inference: QDMN's methods behind the runtime's backend interface.
 
 The decision logic (memory policy, slot writes, pre/post-processing) is the runtime's
 `Segmenter`, so the paper's inference loop exists once; only the graph execution differs. Use
-it to check exported graphs (same checkpoint, same decisions) and, with `memory_size=None`, as
-the unbounded-memory baseline (no eviction) for benchmarks.
+it to check exported graphs (same checkpoint, same decisions) and, with `unbounded=True`, as
+the unbounded-memory baseline (no eviction) for benchmarks. Everywhere here `memory_size=None`
+means the default bank (the manifest's, else DEFAULT_MEMORY_SIZE), never "unbounded".
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from runtime.backends.base import Bank, HostBackend
 from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest, file_sha256, graph_specs
+from runtime.manifest import STRIDE, Manifest, file_sha256, graph_specs
+from runtime.memory_policy import DEFAULT_MEMORY_SIZE
 from runtime.segmenter import Segmenter
 from training.checkpoint import load_model
 from training.config import ModelConfig
@@ -26,14 +28,12 @@ from training.model import QDMN, normalize_uint8
 # "Unbounded" memory: more dynamic slots than any video has frames. The reference bank stores
 # only written slots, so this allocates nothing up front.
 UNBOUNDED_MEMORY = 1_000_000
-DEFAULT_MEMORY_SIZE = 25  # the exporter's default bank
 
 
 def reference_manifest(cfg: ModelConfig, height: int, width: int, max_objects: int,
-                       memory_size: int | None = None, **extra: object) -> Manifest:
-    """In-memory manifest for the reference (no files); memory_size None = unbounded."""
-    memory_size = UNBOUNDED_MEMORY if memory_size is None else memory_size
-    specs = graph_specs(height, width, max_objects, memory_size + 2, cfg.key_dim, cfg.value_dim,
+                       memory_size: int = DEFAULT_MEMORY_SIZE, **extra: object) -> Manifest:
+    """In-memory manifest for the reference (no files); UNBOUNDED_MEMORY for no eviction."""
+    specs = graph_specs(height, width, max_objects, memory_size, cfg.key_dim, cfg.value_dim,
                         cfg.feature_dims, cfg.qam_size)
     m = Manifest(height=height, width=width, max_objects=max_objects, memory_size=memory_size,
                  top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim,
@@ -152,9 +152,11 @@ def reference_segmenter(
 
     Either `manifest` (an exported one: same size, objects, memory and policy defaults, to
     compare against its graphs) or `size` + `max_objects` (+ memory_size, default
-    DEFAULT_MEMORY_SIZE). unbounded=True: no eviction ever (memory grows with the video).
-    config.threads, when given, sets torch's (process-wide) thread count.
+    DEFAULT_MEMORY_SIZE). unbounded=True: no eviction ever (memory grows with the video); it
+    excludes memory_size. config.threads, when given, sets torch's (process-wide) thread count.
     """
+    if unbounded and memory_size is not None:
+        raise ValueError("reference_segmenter: memory_size and unbounded=True exclude each other")
     model, sha = _load(model)
     sha = checkpoint_sha256 or sha
     if manifest is not None:
@@ -167,8 +169,11 @@ def reference_segmenter(
         extra = {}
     if size is None or max_objects is None:
         raise ValueError("reference_segmenter: pass manifest=, or size= and max_objects=")
-    memory = UNBOUNDED_MEMORY if unbounded else (memory_size or DEFAULT_MEMORY_SIZE)
-    ref = reference_manifest(model.cfg, size[0], size[1], max_objects, memory,
+    if unbounded:
+        memory_size = UNBOUNDED_MEMORY
+    elif memory_size is None:
+        memory_size = DEFAULT_MEMORY_SIZE
+    ref = reference_manifest(model.cfg, size[0], size[1], max_objects, memory_size,
                              checkpoint_sha256=sha, **extra)
     config = config or RuntimeConfig()
     return Segmenter.from_backend(ref, TorchBackend(model, ref, threads=config.threads), config)
@@ -186,7 +191,7 @@ class ReferenceSegmenter:
     """The reference with the runtime's `start(frame, mask)` / `step(frame)` API, sized per video.
 
     The working size is `size`, else the checkpoint's training `image_size`, else the first
-    frame's size rounded up to multiples of 16; max_objects defaults to the first mask's object
+    frame's size rounded up to multiples of STRIDE; max_objects defaults to the first mask's object
     count. The inner Segmenter is rebuilt when a new video needs another size or more objects.
     """
 
@@ -213,7 +218,7 @@ class ReferenceSegmenter:
         return cls(model, checkpoint_sha256=file_sha256(path), **kwargs)
 
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        size = self.size or tuple(-(-d // 16) * 16 for d in frame.shape[:2])
+        size = self.size or tuple(-(-d // STRIDE) * STRIDE for d in frame.shape[:2])
         objects = self.max_objects or max(1, int(np.count_nonzero(np.unique(mask))))
         m = None if self.segmenter is None else self.segmenter.manifest
         if m is None or (m.height, m.width) != size or m.max_objects < objects:
@@ -234,7 +239,6 @@ class ReferenceSegmenter:
 
 
 __all__ = [
-    "DEFAULT_MEMORY_SIZE",
     "UNBOUNDED_MEMORY",
     "ReferenceSegmenter",
     "TorchBackend",

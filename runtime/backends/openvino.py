@@ -7,13 +7,14 @@ convolutions (encoder, qam, decoder) are the fastest here, especially in bf16 on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import HostBackend
+from runtime.backends.ort import import_ort, session_options
+from runtime.config import default_threads
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -30,7 +31,7 @@ class OpenVinoBackend(HostBackend):
                                           "pip install openvino") from None
         super().__init__(manifest)
         self._ov_version = ov.get_version()
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
         self.device = device
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads,
                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -84,15 +85,9 @@ class OpenVinoBackend(HostBackend):
 
 
 def _ort_session(path: Path, threads: int) -> Any:
-    from runtime.backends.ort import import_ort
-
-    ort = import_ort()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return import_ort().InferenceSession(str(path), session_options(threads),
+                                             providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
         raise EngineMismatchError(f"{path}: onnxruntime cannot load it: "
                                   f"{str(e).splitlines()[0]}") from None

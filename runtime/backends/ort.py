@@ -15,7 +15,6 @@ code path.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
+from runtime.config import default_threads
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -36,6 +36,25 @@ def import_ort() -> Any:
         raise BackendUnavailableError(f"onnxruntime is not installed ({e}): "
                                       "pip install onnxruntime (CPU) or onnxruntime-gpu") from None
     return onnxruntime
+
+
+def session_options(threads: int | None = None, *, spin: bool = False) -> Any:
+    """The one ONNX Runtime session configuration (runtime backends, benchmarks, calibration).
+
+    All graph optimisations; ops one after another (the graphs are chains) on `threads` intra-op
+    threads (default: default_threads()); worker threads sleep between ops unless `spin` (see
+    RuntimeConfig.spin); warnings only.
+    """
+    ort = import_ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.enable_mem_pattern = True
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return so
 
 
 def cuda_available() -> bool:
@@ -113,16 +132,9 @@ class OrtBackend(Backend):
                                     "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
         self.spin = spin
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.enable_mem_pattern = True
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        so = session_options(self.threads, spin=spin)
         self.sessions: dict[str, Any] = {}
         for g in GRAPH_NAMES:
             path = Path(engine_dir) / manifest.graphs[g].file

@@ -7,6 +7,9 @@ tensors also get a pinned host buffer. One non-default stream; `run` enqueues H2
 are D2D copies of qam's per-object outputs into their chunks of the slot (the manifest's bank
 layout). The CUDA context is the device's
 primary context, pushed only while this backend works (no pycuda.autoinit).
+
+TensorRT is imported where it is used (it is optional), under its own name, so that mypy checks
+every call against the TensorRT stubs (tests/test_typecheck.py); pycuda has no stubs.
 """
 
 from __future__ import annotations
@@ -15,26 +18,20 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
+from runtime.backends.trt_compat import check_engine_compat
 from runtime.errors import BackendUnavailableError, EngineMismatchError, QDMNRuntimeError
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError, verify_sha256
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 # Tensors that cross between host and device (the rest stay on the device).
 HOST_TENSORS = ("image", "prev_prob", "masks", "object_valid", "prob", "quality")
-
-
-def import_trt() -> tuple[Any, Any]:
-    try:
-        import pycuda.driver as cuda
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(f"trt: TensorRT and pycuda are required ({e}); "
-                                      "pip install 'tensorrt>=10,<11' pycuda") from None
-    return trt, cuda
 
 
 class TrtBank(Bank):
@@ -95,25 +92,36 @@ class TrtBank(Bank):
 
 class TrtBackend(Backend):
     name = "trt"
+    bank: TrtBank
 
     def __init__(self, manifest: Manifest, engine_dir: str | Path, *, device_id: int = 0):
         super().__init__(manifest)
         engine_dir = Path(engine_dir)
-        missing = [g for g in GRAPH_NAMES if not manifest.graphs[g].engine
-                   or not (engine_dir / manifest.graphs[g].engine).is_file()]
+        engines = {g: engine_dir / e for g in GRAPH_NAMES if (e := manifest.graphs[g].engine)}
+        missing = [g for g in GRAPH_NAMES if g not in engines or not engines[g].is_file()]
         if missing:
             raise BackendUnavailableError(
                 f"trt: {engine_dir} has no TensorRT engine for {missing}: build the engines on "
                 "this GPU first, or use --backend ort-cuda / ort-cpu")
-        trt, cuda = import_trt()
-        self._trt, self._cuda = trt, cuda
+        try:
+            import pycuda.driver as cuda
+            import tensorrt as trt
+        except ImportError as e:
+            raise BackendUnavailableError(f"trt: TensorRT and pycuda are required ({e}); "
+                                          "pip install 'tensorrt>=10,<11' pycuda") from None
+        self._cuda = cuda
+        self.trt_version: str = trt.__version__
         try:
             cuda.init()
             if device_id >= cuda.Device.count():
                 raise BackendUnavailableError(f"trt: no CUDA device {device_id} "
                                               f"({cuda.Device.count()} found)")
-            _check_compat(manifest, engine_dir, device_id)
-            self._ctx = cuda.Device(device_id).retain_primary_context()
+            dev = cuda.Device(device_id)
+            major, minor = dev.compute_capability()
+            for message in check_engine_compat(manifest.tensorrt, trt.__version__, dev.name(),
+                                               f"{major}.{minor}"):
+                warnings.warn(f"trt: {message}", stacklevel=2)
+            self._ctx = dev.retain_primary_context()
         except cuda.Error as e:
             raise BackendUnavailableError(f"trt: CUDA is not usable here: {e}") from None
         self.device_id = device_id
@@ -124,8 +132,8 @@ class TrtBackend(Backend):
             self._stream = cuda.Stream()
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
-            self._engines = {g: self._load(g, engine_dir / str(manifest.graphs[g].engine))
-                             for g in GRAPH_NAMES}
+            self._engines: dict[str, trt.ICudaEngine] = {
+                g: self._load(g, engines[g]) for g in GRAPH_NAMES}
             for name, spec in self.specs.items():
                 if name in BANK_TENSORS:
                     continue
@@ -137,11 +145,11 @@ class TrtBackend(Backend):
                 cuda.memcpy_htod(self._dev[name], self._host[name])
             self.bank = TrtBank(manifest, cuda, self._stream, self._dev, self._active)
             bank_ptrs = {**self.bank.tensors, "mem_valid": self.bank.valid_dev}
-            self._contexts = {}
+            self._contexts: dict[str, trt.IExecutionContext] = {}
             for g, engine in self._engines.items():
                 ctx = engine.create_execution_context()
                 for t in (*manifest.graphs[g].inputs, *manifest.graphs[g].outputs):
-                    ptr = bank_ptrs.get(t.name, self._dev.get(t.name))
+                    ptr = bank_ptrs[t.name] if t.name in bank_ptrs else self._dev[t.name]
                     if not ctx.set_tensor_address(t.name, int(ptr)):
                         raise EngineMismatchError(f"trt: cannot bind {g}.{t.name}")
                 self._contexts[g] = ctx
@@ -154,9 +162,15 @@ class TrtBackend(Backend):
         finally:
             self._cuda.Context.pop()
 
-    def _load(self, graph: str, path: Path) -> Any:
-        trt = self._trt
-        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+    def _load(self, graph: str, path: Path) -> trt.ICudaEngine:
+        import tensorrt as trt
+
+        plan = path.read_bytes()
+        try:
+            verify_sha256(path, self.manifest.graphs[graph].engine_sha256, plan)
+        except ManifestError as e:
+            raise EngineMismatchError(str(e)) from None
+        engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineMismatchError(f"trt: cannot deserialize {path}: built with another "
                                       "TensorRT version or for another GPU? Rebuild it here")
@@ -169,7 +183,7 @@ class TrtBackend(Backend):
                                       f"declares {sorted(want)}")
         for n in names:
             t, mode = want[n]
-            shape = tuple(engine.get_tensor_shape(n))
+            shape = tuple(engine.get_tensor_shape(n)[:])  # Dims slice like tuples
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
             if engine.get_tensor_mode(n) != mode or shape != t.shape or dtype != t.dtype:
                 raise EngineMismatchError(f"{path}: {n} is {shape} {dtype}, the manifest says "
@@ -201,7 +215,7 @@ class TrtBackend(Backend):
             return out
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "tensorrt": self._trt.__version__,
+        return {"name": self.name, "tensorrt": self.trt_version,
                 "device_id": self.device_id}
 
     def close(self) -> None:
@@ -218,16 +232,6 @@ class TrtBackend(Backend):
             self._dev.clear()
             self._host.clear()
         self._ctx.detach()
-
-
-def _check_compat(manifest: Manifest, engine_dir: Path, device_id: int) -> None:
-    """Version/GPU check of the engines (runtime.trt_compat, written with the exporter)."""
-    try:
-        from runtime.trt_compat import check_engine_compat
-    except ImportError:
-        return
-    for message in check_engine_compat(manifest, engine_dir, device_id=device_id):
-        warnings.warn(f"trt: {message}", stacklevel=3)
 
 
 __all__ = ["TrtBackend", "TrtBank"]

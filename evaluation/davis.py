@@ -1,8 +1,9 @@
-"""DAVIS-layout reader and palette-PNG writer (torch-free).
+"""The DAVIS dataset layout, its sequences with ground truth, and palette-PNG writing.
 
-Layout: `JPEGImages/480p/<seq>/*.jpg`, `Annotations/480p/<seq>/*.png`,
-`ImageSets/<year>/<split>.txt`. Annotations are either DAVIS 2017 palette PNGs (pixel value =
-object id, 255 = void) or DAVIS 2016 grayscale PNGs (0 / 255 = background / object).
+Layout: `JPEGImages/<res>/<seq>/*.jpg`, `Annotations/<res>/<seq>/*.png`,
+`ImageSets/<year>/<split>.txt`. Annotations are read by the runtime's one mask reader
+(`runtime.masks.read_labels`, ground-truth mode: palette indices with void 255 -> 0, or DAVIS
+2016 grayscale 0 / 255 -> {0, 1}).
 """
 
 from __future__ import annotations
@@ -11,28 +12,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-# Frames are decoded and masks written exactly as the runtime's CLI does.
-from runtime.frames import davis_palette, read_frame, save_palette_png
-
-__all__ = [
-    "DatasetError",
-    "DavisSequence",
-    "davis_palette",
-    "list_sequences",
-    "read_frame",
-    "read_labels",
-    "read_sequence",
-    "write_labels",
-]
+from runtime.masks import MaskMode, read_labels
+from runtime.palette import save_palette_png
 
 RESOLUTION = "480p"
-VOID_ID = 255
 
 
 class DatasetError(FileNotFoundError):
     """A DAVIS root, sequence, split file or annotation is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class DavisLayout:
+    """Where a DAVIS-layout dataset keeps its frames, annotations and splits."""
+
+    root: Path
+    resolution: str = RESOLUTION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def annotations_root(self) -> Path:
+        return self.root / "Annotations" / self.resolution
+
+    def frames_dir(self, seq: str) -> Path:
+        return self.root / "JPEGImages" / self.resolution / seq
+
+    def annotations_dir(self, seq: str) -> Path:
+        return self.annotations_root / seq
+
+    def annotation(self, seq: str, frame: str | Path) -> Path:
+        """The annotation of frame `frame` (a frame path or name; its stem is used)."""
+        return self.annotations_dir(seq) / f"{Path(frame).stem}.png"
+
+    def split_file(self, split: str = "val", year: str | None = None) -> Path:
+        """`ImageSets/<year>/<split>.txt` (DAVIS), or `ImageSets/<split>.txt` without a year."""
+        sets = self.root / "ImageSets"
+        return (sets / year if year else sets) / f"{split}.txt"
+
+    @classmethod
+    def of_frames_dir(cls, frames_dir: str | Path) -> tuple[DavisLayout, str] | None:
+        """(layout, sequence) of a `<root>/JPEGImages/<res>/<seq>` folder, else None."""
+        p = Path(frames_dir)
+        if p.parent.parent.name != "JPEGImages":
+            return None
+        return cls(p.parent.parent.parent, p.parent.name), p.name
 
 
 @dataclass(frozen=True)
@@ -49,26 +75,6 @@ class DavisSequence:
         return int(self.labels[0].max())
 
 
-def read_labels(path: str | Path) -> np.ndarray:
-    """An annotation PNG as object ids: (H,W) uint8.
-
-    Palette images give their indices with void (255) -> 0, as the toolkit does. Grayscale
-    images holding only 0 and 255 (DAVIS 2016) give {0, 1}; other grayscale images are read as
-    ids, again with 255 -> 0.
-    """
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L", "1", "I", "I;16"):
-            raise DatasetError(f"{path}: annotation mode {im.mode!r} is neither palette nor gray")
-        a = np.array(im)
-    if a.max(initial=0) > 255:
-        raise DatasetError(f"{path}: object ids above 255")
-    a = a.astype(np.uint8)
-    if im.mode != "P" and np.isin(a, (0, 255)).all():
-        return (a == 255).astype(np.uint8)
-    a[a == VOID_ID] = 0
-    return a
-
-
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
     """Save object ids as a DAVIS palette PNG (the runtime's writer). labels: (H,W) in 0..255."""
     labels = np.asarray(labels)
@@ -79,17 +85,17 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
 
 def read_sequence(root: str | Path, seq: str, resolution: str = RESOLUTION) -> DavisSequence:
     """Frame paths and ground-truth ids of `seq`; every frame must be annotated."""
-    root = Path(root)
-    frames = sorted((root / "JPEGImages" / resolution / seq).glob("*.jpg"))
-    masks = sorted((root / "Annotations" / resolution / seq).glob("*.png"))
+    layout = DavisLayout(Path(root), resolution)
+    frames = sorted(layout.frames_dir(seq).glob("*.jpg"))
+    masks = sorted(layout.annotations_dir(seq).glob("*.png"))
     if not frames:
-        raise DatasetError(f"no frames in {root / 'JPEGImages' / resolution / seq}")
+        raise DatasetError(f"no frames in {layout.frames_dir(seq)}")
     if [p.stem for p in frames] != [p.stem for p in masks]:
         raise DatasetError(
             f"{seq}: {len(frames)} frames but {len(masks)} annotations with matching names; "
             "semi-supervised evaluation needs every frame annotated"
         )
-    labels = [read_labels(p) for p in masks]
+    labels = [read_labels(p, MaskMode.GROUND_TRUTH) for p in masks]
     if len({lab.shape for lab in labels}) != 1:
         raise DatasetError(f"{seq}: annotations differ in size")
     return DavisSequence(name=seq, frames=tuple(frames), labels=np.stack(labels))
@@ -98,10 +104,10 @@ def read_sequence(root: str | Path, seq: str, resolution: str = RESOLUTION) -> D
 def list_sequences(root: str | Path, split_file: str | Path | None = None) -> list[str]:
     """Sequence names from a split file, else the first of ImageSets/{2017,2016}/val.txt found,
     else every annotated sequence folder."""
-    root = Path(root)
+    layout = DavisLayout(Path(root))
     if split_file is None:
         for year in ("2017", "2016"):
-            candidate = root / "ImageSets" / year / "val.txt"
+            candidate = layout.split_file("val", year)
             if candidate.is_file():
                 split_file = candidate
                 break
@@ -110,7 +116,7 @@ def list_sequences(root: str | Path, split_file: str | Path | None = None) -> li
         if not path.is_file():
             raise DatasetError(f"split file {path} not found")
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    ann = root / "Annotations" / RESOLUTION
+    ann = layout.annotations_root
     if not ann.is_dir():
-        raise DatasetError(f"{root} has no Annotations/{RESOLUTION}: not a DAVIS root")
+        raise DatasetError(f"{layout.root} has no Annotations/{RESOLUTION}: not a DAVIS root")
     return sorted(p.name for p in ann.iterdir() if p.is_dir())

@@ -1,14 +1,15 @@
 """Refuse TensorRT engines built for another TensorRT version or GPU, with a clear message.
 
 A serialized plan is specific to the TensorRT version and the GPU it was built on
-(tensorrt-api-notes.md): deserializing it elsewhere fails with an opaque error or, across GPUs
+(docs/spec/tensorrt-api-notes.md): deserializing it elsewhere fails with an opaque error or, across GPUs
 of the same family, runs with kernels tuned for another chip. `export/build_engines.py`
 records what it built for in the manifest's `tensorrt` field:
 
     {"version": "10.16.1.x", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
      "hardware_compatibility_level": "NONE", "version_compatible": false, ...}
 
-Torch-free and TensorRT-free: the pure check takes the live versions as strings.
+Torch-free and TensorRT-free: the check takes the live versions as strings (the TensorRT
+backend passes its own).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.errors import EngineMismatchError
-from runtime.manifest import Manifest
 
 
 class EngineCompatError(EngineMismatchError):
@@ -26,21 +26,11 @@ class EngineCompatError(EngineMismatchError):
 REBUILD = "rebuild them on this machine: python export/build_engines.py ENGINE_DIR"
 
 
-def check_engine_compat(manifest_tensorrt: dict[str, Any] | Manifest | None,
-                        trt_version: Any = None, gpu_name: str | None = None,
-                        compute_capability: str | None = None, *, device_id: int = 0
-                        ) -> list[str]:
+def check_engine_compat(manifest_tensorrt: dict[str, Any] | None, trt_version: str,
+                        gpu_name: str, compute_capability: str) -> list[str]:
     """Raise EngineCompatError if engines described by `manifest_tensorrt` cannot run with
     TensorRT `trt_version` on GPU `gpu_name` (compute capability "major.minor"); return
-    warnings for combinations that run but were not what the engines were tuned for.
-
-    Also accepts the runtime backend's form `check_engine_compat(manifest, engine_dir,
-    device_id=0)`, which reads the live versions (needs tensorrt and pycuda).
-    """
-    if isinstance(manifest_tensorrt, Manifest):
-        return check_manifest_engines(manifest_tensorrt, device_id=device_id)
-    if trt_version is None or gpu_name is None or compute_capability is None:
-        raise TypeError("check_engine_compat needs trt_version, gpu_name, compute_capability")
+    warnings for combinations that run but were not what the engines were tuned for."""
     built = manifest_tensorrt or {}
     if not built.get("version"):
         raise EngineCompatError(f"the manifest records no TensorRT build: {REBUILD}")
@@ -74,18 +64,6 @@ def check_engine_compat(manifest_tensorrt: dict[str, Any] | Manifest | None,
         warnings.append(f"engines were tuned on {built['gpu_name']}, running on {gpu_name}: "
                         "rebuild for best speed")
     return warnings
-
-
-def check_manifest_engines(manifest: Manifest, *, device_id: int = 0) -> list[str]:
-    """check_engine_compat with the live TensorRT version and GPU `device_id` (pycuda)."""
-    import pycuda.driver as cuda
-    import tensorrt as trt
-
-    cuda.init()
-    dev = cuda.Device(device_id)
-    major, minor = dev.compute_capability()
-    return check_engine_compat(manifest.tensorrt, trt.__version__, dev.name(),
-                               f"{major}.{minor}")
 
 
 def _version(v: str) -> tuple[int, ...]:

@@ -1,0 +1,383 @@
+"""Segment one video into an output folder: the per-video job behind `runtime/run.py`.
+
+`segment_video(segmenter, source, mask, output_dir)` takes an already built `Segmenter`, so one
+process loads the graphs once and segments many videos (`Segmenter.start` resets every per-video
+state). It writes `output_dir/00000.png ...` (palette PNGs at the frames' size, index = object
+id), `output_dir/run.json` and optionally an overlay mp4, following `runtime.outputs`' rule:
+everything is staged in a hidden folder next to the output and moved in at the end, replacing
+only what an earlier run wrote; a failure leaves nothing behind.
+
+Pipelined: a reader thread decodes and prepares (resizes) the next frames and a writer thread
+saves the previous frames' PNGs and overlay while the calling thread runs the graphs; both
+queues are small and bounded, so memory stays flat however long the video. run.json reports
+the model's FPS (time inside the segmenter) and the end-to-end FPS over the same frames.
+
+Ctrl-C (or SIGTERM inside `runtime.outputs.terminate_as_interrupt()`) keeps the frames finished
+so far, marks run.json `"interrupted": true` and raises `JobInterrupted`.
+
+Frames of one video keep the first frame's size and colour mode: a frame of another size with
+the same aspect ratio is resized to the first frame's size with a warning, one of another
+aspect ratio is refused (InputError naming it); a frame whose colour mode differs (e.g. a
+grayscale JPEG among RGB ones) is converted to RGB with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from runtime.errors import InputError, MaskError, OutputError, QDMNRuntimeError
+from runtime.manifest import Manifest
+from runtime.masks import object_ids, read_mask
+from runtime.outputs import StagedFile, StagedFolder, deferred_signals
+from runtime.palette import OverlayWriter, save_palette_png
+from runtime.resize import resize_frame
+from runtime.segmenter import FrameRecord, Segmenter, summarize
+from runtime.sources import FolderSource, FrameSource, open_source, with_last
+
+RUN_LOG = "run.json"
+QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be written: enough to hide jitter
+_FRAME_PNG = re.compile(r"\d{5,}\.png")
+
+
+def frame_png(index: int) -> str:
+    """File name of frame `index`'s mask in the output folder."""
+    return f"{index:05d}.png"
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM stopped a job after some frames: those were kept (see `log`)."""
+
+    def __init__(self, log: dict[str, Any], cause: KeyboardInterrupt):
+        super().__init__(f"interrupted after {log['summary']['frames']} frames")
+        self.log = log
+        self.cause = cause
+
+
+def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> None:
+    """Refuse unusable output paths (OutputError) without writing anything: what
+    `segment_video` does first, for callers that want to know before loading the graphs."""
+    targets: list[StagedFolder | StagedFile] = [_staged_folder(Path(output_dir))]
+    try:
+        if overlay is not None:
+            targets.append(StagedFile(overlay))
+    finally:
+        for t in targets:
+            t.abort()
+
+
+def segment_video(
+    segmenter: Segmenter,
+    source: str | Path | FrameSource,
+    mask: str | Path | np.ndarray,
+    output_dir: str | Path,
+    *,
+    overlay: str | Path | None = None,
+    max_frames: int | None = None,
+    progress: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment `source` from its first-frame `mask` into `output_dir`; return run.json's content.
+
+    source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
+    mask: a mask file (see `runtime.masks.read_mask`) or (H0, W0) uint8 object ids.
+    overlay: also write an mp4 of the masks over the frames. extra: more run.json fields.
+    Raises QDMNRuntimeError subclasses (one-line messages) for bad input or unwritable
+    outputs, before the first frame wherever they can be known then; JobInterrupted after a
+    Ctrl-C/SIGTERM that came once frames were finished (they are kept).
+    """
+    if max_frames is not None and (isinstance(max_frames, bool) or max_frames < 1):
+        raise InputError(f"max_frames={max_frames}: expected >= 1")
+    src = source if isinstance(source, FrameSource) else open_source(source)
+    if isinstance(mask, np.ndarray):
+        labels0, mask_name = np.asarray(mask, np.uint8), "the first mask"
+    else:
+        labels0, mask_name = read_mask(mask), f"first mask {mask}"
+    folder = _staged_folder(Path(output_dir))
+    video: StagedFile | None = None
+    try:
+        video = StagedFile(overlay) if overlay is not None else None
+        log, interrupted = _Run(segmenter, src, labels0, mask_name, folder.path, video,
+                                max_frames, progress).run()
+        log = {"input": src.description, "mask": str(mask) if not isinstance(
+                   mask, np.ndarray) else None, **dict(extra or {}), **log}
+        with deferred_signals():
+            (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))
+            if video is not None:
+                video.commit()
+            folder.commit()
+    except BaseException as e:
+        folder.abort()
+        if video is not None:
+            video.abort()
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write the output: {e.strerror or e}") from None
+        raise
+    if interrupted is not None:
+        raise JobInterrupted(log, interrupted)
+    return log
+
+
+def _staged_folder(output_dir: Path) -> StagedFolder:
+    return StagedFolder(output_dir, index=RUN_LOG, owned=_owned(output_dir),
+                        reserved=lambda name: bool(_FRAME_PNG.fullmatch(name)))
+
+
+def _owned(output_dir: Path) -> set[str]:
+    """The files an earlier run wrote into `output_dir`, from its run.json."""
+    log = output_dir / RUN_LOG
+    if not log.is_file():
+        return set()
+    try:
+        frames = json.loads(log.read_text())["frames"]
+        return {RUN_LOG, *(frame_png(int(f["frame"])) for f in frames)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{log} is not a run log of runtime/run.py ({e}): refusing to "
+                          "overwrite it; choose another output folder") from None
+
+
+def check_mask(mask: np.ndarray, frame: np.ndarray, name: str, manifest: Manifest) -> None:
+    """The first mask fits the first frame (same aspect ratio) and the graphs' object count."""
+    (mh, mw), (fh, fw) = mask.shape, frame.shape[:2]
+    if (mh, mw) != (fh, fw) and abs(mw / mh - fw / fh) > 0.01 * fw / fh:
+        raise MaskError(f"{name} is {mw}x{mh} but the frames are {fw}x{fh} (another aspect "
+                        "ratio): is it the mask of this video?")
+    n = len(object_ids(mask))
+    if n > manifest.max_objects:
+        raise MaskError(f"{name} has {n} objects but the graphs were exported for at most "
+                        f"{manifest.max_objects}: re-export with `python export/to_onnx.py CKPT "
+                        f"--out DIR --max-objects {n}`")
+
+
+# ------------------------------------------------------------------------------ pipeline
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _FrameChecks:
+    """Every frame keeps the first frame's size and colour mode (see the module docstring)."""
+
+    def __init__(self, source: FrameSource):
+        self.source = source
+        self.size: tuple[int, int] | None = None
+        self.mode: str | None = None
+        self.warned_size = self.warned_mode = False
+
+    def _name(self, i: int) -> str:
+        if isinstance(self.source, FolderSource):
+            return f"frame {self.source.files[i].name}"
+        return f"frame {i}"
+
+    def _mode(self, i: int) -> str | None:
+        if not isinstance(self.source, FolderSource):
+            return None  # decoded by OpenCV: always BGR
+        try:
+            with Image.open(self.source.files[i]) as im:  # reads the header only
+                return im.mode
+        except (OSError, UnidentifiedImageError):
+            return None
+
+    def __call__(self, i: int, frame: np.ndarray) -> np.ndarray:
+        mode = self._mode(i)
+        if i == 0:
+            self.size, self.mode = frame.shape[:2], mode
+            return frame
+        if mode != self.mode and mode is not None and not self.warned_mode:
+            self.warned_mode = True
+            warnings.warn(f"{self._name(i)} has colour mode {mode}, the first frame {self.mode}: "
+                          "converted to RGB (later mode changes are not reported)", stacklevel=2)
+        assert self.size is not None
+        (h, w), (fh, fw) = self.size, frame.shape[:2]
+        if (fh, fw) == (h, w):
+            return frame
+        if abs(fw / fh - w / h) > 0.01 * w / h:
+            raise InputError(f"{self._name(i)} is {fw}x{fh} but the first frame is {w}x{h} "
+                             "(another aspect ratio): the frames of one video must share a size")
+        if not self.warned_size:
+            self.warned_size = True
+            warnings.warn(f"{self._name(i)} is {fw}x{fh}, the first frame {w}x{h}: resizing it "
+                          f"(and any later frame of another size) to {w}x{h}", stacklevel=2)
+        return resize_frame(frame, h, w)
+
+
+class _Writer(threading.Thread):
+    """Saves (index, frame, labels) items in order: PNG, then the overlay frame."""
+
+    def __init__(self, folder: Path, overlay: OverlayWriter | None):
+        super().__init__(name="qdmn-writer", daemon=True)
+        self.folder, self.overlay = folder, overlay
+        self.items: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(
+            QUEUE_FRAMES)
+        self.error: BaseException | None = None
+        self.written = 0  # frames 0..written-1 are on disk
+
+    def run(self) -> None:
+        while (item := self.items.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so that put() never blocks
+            i, frame, labels = item
+            try:
+                save_palette_png(labels, self.folder / frame_png(i))
+                if self.overlay is not None:
+                    self.overlay.write(frame, labels)
+                self.written = i + 1
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self.error = e
+
+    def put(self, i: int, frame: np.ndarray, labels: np.ndarray) -> None:
+        self._raise()
+        self.items.put((i, frame, labels))
+
+    def finish(self) -> None:
+        self.items.put(None)
+        self.join()
+        if self.overlay is not None:
+            self.overlay.close()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _Run:
+    """One video through the segmenter with a reader and a writer thread."""
+
+    def __init__(self, segmenter: Segmenter, source: FrameSource, mask: np.ndarray,
+                 mask_name: str, folder: Path, video: StagedFile | None,
+                 max_frames: int | None, progress: bool):
+        self.seg, self.source, self.mask, self.mask_name = segmenter, source, mask, mask_name
+        self.max_frames = max_frames
+        self.progress = progress
+        self.frames: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
+        self.stop = threading.Event()
+        self.reader = threading.Thread(target=self._read, name="qdmn-reader", daemon=True)
+        self.writer = _Writer(folder, None if video is None
+                              else OverlayWriter(video.path, source.fps))
+
+    # -- reader thread
+    def _read(self) -> None:
+        checks = _FrameChecks(self.source)
+        try:
+            for i, frame in enumerate(self.source):
+                if self.max_frames is not None and i >= self.max_frames:
+                    break
+                frame = checks(i, frame)
+                if not self._put((frame, self.seg.prepare(frame))):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            self._put(_Failed(e))
+
+    def _put(self, item: object) -> bool:
+        """Queue an item unless the main thread stopped the run (then False)."""
+        while not self.stop.is_set():
+            try:
+                self.frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _items(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while (item := self.frames.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    # -- main thread
+    def run(self) -> tuple[dict[str, Any], KeyboardInterrupt | None]:
+        """run.json's content, and the interrupt that stopped the run early (if any)."""
+        seg = self.seg
+        records: list[FrameRecord] = []
+        interrupted: KeyboardInterrupt | None = None
+        total = self.source.length
+        if self.max_frames is not None:
+            total = min(total, self.max_frames) if total else self.max_frames
+        bar = tqdm(total=total, unit="frame", disable=not self.progress, dynamic_ncols=True)
+        t_start = time.perf_counter()
+        t_first = t_start
+        self.reader.start()
+        self.writer.start()
+        try:
+            items = self._items()
+            pairs = ((x, False) for x in items) if self.source.live else with_last(items)
+            for i, ((frame, image), is_last) in enumerate(pairs):
+                if i == 0:
+                    check_mask(self.mask, frame, self.mask_name, seg.manifest)
+                    labels = seg.start(frame, self.mask, image=image)
+                    t_first = time.perf_counter()
+                else:
+                    labels = seg.step(frame, last=is_last, image=image)
+                rec = seg.last_record
+                assert rec is not None
+                records.append(rec)
+                self.writer.put(i, frame, labels)
+                bar.update(1)
+                if i > 0:
+                    bar.set_postfix(model_fps=f"{1e3 / max(rec.ms['total'], 1e-6):.1f}",
+                                    mem=len(seg.policy), refresh=False)
+        except KeyboardInterrupt as e:
+            interrupted = e
+        except BaseException:
+            self.stop.set()
+            try:
+                self.writer.finish()  # closes the overlay file before it is removed
+            except BaseException:  # noqa: BLE001, S110 - the first error is reported
+                pass
+            raise
+        finally:
+            bar.close()
+        self.stop.set()
+        with deferred_signals():
+            self.writer.finish()
+        records = records[: self.writer.written]
+        if not records:
+            if interrupted is not None:
+                raise interrupted
+            raise InputError(f"{self.source.description}: no frames")
+        t_end = time.perf_counter()
+        summary = summarize(records)
+        propagated = len(records) - 1
+        summary.update(
+            wall_s=round(t_end - t_start, 3),
+            # end to end over the frames `fps` counts: from the first frame's result to the
+            # last frame on disk, so the two are comparable (the pipeline's overhead shows)
+            wall_fps=(round(propagated / (t_end - t_first), 3)
+                      if propagated and t_end > t_first else None))
+        m = seg.manifest
+        log: dict[str, Any] = {
+            "backend": seg.backend.describe(), "config": asdict(seg.config),
+            "manifest": {k: getattr(m, k) for k in (
+                "height", "width", "max_objects", "memory_size", "top_k", "precision",
+                "checkpoint_sha256")},
+            "objects": list(seg.object_ids), "first_score": _finite(seg.first_score),
+            "interrupted": interrupted is not None,
+            "summary": summary,
+            "frames": [r.to_dict() for r in records],
+        }
+        return log, interrupted
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+__all__ = ["RUN_LOG", "JobInterrupted", "QDMNRuntimeError", "check_mask", "check_outputs",
+           "frame_png", "segment_video"]

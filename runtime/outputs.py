@@ -1,0 +1,228 @@
+"""Output folders and files written so that nothing of the user's is lost.
+
+Rule (the same for `runtime/run.py --output` and `export/to_onnx.py --out`): a tool writes into
+a hidden staging folder next to its target and moves the result in at the end. If the target
+folder already exists, only the files an earlier run of the same tool wrote (listed by that
+run's index file: `run.json`, `manifest.json`) are replaced or removed; every other file is left
+alone. A file that the new output would overwrite but no earlier run wrote (e.g. the user's own
+`00000.png`) makes the tool refuse before it starts. Every path is checked for writability
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from runtime.errors import OutputError
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, outermost first."""
+    out = []
+    p = path.resolve().parent
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out[::-1]
+
+
+def _make_parents(path: Path) -> Path | None:
+    """Create `path`'s missing parent folders; return the outermost one created (or None)."""
+    missing = _missing_parents(path)
+    try:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if missing and missing[0].exists():
+            shutil.rmtree(missing[0], ignore_errors=True)
+        raise OutputError(f"cannot create the folder of {path}: {_reason(e)}") from None
+    return missing[0] if missing else None
+
+
+def check_writable_dir(folder: str | Path) -> None:
+    """Refuse (OutputError) a folder that cannot be created or written, leaving no trace:
+    for tools that write several result files at the end of a long run."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output {folder} exists and is not a folder")
+    created = _make_parents(folder / "probe")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write into {folder}: {_reason(e)}") from None
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+class StagedFolder:
+    """A tool's output folder, staged next to the target and moved in by `commit()`.
+
+    owned: names (relative to the target) that an earlier run of this tool wrote there, read
+    from that run's `index` file by the caller. reserved(name): whether the new output may write
+    a file of that name; an existing file it may write but that is not owned is refused.
+    """
+
+    def __init__(self, target: str | Path, *, index: str, owned: Iterable[str] = (),
+                 reserved: Callable[[str], bool] = lambda name: False):
+        self.target = Path(target)
+        self.index = index
+        self.owned = set(owned)
+        if self.target.exists() and not self.target.is_dir():
+            raise OutputError(f"output {self.target} exists and is not a folder")
+        if self.target.is_dir():
+            clash = sorted(p.name for p in self.target.iterdir()
+                           if p.name not in self.owned and (p.name == index or reserved(p.name)))
+            if clash:
+                raise OutputError(
+                    f"output {self.target} holds {', '.join(clash[:3])}"
+                    f"{' ...' if len(clash) > 3 else ''} that no earlier run of this tool wrote: "
+                    "refusing to overwrite it; choose another output folder")
+            if not os.access(self.target, os.W_OK | os.X_OK):
+                raise OutputError(f"output {self.target} is not writable")
+        self._created = _make_parents(self.target)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
+                                              dir=self.target.resolve().parent))
+            self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
+        except OSError as e:
+            self._remove_created()
+            raise OutputError(f"cannot write next to {self.target}: {_reason(e)}") from None
+
+    def commit(self) -> None:
+        """Move the staged files into the target (the index file last); drop stale owned ones."""
+        with deferred_signals():
+            if not self.target.exists():
+                try:
+                    self.path.rename(self.target)  # atomic: the whole folder appears at once
+                    return
+                except OSError as e:
+                    self.abort()
+                    raise OutputError(f"cannot create {self.target}: {_reason(e)}") from None
+            new = sorted(p.name for p in self.path.iterdir())
+            try:
+                for name in sorted(new, key=lambda n: n == self.index):
+                    os.replace(self.path / name, self.target / name)
+                for name in sorted(self.owned - set(new)):
+                    stale = self.target / name
+                    if stale.is_dir() and not stale.is_symlink():
+                        shutil.rmtree(stale, ignore_errors=True)
+                    else:
+                        stale.unlink(missing_ok=True)
+            except OSError as e:
+                raise OutputError(f"cannot move the output into {self.target}: "
+                                  f"{_reason(e)}") from None
+            finally:
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Remove the staging folder (and any parent folder created for it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        if self._created is not None and not self.target.exists():
+            shutil.rmtree(self._created, ignore_errors=True)
+
+
+class StagedFile:
+    """One output file written under a hidden temporary name in its own folder, renamed by
+    `commit()` (an explicitly named output file such as `--overlay` is replaced)."""
+
+    def __init__(self, target: str | Path):
+        self.target = Path(target)
+        if self.target.is_dir():
+            raise OutputError(f"{self.target} is a folder, expected a file path")
+        self._created = _make_parents(self.target)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.stem}.partial-",
+                                        suffix=self.target.suffix,
+                                        dir=self.target.resolve().parent)
+            os.close(fd)
+            os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
+        except OSError as e:
+            self._remove_created()
+            raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
+        self.path = Path(name)
+
+    def commit(self) -> None:
+        with deferred_signals():
+            try:
+                os.replace(self.path, self.target)
+            except OSError as e:
+                self.abort()
+                raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
+
+    def abort(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        if self._created is not None and not self.target.exists():
+            shutil.rmtree(self._created, ignore_errors=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (see `terminate_as_interrupt`)."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in the main thread (a KeyboardInterrupt),
+    so the staging folders are finished or removed instead of being left behind. A no-op
+    outside the main thread, where Python cannot install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block (a few renames) is done, then act on them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[signal.Signals, FrameType | None]] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: pending.append((signal.Signals(signum), frame)))
+    try:
+        yield
+    finally:
+        for s in sigs:
+            signal.signal(s, old[s])
+        for signum, frame in pending[:1]:
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)

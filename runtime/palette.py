@@ -1,0 +1,73 @@
+"""The DAVIS palette and what is drawn with it: palette PNGs and overlay videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from runtime.errors import OutputError
+
+
+def davis_palette() -> np.ndarray:
+    """(256, 3) uint8: the DAVIS / PASCAL VOC colour map (index 1 = dark red, 2 = green...)."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+PALETTE = davis_palette()
+
+
+def save_palette_png(labels: np.ndarray, path: str | Path) -> None:
+    """uint8 ids -> palette PNG (index = object id, DAVIS colours)."""
+    im = Image.fromarray(np.ascontiguousarray(labels, np.uint8))
+    im.putpalette(PALETTE.tobytes())
+    try:
+        im.save(path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e}") from None
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the objects' palette colours over the frame -> (H0, W0, 3) uint8 BGR."""
+    colour = PALETTE[labels]
+    fg = (labels > 0)[..., None]
+    mixed = np.where(fg, (rgb * (1 - alpha) + colour * alpha).astype(np.uint8), rgb)
+    return cv2.cvtColor(mixed, cv2.COLOR_RGB2BGR)
+
+
+class OverlayWriter:
+    """mp4 (mp4v) of the overlays; the size is fixed by the first frame."""
+
+    def __init__(self, path: str | Path, fps: float | None):
+        self.path = Path(path)
+        self.fps = fps if fps and fps > 0 else 24.0
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, rgb: np.ndarray, labels: np.ndarray) -> None:
+        frame = overlay(rgb, labels)
+        h, w = frame.shape[:2]
+        if self._writer is None:
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                           self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise OutputError(f"cannot open {self.path} for writing (mp4v)")
+        if (w, h) != self._size:
+            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_LINEAR)
+        self._writer.write(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

@@ -1,0 +1,54 @@
+"""Copy a training run's state into the repo so a later session (maybe on a fresh machine, where
+the ignored runs/ folder is gone) can continue it:
+
+    python scripts/snapshot_training.py runs/light models/training
+
+writes light-latest.pth and light-best.pth (FP16 weights + config + step, no optimizer: ~13 MB
+each) and the run's log.csv, val.csv and segments.txt. Continue with
+    python training/train.py --config configs/light.yaml --resume-weights models/training/light-latest.pth
+(fresh optimizer with a short warm-up; `--resume` is exact when runs/light/checkpoint.pt exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import read_checkpoint
+
+FILES = ("log.csv", "val.csv", "segments.txt")
+
+
+def half_copy(src: Path, dst: Path) -> int:
+    """src checkpoint -> dst with FP16 floating tensors and no optimizer state; returns its step."""
+    obj = read_checkpoint(src)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in obj["model"].items()}
+    meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
+    tmp = dst.with_suffix(".tmp")
+    torch.save({"model": state, **meta}, tmp)
+    tmp.replace(dst)
+    return int(meta.get("step", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--name", default="light")
+    args = ap.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for kind, src in (("latest", "checkpoint.pt"), ("best", "best.pt")):
+        if (args.run_dir / src).is_file():
+            step = half_copy(args.run_dir / src, args.out_dir / f"{args.name}-{kind}.pth")
+            print(f"{kind}: step {step}")
+    for name in FILES:
+        if (args.run_dir / name).is_file():
+            shutil.copy(args.run_dir / name, args.out_dir / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
