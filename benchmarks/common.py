@@ -289,6 +289,10 @@ def machine_info(threads: int) -> dict[str, Any]:
             "opencv": _version("opencv-python-headless") or _version("opencv-python"),
         }.items() if v},
         "psutil": _version("psutil") is not None,
+        # Other processes' load when the results were written: on a shared machine, a run at
+        # load ~2 on 2 cores and one at load 5 are not comparable.
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
+        else None,
     }
 
 

@@ -28,17 +28,29 @@ python benchmarks/evaluate.py --engine-dir engines/light-1obj-int8 --data "$DAVI
 # 4. the demo (two real clips, one and two objects)
 python demo.py
 
-# 5. speed and long-video stability
-python benchmarks/speed.py --engine-dir engines/light-1obj --checkpoint models/qdmn-light.pth \
-    --int8-engine-dir engines/light-1obj-int8 --variants all --frames 100 --threads 2 --out $R
-# QDMN at beta=25 over 5000 frames; then the other limits, the unbounded baseline and the
-# O(beta) memory-read scaling over 1000 frames (separate folders: each run writes its own plot)
-python benchmarks/long_video.py --engine-dir engines/light-1obj --checkpoint models/qdmn-light.pth \
+# 5. speed (2-object graphs, beta = 25: the issue-11 configuration), the memory read's options,
+# long-video stability and the O(beta) read
+python export/to_onnx.py models/qdmn-light.pth --out engines/light-2obj --max-objects 2
+python benchmarks/speed.py --engine-dir engines/light-2obj --checkpoint models/qdmn-light.pth \
+    --variants torch-fp32,torch-bf16,ort-cpu,openvino,openvino-bf16 --frames 100 --threads 2 --out $R
+python benchmarks/read_options.py --engine-dir engines/light-2obj --threads 2 --out $R
+# QDMN at beta=25 over 5000 frames; then the other limits and the unbounded baseline over 1000
+# frames, and the memory read alone per beta (separate folders: each run writes its own plot)
+python benchmarks/long_video.py --engine-dir engines/light-2obj --checkpoint models/qdmn-light.pth \
     --frames 5000 --memory-sizes 25 --backend openvino-bf16 --threads 2 --out $R/long_video_5000
 python benchmarks/long_video.py --engine-dir engines/light-1obj --checkpoint models/qdmn-light.pth \
     --frames 1000 --memory-sizes 5,10,25,50 --per-size-engines --unbounded \
-    --unbounded-max-seconds 420 --read-scaling 5,10,25,50,100 --backend openvino-bf16 --threads 2 \
-    --out $R/long_video_sizes
+    --unbounded-max-seconds 420 --backend openvino-bf16 --threads 2 --out $R/long_video_sizes
+python benchmarks/long_video.py --engine-dir engines/light-2obj --memory-sizes none \
+    --read-scaling 5,10,25,50,100 --backend openvino-bf16 --threads 2 --out $R/read_scaling
+# QDMN's own architecture (ResNet-50, 480x864, 1 object, beta = 5) with random weights: speed only
+python benchmarks/official_speed_checkpoint.py engines/official-random-speed-only.pth
+python export/to_onnx.py engines/official-random-speed-only.pth --out engines/official-b5 \
+    --size 480 864 --max-objects 1 --memory-size 5
+python benchmarks/speed.py --engine-dir engines/official-b5 \
+    --checkpoint engines/official-random-speed-only.pth \
+    --variants torch-fp32,torch-bf16,ort-cpu,openvino-bf16 --frames 6 --warmup 26 --threads 2 \
+    --note "official architecture, random weights (speed only)" --out $R/speed_official
 
 # 6. videos of another aspect ratio than the graphs' (letterbox vs stretch), and graphs exported
 # at the video's 9:16
