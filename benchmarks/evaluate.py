@@ -311,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.set or (args.split_file.stem if args.split_file else "val")
     try:
         with contextlib.ExitStack() as stack:
+            _check_args(args)
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
             else:
@@ -343,6 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Settings in range and every folder the CSVs (and masks) go to writable, before the first
+    frame runs."""
+    from runtime.outputs import check_writable_dir
+
+    runtime_config(args)  # RuntimeConfig checks its ranges (RuntimeConfigError)
+    check_writable_dir(args.out)
+    if args.reference is not None:
+        check_writable_dir(args.out / "reference")
 
 
 def _closing(stack: contextlib.ExitStack, segmenter: Segmenter) -> Segmenter:

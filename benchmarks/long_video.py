@@ -560,6 +560,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
+    for name in ("threads", "unbounded_max_frames"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.device < 0:
+        p.error("--device must be >= 0")
+    for name in ("unbounded_cap_mb", "unbounded_max_seconds"):  # 0: no limit
+        if not math.isfinite(getattr(args, name)) or getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be a number >= 0 (0: no limit)")
     needs_ckpt = [f for f, on in (("--unbounded", args.unbounded),
                                   ("--reference-bounded", args.reference_bounded),
                                   ("--per-size-engines", args.per_size_engines)) if on]
@@ -629,9 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from runtime.errors import QDMNRuntimeError
     from runtime.manifest import Manifest, ManifestError
+    from runtime.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
+        check_writable_dir(args.out)  # before hours of running, not after
         manifest = Manifest.load(args.engine_dir)
         sha = check_checkpoint(manifest, args.checkpoint) if args.checkpoint else None
         report_at = [p for p in parse_ints(args.report_at, "--report-at") if p <= args.frames]

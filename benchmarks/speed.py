@@ -409,6 +409,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--warmup must be >= 0")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.max_source_frames < 1:
+        p.error("--max-source-frames must be >= 1")
+    if args.device < 0:
+        p.error("--device must be >= 0")
     return args
 
 
@@ -427,11 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from runtime.errors import QDMNRuntimeError
     from runtime.manifest import Manifest, ManifestError
+    from runtime.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
         with contextlib.ExitStack() as stack:
             names = _variant_names(args.variants)
+            check_writable_dir(args.out)
             manifest = Manifest.load(args.engine_dir)
             sha = check_checkpoint(manifest, args.checkpoint) if args.checkpoint else None
             clip = load_clip(args.input, args.mask, args.max_source_frames)

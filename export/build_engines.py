@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import math
 import os
 import sys
 import time
@@ -89,7 +91,8 @@ def build_engines(
         plan = _build(trt, builder, logger, config, engine_dir / spec.file, spec, strongly_typed)
         engine_file = f"{name}.engine"
         _write_atomic(engine_dir / engine_file, plan)
-        graphs[name] = dataclasses.replace(spec, engine=engine_file)
+        graphs[name] = dataclasses.replace(spec, engine=engine_file,
+                                           engine_sha256=hashlib.sha256(plan).hexdigest())
         print(f"{name}: {engine_file} ({len(plan) / 2**20:.1f} MiB, "
               f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     _write_atomic(cache_path, bytes(memoryview(cache.serialize())))
@@ -194,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timing-cache", type=Path, help=f"default: DIR/{TIMING_CACHE}")
     p.add_argument("--verbose", action="store_true", help="TensorRT INFO log")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.workspace) and args.workspace > 0):
+        p.error(f"--workspace {args.workspace}: expected a number of GB > 0")
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -3,8 +3,10 @@
     python export/to_onnx.py CKPT --out DIR [--size H W] [--max-objects N] [--memory-size B]
                              [--fp16] [--int8 --calib DIR_OF_FRAMES] [--opset 17]
 
-Everything is written to a temporary folder next to DIR and renamed at the end, so a failed
-export leaves nothing half-written. Precisions (all keep FP32/uint8 graph I/O):
+Everything is written to a temporary folder next to DIR and moved in at the end, so a failed
+export leaves nothing half-written. Re-exporting into DIR replaces only the files an earlier
+export (or `build_engines.py`) wrote and its manifest lists; anything else in DIR is kept, and a
+file of the user's that the export would overwrite is refused. Precisions (all keep FP32/uint8 graph I/O):
 
     fp32  the traced graphs as they are.
     fp16  weights and compute in FP16 (explicit Casts, so a strongly typed TensorRT build runs
@@ -29,10 +31,9 @@ See docs/export.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -50,6 +51,7 @@ from export.errors import ExportError
 from export.fp16 import convert_to_fp16
 from export.graphs import build_graphs, example_inputs, specs_for
 from export.trt_check import check_model, errors_of
+from runtime.errors import OutputError
 from runtime.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
@@ -59,6 +61,7 @@ from runtime.manifest import (
     ManifestError,
     file_sha256,
 )
+from runtime.outputs import StagedFolder
 from training.checkpoint import CheckpointError, load_model
 from training.config import ConfigError
 from training.model import IMAGENET_MEAN, IMAGENET_STD, QDMN
@@ -69,6 +72,7 @@ DEFAULT_SIZE = (480, 864)
 MIN_OPSET = 17
 MAX_OPSET = 20  # the TorchScript exporter's newest opset (TensorRT 10.16 parses 9..24)
 MEM_EVERY = 5
+MAX_OBJECT_ID = 255  # masks are uint8 palette images, 0 = background
 QUALITY_THRESHOLD = 0.8
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
@@ -95,8 +99,9 @@ def export_checkpoint(
         raise ExportError(f"precision {precision!r} not in {PRECISIONS}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET}")
-    if max_objects < 1:
-        raise ExportError(f"max_objects must be >= 1, got {max_objects}")
+    if not 1 <= max_objects <= MAX_OBJECT_ID:
+        raise ExportError(f"max_objects must be in 1..{MAX_OBJECT_ID} (object ids are palette "
+                          f"indices), got {max_objects}")
     if memory_size < 1:
         raise ExportError(f"memory_size must be >= 1, got {memory_size}")
     if size is not None:
@@ -112,16 +117,19 @@ def export_checkpoint(
     if size is None:
         size = _checkpoint_size(meta)
     height, width = _check_size(size)
-    out_dir = Path(out_dir)
-    tmp, created = _make_temp_dir(out_dir)
     try:
-        manifest = _export_into(model, meta, Path(ckpt_path), tmp, height, width, max_objects,
-                                memory_size, precision, opset, calib_frames)
-        _replace_dir(tmp, out_dir)
+        staged = StagedFolder(out_dir, index=MANIFEST_NAME, owned=_owned(Path(out_dir)),
+                              reserved=lambda name: name in _GRAPH_FILES)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+    try:
+        manifest = _export_into(model, meta, Path(ckpt_path), staged.path, height, width,
+                                max_objects, memory_size, precision, opset, calib_frames)
+        staged.commit()
+    except OutputError as e:
+        raise ExportError(str(e)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        staged.abort()
         raise
     return manifest
 
@@ -144,6 +152,7 @@ def _export_into(model: QDMN, meta: dict, ckpt: Path, tmp: Path, height: int, wi
     for name, m in graphs.items():
         _finalise(m, name, specs[name], precision, sha)
         onnx.save(m, str(tmp / specs[name].file))
+        specs[name] = dataclasses.replace(specs[name], sha256=file_sha256(tmp / specs[name].file))
     cfg = model.cfg
     manifest = Manifest(
         height=height, width=width, max_objects=max_objects, memory_size=memory_size,
@@ -268,55 +277,34 @@ def _checkpoint_size(meta: dict) -> tuple[int, int]:
     return tuple(size) if size else DEFAULT_SIZE
 
 
-def _make_temp_dir(out_dir: Path) -> tuple[Path, Path | None]:
-    """A fresh folder next to `out_dir` (same filesystem, so the final rename is atomic).
+_GRAPH_FILES = {f"{g}.onnx" for g in GRAPH_NAMES}
 
-    Returns it and the outermost parent folder this call had to create (None if none)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise ExportError(f"output {out_dir} is a non-empty folder without {MANIFEST_NAME}: "
-                          "refusing to replace it")
-    parent = out_dir.resolve().parent
-    created = parent
-    while not created.parent.exists():
-        created = created.parent
-    created = None if parent.exists() else created
+
+def _owned(out_dir: Path) -> set[str]:
+    """The files an earlier export wrote into `out_dir`: those its manifest lists."""
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return set()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    except OSError as e:
-        if created is not None and created.exists():
-            shutil.rmtree(created, ignore_errors=True)
-        raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from None
-    return tmp, created
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into place, replacing an earlier export in `out_dir`."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=tmp.parent))
-        out_dir.rename(old / "export")
-    try:
-        tmp.rename(out_dir)
-    except OSError as e:
-        if old is not None:
-            (old / "export").rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        raise ExportError(f"cannot move the export into {out_dir}: {e.strerror or e}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        d = json.loads(path.read_text())
+        names = {MANIFEST_NAME}
+        for g in d["graphs"].values():
+            names.update(n for n in (g["file"], g.get("engine")) if n)
+        cache = (d.get("tensorrt") or {}).get("timing_cache")
+        if cache and "/" not in cache:
+            names.add(cache)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExportError(f"{path} is not a manifest written by this exporter ({e}): refusing "
+                          "to overwrite it; choose another --out") from None
+    return {n for n in names if Path(n).name == n}  # only plain names inside out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python export/to_onnx.py", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="training checkpoint or official ckpt.pth")
-    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (an earlier export there is replaced; other files kept)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="static input size, multiples of 16 (default: the checkpoint's "
                         f"image_size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")

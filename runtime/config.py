@@ -21,7 +21,7 @@ class RuntimeConfig:
 
     memory_size: int | None = None  # dynamic (long-term) slots used, <= manifest.memory_size
     mem_every: int | None = None  # min frames between two long-term insertions
-    quality_threshold: float | None = None  # sigma: accept when normalised score >= it
+    quality_threshold: float | None = None  # sigma in [0, 1]: accept when score >= it
     threads: int | None = None  # CPU threads for CPU backends (None: all cores)
     device: int = 0  # GPU ordinal for GPU backends
     # ORT CPU worker threads busy-wait between ops when True: a little lower latency on an idle,
@@ -39,8 +39,12 @@ class RuntimeConfig:
             positive_int(name)
         q = self.quality_threshold
         if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float))
-                              or not math.isfinite(q)):
-            raise RuntimeConfigError(f"quality_threshold={q!r}: expected a finite number")
+                              or not math.isfinite(q) or not 0.0 <= q <= 1.0):
+            # The score is a frame's mean quality over the first frame's: 0 accepts every
+            # candidate, 1 only frames at least as good as the annotated one; above 1 almost
+            # nothing would ever enter the memory.
+            raise RuntimeConfigError(f"quality_threshold={q!r}: expected a number in [0, 1] "
+                                     "(the paper's sigma is 0.8)")
         if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
             raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
         if not isinstance(self.spin, bool):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sha256 per graph (and per built engine)
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "qam", "memory_read", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -45,6 +45,18 @@ def file_sha256(path: str | Path) -> str:
 
 class ManifestError(ValueError):
     """The engine directory or its manifest is missing, malformed or inconsistent."""
+
+
+def verify_sha256(path: Path, expected: str | None, data: bytes | None = None) -> None:
+    """Refuse a graph/engine file whose sha256 is not the one the manifest recorded for it
+    (a corrupted or replaced file may still parse and run, giving wrong masks)."""
+    if not expected:
+        raise ManifestError(f"the manifest records no sha256 for {path.name} (written by an older "
+                            "version): re-export (and rebuild engines) to check it")
+    got = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    if got != expected:
+        raise ManifestError(f"{path} is corrupted or was changed after export: its sha256 "
+                            f"{got[:12]}... is not the manifest's {expected[:12]}...; re-export it")
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,9 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    sha256: str = ""  # of `file`, recorded by the exporter, checked by Manifest.load
     engine: str | None = None  # serialized TensorRT engine, once built
+    engine_sha256: str | None = None  # of `engine`, checked when the engine is loaded
 
     def input(self, name: str) -> TensorSpec:
         return _find(self.inputs, name, self.file)
@@ -78,7 +92,9 @@ class GraphSpec:
             file=str(d["file"]),
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            sha256=str(d.get("sha256", "")),
             engine=d.get("engine"),
+            engine_sha256=d.get("engine_sha256"),
         )
 
 
@@ -210,7 +226,8 @@ class Manifest:
 
     @classmethod
     def load(cls, engine_dir: str | Path) -> Manifest:
-        """Read and validate `engine_dir/manifest.json`; check that the graph files exist."""
+        """Read and validate `engine_dir/manifest.json`; check that every graph file exists and
+        has the sha256 recorded at export (engines are checked when a backend loads them)."""
         engine_dir = Path(engine_dir)
         path = engine_dir / MANIFEST_NAME
         if not engine_dir.is_dir():
@@ -226,6 +243,7 @@ class Manifest:
         for name, g in m.graphs.items():
             if not (engine_dir / g.file).is_file():
                 raise ManifestError(f"{name} graph file {engine_dir / g.file} is missing")
+            verify_sha256(engine_dir / g.file, g.sha256)
         return m
 
     def save(self, engine_dir: str | Path) -> Path:

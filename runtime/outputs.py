@@ -49,6 +49,24 @@ def _make_parents(path: Path) -> Path | None:
     return missing[0] if missing else None
 
 
+def check_writable_dir(folder: str | Path) -> None:
+    """Refuse (OutputError) a folder that cannot be created or written, leaving no trace:
+    for tools that write several result files at the end of a long run."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output {folder} exists and is not a folder")
+    created = _make_parents(folder / "probe")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write into {folder}: {_reason(e)}") from None
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
 class StagedFolder:
     """A tool's output folder, staged next to the target and moved in by `commit()`.
 

@@ -139,6 +139,40 @@ def test_long_video_refuses_bad_requests(engine, tmp_path: Path, capsys) -> None
     assert not (tmp_path / "long_video.json").exists()
 
 
+@pytest.mark.parametrize("extra", [
+    ["--threads", "0"], ["--device", "-1"], ["--unbounded-max-frames", "0"],
+    ["--unbounded-cap-mb", "-1"], ["--unbounded-cap-mb", "nan"], ["--unbounded-max-seconds", "-5"],
+    ["--frames", "0"], ["--warmup", "-1"]])
+def test_long_video_range_checks(engine, tmp_path: Path, capsys, extra) -> None:
+    _, graphs = engine
+    with pytest.raises(SystemExit) as e:
+        lv.main(["--engine-dir", str(graphs), "--out", str(tmp_path), *extra])
+    assert e.value.code == 2 and extra[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--max-source-frames", "0"], ["--device", "-2"],
+                                   ["--frames", "1"], ["--threads", "0"]])
+def test_speed_range_checks(engine, tmp_path: Path, capsys, extra) -> None:
+    _, graphs = engine
+    with pytest.raises(SystemExit) as e:
+        speed.main(["--engine-dir", str(graphs), "--out", str(tmp_path), *extra])
+    assert e.value.code == 2 and extra[0] in capsys.readouterr().err
+
+
+def test_unwritable_out_refused_before_any_run(engine, tmp_path: Path, capsys,
+                                               monkeypatch) -> None:
+    _, graphs = engine
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("ran before checking --out")
+
+    monkeypatch.setattr(lv, "execute", no_runs)
+    monkeypatch.setattr(speed, "run_variants", no_runs)
+    for main in (lv.main, speed.main):
+        assert main(["--engine-dir", str(graphs), "--out", "/proc/qdmn", *clip_args()]) == 2
+        assert "/proc/qdmn" in capsys.readouterr().err
+
+
 def test_speed_outputs(engine, tmp_path: Path, capsys) -> None:
     ckpt, graphs = engine
     out = tmp_path / "out"

@@ -186,6 +186,23 @@ def test_cli_sequences_and_errors(toy_root, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "gamma" in capsys.readouterr().err
 
 
+def test_cli_checks_outputs_and_ranges_before_any_work(toy_root, tmp_path, monkeypatch, capsys):
+    def no_work(args):
+        raise AssertionError("evaluation started before the arguments were checked")
+
+    monkeypatch.setattr(ev, "build_runtime", no_work)
+    base = ["--engine-dir", "e", "--data", str(toy_root), "--no-progress"]
+    for extra, message in ((["--out", "/proc/x"], "/proc/x"),
+                           (["--out", str(tmp_path / "o"), "--quality-threshold", "2"],
+                            "quality_threshold=2.0: expected a number in [0, 1]"),
+                           (["--out", str(tmp_path / "o"), "--threads", "0"], "threads=0"),
+                           (["--out", str(tmp_path / "o"), "--device", "-1"], "device=-1")):
+        assert ev.main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_script_runs_from_any_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/evaluate.py"), "--help"],

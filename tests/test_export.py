@@ -310,22 +310,43 @@ def test_size_not_multiple_of_16(ckpt, tmp_path):
 def test_unwritable_output(ckpt, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ExportError, match="cannot write"):
+    with pytest.raises(ExportError, match="cannot create the folder of .*Not a directory"):
         export_checkpoint(ckpt, blocker / "sub" / "out")
     assert _listing(tmp_path) == ["file"]
 
 
-def test_refuses_to_replace_a_foreign_folder(ckpt, tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match="refusing"):
-        export_checkpoint(ckpt, tmp_path / "out")
-    assert _listing(tmp_path) == ["out", "out/notes.txt"]
+def test_export_into_a_folder_keeps_the_users_files(ckpt, tmp_path):
+    """Only what an earlier export wrote (its manifest lists) is replaced; other files stay and
+    a file of the user's with an output name is refused (before, the folder was replaced)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    export_checkpoint(ckpt, out, size=(64, 112), max_objects=1, memory_size=1)
+    m = json.loads((out / "manifest.json").read_text())
+    m["graphs"]["encoder"]["engine"] = "encoder.engine"  # as build_engines.py records it
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "encoder.engine").write_text("stale engine")
+    export_checkpoint(ckpt, out, size=(64, 112), max_objects=1, memory_size=1)
+    assert _listing(tmp_path) == ["out", *(f"out/{n}" for n in sorted(
+        ["decoder.onnx", "encoder.onnx", "manifest.json", "memory_read.onnx", "notes.txt",
+         "qam.onnx"]))]
+    assert (out / "notes.txt").read_text() == "mine"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "encoder.onnx").write_text("my own graph")
+    with pytest.raises(ExportError, match="encoder.onnx that no earlier run of this tool wrote"):
+        export_checkpoint(ckpt, theirs, size=(64, 112), max_objects=1, memory_size=1)
+    assert (theirs / "encoder.onnx").read_text() == "my own graph"
+    assert _listing(theirs) == ["encoder.onnx"]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--size", "60", "112"], "multiples of 16"),
     (["--int8", "--calib", "/nonexistent"], "calibration folder not found"),
+    (["--max-objects", "0"], "max_objects must be in 1..255"),
+    (["--max-objects", "256"], "max_objects must be in 1..255"),
+    (["--memory-size", "0"], "memory_size must be >= 1"),
+    (["--opset", "9"], "opset 9 not supported"),
 ])
 def test_cli_errors_one_line(ckpt, tmp_path, args, message):
     r = subprocess.run([sys.executable, "export/to_onnx.py", str(ckpt), "--out",
@@ -404,18 +425,3 @@ def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         export_checkpoint(ckpt, tmp_path / "new" / "deeper" / "out")
     assert _listing(tmp_path) == []
-
-
-def test_reexport_replaces_previous_export(tmp_path):
-    from export.to_onnx import _replace_dir
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text("old")
-    (out / "encoder.engine").write_text("stale engine")
-    new = tmp_path / ".out.x.tmp"
-    new.mkdir()
-    (new / "manifest.json").write_text("new")
-    _replace_dir(new, out)
-    assert _listing(tmp_path) == ["out", "out/manifest.json"]
-    assert (out / "manifest.json").read_text() == "new"

@@ -5,9 +5,12 @@ Refusals: one `error: ...` line on stderr, exit code 1, nothing left in (or next
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +189,7 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     specs = graph_specs(160, 224, m.max_objects, m.capacity, m.key_dim, m.value_dim,
                         (0, *m.graphs["decoder"].input("f8").shape[1:2],
                          *m.graphs["decoder"].input("f4").shape[1:2]))
+    specs = {g: dataclasses.replace(spec, sha256=m.graphs[g].sha256) for g, spec in specs.items()}
     d = json.loads((other / "manifest.json").read_text())
     d.update(height=160, graphs=json.loads(Manifest(**{**m.__dict__, "height": 160,
                                                        "graphs": specs}).to_json())["graphs"])
@@ -194,6 +198,29 @@ def test_bad_engine_dirs(ok, engine, tmp_path, capsys):
     assert "graph and manifest come from different exports" in msg
     (other / "encoder.onnx").unlink()
     assert "missing" in refuse(capsys, tmp_path, **{**ok, "engine_dir": other})
+
+
+def test_corrupted_graph_is_refused(ok, engine, tmp_path, capsys):
+    """4 KiB of the decoder's weights overwritten: the graph still parses and runs, so only the
+    sha256 recorded at export can tell (before, this ran and gave wrong masks with exit 0)."""
+    import onnx
+
+    bad = tmp_path / "bad"
+    shutil.copytree(engine, bad)
+    path = bad / "decoder.onnx"
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    data[at:at + 4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    onnx.load(str(path))  # still a valid ONNX file
+    msg = refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
+    assert "decoder.onnx is corrupted or was changed after export" in msg
+    # an older manifest without hashes is refused too, naming what to do
+    d = json.loads((bad / "manifest.json").read_text())
+    shutil.copy(engine / "decoder.onnx", path)
+    d["graphs"]["qam"].pop("sha256")
+    (bad / "manifest.json").write_text(json.dumps(d))
+    assert "records no sha256 for qam.onnx" in refuse(capsys, tmp_path, **{**ok, "engine_dir": bad})
 
 
 def test_backend_and_config_refusals(ok, tmp_path, capsys):
@@ -206,6 +233,33 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "exceeds the 2 dynamic slots" in refuse(capsys, tmp_path,
                                                    **{**ok, "memory_size": 5})
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
+
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("quality_threshold", 2, "quality_threshold=2.0: expected a number in [0, 1]"),
+    ("quality_threshold", -0.1, "quality_threshold=-0.1"),
+    ("quality_threshold", "nan", "quality_threshold=nan"),
+    ("threads", 0, "threads=0"), ("device", -1, "device=-1"), ("memory_size", 0, "memory_size=0"),
+    ("max_frames", 0, "--max-frames 0"),
+])
+def test_numeric_ranges(ok, tmp_path, capsys, option, value, message):
+    """Before, --quality-threshold 2 was accepted and silently memorised nothing."""
+    assert message in refuse(capsys, tmp_path, **{**ok, option: value})
+
+
+def test_unwritable_outputs_refused_before_the_first_frame(ok, tmp_path, capsys, monkeypatch):
+    """Before, `--overlay /proc/x.mp4` failed after the whole video and lost every mask."""
+    def no_backend(*args, **kwargs):
+        raise AssertionError("the graphs were loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "create_backend", no_backend)
+    assert "x.mp4" in refuse(capsys, tmp_path, **{**ok, "overlay": "/proc/x.mp4"})
+    (tmp_path / "file").write_text("")
+    assert "not a folder" in refuse(capsys, tmp_path, **{**ok, "output": tmp_path / "file"})
+    assert "cannot create the folder" in refuse(capsys, tmp_path,
+                                                **{**ok, "output": tmp_path / "file" / "o"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_users_files_in_the_output_folder_are_kept(ok, tmp_path, capsys):
@@ -283,3 +337,49 @@ def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path
     assert cli.main(argv) == 130
     log = json.loads((out / "run.json").read_text())
     assert log["interrupted"] and len(list(out.glob("*.png"))) == 3
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """600 frames (the demo clip's 50 linked over and over): a run lasts long enough to be
+    signalled while it works, on any machine."""
+    demo = rs.REPO / "assets/demo/JPEGImages/480p/blackswan"
+    src = sorted(demo.glob("*.jpg"))
+    d = tmp_path_factory.mktemp("long")
+    for i in range(600):
+        (d / f"{i:05d}.jpg").symlink_to(src[i % len(src)])
+    return d, rs.REPO / "assets/demo/Annotations/480p/blackswan/00000.png"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code):
+    """A real process and a real signal once frames are being written. Before, SIGINT exited 0
+    and SIGTERM killed the process leaving a hidden `.out.partial-*` folder behind."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "runtime/run.py", "--engine-dir", str(engine), "--input",
+         str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out), "--backend",
+         "ort-cpu", "--threads", "1", "--quiet"],
+        cwd=rs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
+            if list(tmp_path.glob(".out.partial-*/00002.png")):
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)  # waits on the process, returns at once if it exited
+            assert proc.poll() is None, proc.stderr.read()
+        else:
+            pytest.fail("no frame was written")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden partial folder
+    log = json.loads((out / "run.json").read_text())
+    n = len(log["frames"])
+    assert log["interrupted"] and 3 <= n < 600 and log["summary"]["frames"] == n
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(n)]
+    for p in (out / "00000.png", out / f"{n - 1:05d}.png"):
+        assert Image.open(p).size == (854, 480)

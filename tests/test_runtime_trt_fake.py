@@ -24,7 +24,7 @@ import runtime_support as rs
 from runtime.backends import resolve_auto
 from runtime.config import RuntimeConfig
 from runtime.frames import read_frame, read_mask
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, file_sha256
 from runtime.segmenter import Segmenter
 
 
@@ -224,6 +224,7 @@ def trt_engine_dir(request, tmp_path, monkeypatch) -> Path:
     for name, g in m["graphs"].items():
         shutil.copy(d / g["file"], d / f"{name}.engine")
         g["engine"] = f"{name}.engine"
+        g["engine_sha256"] = file_sha256(d / g["engine"])
     m["tensorrt"] = {"version": "10.16.1.11", "gpu_name": "Fake GPU", "compute_capability": "9.0"}
     (d / "manifest.json").write_text(json.dumps(m))
     for name, mod in fake_modules(FakeMemory()).items():
@@ -269,10 +270,20 @@ def test_trt_refusals(trt_engine_dir):
         Segmenter(trt_engine_dir, "trt")
     m["tensorrt"]["compute_capability"] = "9.0"
     (trt_engine_dir / "manifest.json").write_text(json.dumps(m))
-    (trt_engine_dir / "qam.engine").write_bytes(b"BAD!")
+    engine = trt_engine_dir / "qam.engine"
+    engine.write_bytes(b"BAD!")
+    with pytest.raises(EngineMismatchError, match="qam.engine is corrupted or was changed"):
+        Segmenter(trt_engine_dir, "trt")
+
+    def record_sha() -> None:  # as if the manifest had been written for this file
+        m["graphs"]["qam"]["engine_sha256"] = file_sha256(engine)
+        (trt_engine_dir / "manifest.json").write_text(json.dumps(m))
+
+    record_sha()
     with pytest.raises(EngineMismatchError, match="cannot deserialize"):
         Segmenter(trt_engine_dir, "trt")
-    shutil.copy(trt_engine_dir / "encoder.onnx", trt_engine_dir / "qam.engine")
+    shutil.copy(trt_engine_dir / "encoder.onnx", engine)
+    record_sha()
     with pytest.raises(EngineMismatchError, match="I/O tensors"):
         Segmenter(trt_engine_dir, "trt")
 

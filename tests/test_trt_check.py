@@ -299,6 +299,7 @@ def exported(tmp_path_factory) -> Path:
 
 
 def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
+    import hashlib
     import shutil
 
     from export import build_engines
@@ -314,6 +315,8 @@ def test_build_engines_with_fake_tensorrt(exported, tmp_path, monkeypatch):
     assert m.tensorrt["compute_capability"] == "9.0" and m.tensorrt["builder_flags"] == []
     assert Manifest.load(d).graphs["decoder"].engine == "decoder.engine"
     assert (d / "encoder.engine").read_bytes() == b"plan-image"
+    assert Manifest.load(d).graphs["encoder"].engine_sha256 == hashlib.sha256(
+        b"plan-image").hexdigest()
     assert (d / "timing.cache").read_bytes() == b"cache"
     assert ("create_network", 1 << 1) in fake.calls  # STRONGLY_TYPED
     assert ("pool", "WORKSPACE", 2 << 30) in fake.calls
@@ -335,3 +338,12 @@ def test_build_engines_without_tensorrt(exported):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert 'pip install ".[trt]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert json.loads((exported / "manifest.json").read_text())["tensorrt"] is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_build_engines_workspace_range(exported, value, capsys):
+    from export import build_engines
+
+    with pytest.raises(SystemExit) as e:
+        build_engines.main([str(exported), "--workspace", value])
+    assert e.value.code == 2 and "--workspace" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
 from runtime.errors import BackendUnavailableError, EngineMismatchError, QDMNRuntimeError
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError, verify_sha256
 
 # Tensors that cross between host and device (the rest stay on the device).
 HOST_TENSORS = ("image", "prev_prob", "masks", "object_valid", "prob", "quality")
@@ -155,7 +155,12 @@ class TrtBackend(Backend):
 
     def _load(self, graph: str, path: Path) -> Any:
         trt = self._trt
-        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        plan = path.read_bytes()
+        try:
+            verify_sha256(path, self.manifest.graphs[graph].engine_sha256, plan)
+        except ManifestError as e:
+            raise EngineMismatchError(str(e)) from None
+        engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineMismatchError(f"trt: cannot deserialize {path}: built with another "
                                       "TensorRT version or for another GPU? Rebuild it here")
