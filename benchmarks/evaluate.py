@@ -3,12 +3,16 @@
     python benchmarks/evaluate.py --engine-dir engines/tiny --data ../shared/data/DAVIS2016 \
         [--sequences blackswan,cows | --split-file F] [--backend onnxruntime] \
         [--reference runs/x/ckpt.pth] --out out/eval
+    python benchmarks/evaluate.py --predictions OUT --data ROOT [--sequences ...] --out out/eval
 
 Writes the official toolkit's CSVs (`global_results-<set>.csv`, `per-sequence_results-<set>.csv`,
 3 decimals) for the runtime into `--out`, and for the reference into `--out/reference`, plus
 `timing-<set>.csv` (segmenter-only frames per second) next to each. Scoring follows the DAVIS
 2017 semi-supervised toolkit (see benchmarks/metrics.py); the first-frame annotation is given to
-the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit.
+the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit. `--predictions` scores
+masks already written by `runtime/run.py` or `runtime/batch.py` (`OUT/<seq>/00000.png ...`,
+frame i = the i-th annotated frame) instead of running a segmenter; their timing comes from each
+folder's run.json. Its default sequences are the folders of OUT that hold a run.json.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +35,14 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python benchmarks/evaluate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.davis import DatasetError, list_sequences, read_frame, read_sequence, write_labels
+from benchmarks.davis import (
+    DatasetError,
+    list_sequences,
+    read_frame,
+    read_labels,
+    read_sequence,
+    write_labels,
+)
 from benchmarks.metrics import (
     EvaluationError,
     GlobalResult,
@@ -168,6 +180,47 @@ def evaluate_sequences(
     return EvaluationResults(tuple(runs))
 
 
+def evaluate_predictions(
+    predictions: str | Path, root: str | Path, sequences: Sequence[str]
+) -> EvaluationResults:
+    """Score the masks a runtime CLI wrote to `predictions/<seq>/` (see the module docstring)."""
+    from runtime.job import RUN_LOG, frame_png
+
+    runs = []
+    for name in sequences:
+        seq = read_sequence(root, name)
+        folder = Path(predictions) / name
+        files = [folder / frame_png(i) for i in range(len(seq.frames))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise EvaluationError(
+                f"{folder}: {len(missing)} of the {len(files)} predicted masks are missing "
+                f"(first: {missing[0]})"
+            )
+        preds = np.stack([read_labels(f) for f in files])
+        if preds.shape != seq.labels.shape:
+            raise EvaluationError(f"{folder}: masks {preds.shape[1:]} vs ground truth "
+                                  f"{seq.labels.shape[1:]}")
+        try:  # time inside the segmenter, as evaluate_sequences measures it
+            log = json.loads((folder / RUN_LOG).read_text())
+            seconds = sum(f["ms"]["total"] for f in log["frames"][: len(files)]) / 1e3
+        except (OSError, ValueError, KeyError, TypeError):
+            seconds = float("nan")
+        objects = evaluate_sequence(name, seq.labels, preds)
+        runs.append(SequenceRun(name, tuple(objects), len(files), seconds))
+    return EvaluationResults(tuple(runs))
+
+
+def predicted_sequences(predictions: str | Path) -> list[str]:
+    """The folders of an output folder that hold a finished video (a run.json)."""
+    from runtime.job import RUN_LOG
+
+    root = Path(predictions)
+    if not root.is_dir():
+        raise DatasetError(f"--predictions {root} is not a folder")
+    return sorted(p.name for p in root.iterdir() if (p / RUN_LOG).is_file())
+
+
 def write_csvs(results: EvaluationResults, out_dir: str | Path, split: str = "val") -> list[Path]:
     """Write the toolkit's global and per-object CSVs plus a timing CSV; returns their paths."""
     out = Path(out_dir)
@@ -277,7 +330,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
     )
-    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--engine-dir", type=Path, help="exported engine directory")
+    what.add_argument("--predictions", type=Path,
+                      help="score the masks in this output folder of run.py/batch.py instead")
     p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--sequences", help="comma-separated sequence names")
@@ -303,6 +359,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:
         p.error("--reference-unbounded needs --reference")
+    if args.predictions is not None and (args.reference or args.save_masks):
+        p.error("--predictions scores existing masks: --reference/--save-masks need --engine-dir")
     return args
 
 
@@ -314,10 +372,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_args(args)
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
+            elif args.predictions is not None and args.split_file is None:
+                sequences = predicted_sequences(args.predictions)
             else:
                 sequences = list_sequences(args.data, args.split_file)
             if not sequences:
                 raise DatasetError("no sequences to evaluate")
+            if args.predictions is not None:
+                results = evaluate_predictions(args.predictions, args.data, sequences)
+                paths = write_csvs(results, args.out, split)
+                print(format_table(results, f"--- {args.predictions}: {len(sequences)} "
+                                            f"sequences ({split}) ---"))
+                print("wrote " + ", ".join(str(p) for p in paths))
+                return 0
             runtime = _closing(stack, build_runtime(args))
             targets: list[tuple[str, Path, Segmenter]] = [("runtime", args.out, runtime)]
             if args.reference is not None:

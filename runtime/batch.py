@@ -56,7 +56,12 @@ from runtime.corpus import (
 from runtime.errors import QDMNRuntimeError
 from runtime.job import check_outputs, segment_video
 from runtime.manifest import Manifest, ManifestError
-from runtime.outputs import Terminated, terminate_as_interrupt
+from runtime.outputs import (
+    Terminated,
+    check_writable_dir,
+    deferred_signals,
+    terminate_as_interrupt,
+)
 from runtime.segmenter import Segmenter
 
 try:
@@ -120,7 +125,7 @@ class VideoWorker:
         self.segmenter: Segmenter | None = None
         try:
             self.segmenter = Segmenter(engine_dir, backend, config)
-            self.fingerprint = engine_fingerprint(engine_dir, self.segmenter.manifest)
+            self.fingerprint = engine_fingerprint(self.segmenter.manifest)
         except Exception as e:  # noqa: BLE001 - reported by describe()
             self.error = one_line(e)
 
@@ -282,60 +287,77 @@ def _schedule(actors: list[Any], todo: collections.deque[Video], output: Path,
         pending[ref] = (i, video, attempt)
 
     try:
-        for i in range(len(actors)):
-            if todo:
-                submit(i, todo.popleft(), 1)
+        with deferred_signals():
+            for i in range(len(actors)):
+                if todo:
+                    submit(i, todo.popleft(), 1)
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            i, video, attempt = pending.pop(ref)
-            try:
-                res = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                remove_staging(output, video.name)
-                first = one_line(e).split(". ")[0]
-                if attempt == 1:
-                    say(f"warning: {video.name}: its worker died ({first}); retrying it once")
+            [ref], _ = ray.wait(list(pending), num_returns=1)  # where Ctrl-C/SIGTERM lands
+            with deferred_signals():  # the bookkeeping of a result is never cut in half
+                i, video, attempt = pending.pop(ref)
+                outcome = _collect(ref, video, attempt, output, say)
+                if outcome is None:  # its worker died: once, so retry it on the restarted one
                     submit(i, video, 2)
                     continue
-                res = {"worker": None, "error": f"its worker died twice ({first})"}
-            caught = res.get("warnings", [])
-            for w in caught:
-                say(f"warning: {video.name}: {w}")
-            if res["error"]:
-                outcomes[video.name] = Outcome(video.name, "failed", attempts=attempt,
-                                               worker=res["worker"], error=res["error"],
-                                               warnings=caught, input=str(video.input),
-                                               mask=str(video.mask))
-                say(f"failed {video.name}: {res['error']}")
-            else:
-                o = Outcome.from_log(video, "done", res["summary"], attempts=attempt,
-                                     worker=res["worker"], warnings=caught)
-                outcomes[video.name] = o
-                frames += o.frames or 0
-                say(f"done {video.name}: {o.frames} frames, {o.model_fps} fps in the model, "
-                    f"{o.wall_fps} end to end")
-            bar.update(1)
-            bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - t0):.1f}",
-                            refresh=False)
-            if todo:
-                submit(i, todo.popleft(), 1)
+                outcomes[video.name] = outcome
+                frames += outcome.frames or 0
+                bar.update(1)
+                bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - t0):.1f}",
+                                refresh=False)
+                if todo:
+                    submit(i, todo.popleft(), 1)
         return None
     except KeyboardInterrupt as stop:
         for a in actors:
             ray.kill(a, no_restart=True)
-        # Their staging folders may only be removed once the workers are gone.
+        # Their staging folders may only be removed once the workers are gone; a video that
+        # was finished by then counts as done.
         ray.wait(list(pending), num_returns=len(pending), timeout=KILL_WAIT_S)
-        for _, video, attempt in pending.values():
-            remove_staging(output, video.name)
-            outcomes[video.name] = Outcome(video.name, "interrupted", attempts=attempt,
-                                           error="stopped by Ctrl-C/SIGTERM",
-                                           input=str(video.input), mask=str(video.mask))
+        for ref, (_, video, attempt) in pending.items():
+            try:
+                outcomes[video.name] = _outcome(ray.get(ref, timeout=0), video, attempt, say)
+            except (ray.exceptions.RayError, TimeoutError):
+                remove_staging(output, video.name)
+                outcomes[video.name] = Outcome(video.name, "interrupted", attempts=attempt,
+                                               error="stopped by Ctrl-C/SIGTERM",
+                                               input=str(video.input), mask=str(video.mask))
         for video in todo:
             outcomes[video.name] = Outcome(video.name, "not run", input=str(video.input),
                                            mask=str(video.mask))
         return stop
     finally:
         bar.close()
+
+
+def _collect(ref: Any, video: Video, attempt: int, output: Path, say: Any) -> Outcome | None:
+    """The outcome of a finished task; None when its worker died on a first attempt."""
+    try:
+        res = ray.get(ref)
+    except ray.exceptions.RayError as e:
+        remove_staging(output, video.name)
+        first = one_line(e).split(". ")[0]
+        if attempt == 1:
+            say(f"warning: {video.name}: its worker died ({first}); retrying it once")
+            return None
+        res = {"worker": None, "error": f"its worker died twice ({first})"}
+    return _outcome(res, video, attempt, say)
+
+
+def _outcome(res: dict[str, Any], video: Video, attempt: int, say: Any) -> Outcome:
+    """A worker's answer for one video as its summary entry (and a line for the user)."""
+    caught = res.get("warnings", [])
+    for w in caught:
+        say(f"warning: {video.name}: {w}")
+    if res["error"]:
+        say(f"failed {video.name}: {res['error']}")
+        return Outcome(video.name, "failed", attempts=attempt, worker=res["worker"],
+                       error=res["error"], warnings=caught, input=str(video.input),
+                       mask=str(video.mask))
+    o = Outcome.from_log(video, "done", res["summary"], attempts=attempt, worker=res["worker"],
+                         warnings=caught)
+    say(f"done {video.name}: {o.frames} frames, {o.model_fps} fps in the model, "
+        f"{o.wall_fps} end to end")
+    return o
 
 
 def _printer(progress: bool) -> Any:
@@ -399,11 +421,11 @@ def _main(args: argparse.Namespace) -> int:
                            threads=args.threads_per_worker or 1).resolve(manifest)
     videos = list_videos(args.videos)
     output = args.output.absolute()
-    check_outputs(output)  # OUT itself is writable (checked without writing anything)
+    check_writable_dir(output)
     for v in videos:
         check_outputs(output / v.name, output / v.name / OVERLAY if args.overlay else None)
     check_summary_target(output)
-    fingerprint = engine_fingerprint(args.engine_dir, manifest)
+    fingerprint = engine_fingerprint(manifest)
     settings = Settings(args.backend, config.memory_size, config.mem_every,
                         config.quality_threshold, args.max_frames, args.overlay)
     t_ray = time.perf_counter()

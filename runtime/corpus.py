@@ -26,7 +26,7 @@ from typing import Any
 
 from runtime.errors import OutputError, QDMNRuntimeError
 from runtime.job import RUN_LOG
-from runtime.manifest import MANIFEST_NAME, Manifest, file_sha256
+from runtime.manifest import Manifest, file_sha256
 
 DAVIS_FRAMES = Path("JPEGImages") / "480p"
 DAVIS_MASKS = Path("Annotations") / "480p"
@@ -140,12 +140,15 @@ def _check_names(videos: Sequence[Video], source: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- resume
-def engine_fingerprint(engine_dir: str | Path, manifest: Manifest) -> dict[str, str]:
-    """sha256 of manifest.json and of every graph/engine file it names that exists: what the
-    masks depend on besides the settings (a worker checks it sees the same files)."""
-    engine_dir = Path(engine_dir)
-    files = [MANIFEST_NAME, *(f for g in manifest.graphs.values() for f in (g.file, g.engine) if f)]
-    return {f: file_sha256(engine_dir / f) for f in files if (engine_dir / f).is_file()}
+def engine_fingerprint(manifest: Manifest) -> dict[str, str]:
+    """The sha256 the manifest records per graph (and per built engine): what the masks depend
+    on besides the settings. Manifest.load has checked the graph files against them."""
+    out = {}
+    for g in manifest.graphs.values():
+        out[g.file] = g.sha256
+        if g.engine and g.engine_sha256:
+            out[g.engine] = g.engine_sha256
+    return out
 
 
 def video_key(fingerprint: Mapping[str, str], settings: Mapping[str, Any],

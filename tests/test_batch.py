@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,7 +168,7 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     out = tmp_path / "out"
     out.mkdir()
     result = cli.run_corpus(engine, videos, out, settings, cli.Plan(1, 1, 0), config,
-                            engine_fingerprint(engine, manifest), progress=False, worker=Dying)
+                            engine_fingerprint(manifest), progress=False, worker=Dying)
     by = {o.name: o for o in result.outcomes}
     assert by["swan"].status == "done" and by["swan"].attempts == 2 and by["swan"].frames == 6
     assert by["cows"].status == "failed" and by["cows"].attempts == 2
@@ -208,11 +209,14 @@ def test_evaluate_scores_an_output_folder(engine, ray_session, corpus, tmp_path,
     assert [r.split(",")[0] for r in rows[1:]] == ["cows_1", "cows_2", "swan_1"]
 
 
-def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path, sig, code):
+    """Ctrl-C (or SIGTERM) after the first video: the workers are stopped, the video in flight
+    leaves nothing (unless it finished before its worker was gone), the others never start."""
     pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
     root = tmp_path / "corpus"
     for i in range(5):
-        add_video(root, f"v{i}", "blackswan", 8 * i, 8)
+        add_video(root, f"v{i}", "blackswan", 9 * i, 12)
     out = tmp_path / "out"
     argv = batch(engine, root, out)
     argv[argv.index("--workers") + 1] = "1"
@@ -224,7 +228,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path):
         for line in p.stderr:  # tqdm's \r-separated updates read as lines too
             lines.append(line.strip())
             if line.startswith("done v0"):
-                p.send_signal(signal.SIGINT)
+                p.send_signal(sig)
                 break
         rest = p.stderr.read()
         rc = p.wait(timeout=120)
@@ -232,15 +236,17 @@ def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path):
         if p.poll() is None:
             p.kill()
     assert any(x.startswith("done v0") for x in lines), lines
-    final = rest.strip().splitlines()[-1]
-    assert rc == 130, rest[-2000:]
-    assert final.startswith("interrupted: 1 of 5 videos finished (v0); 1 done, 1 interrupted, "
-                            "3 not run"), final
+    assert rc == code, rest[-2000:]
     s = summary(out)
-    assert [s[f"v{i}"]["status"] for i in range(5)] == [
-        "done", "interrupted", "not run", "not run", "not run"]
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json", "v0"]
-    assert len(pngs(out / "v0")) == 8
+    status = [s[f"v{i}"]["status"] for i in range(5)]
+    assert status[0] == "done" and status[1] in ("interrupted", "done"), status
+    assert status[2:] == ["not run"] * 3
+    done = [f"v{i}" for i in range(5) if status[i] == "done"]
+    final = rest.strip().splitlines()[-1]
+    assert final.startswith(f"interrupted: {len(done)} of 5 videos finished ({', '.join(done)}); "
+                            ), final
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.json", *done]
+    assert all(len(pngs(out / name)) == 12 for name in done)
 
 
 # ------------------------------------------------------------- refusals before any work
@@ -278,9 +284,9 @@ def test_without_ray_one_line(engine, corpus, tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('ray is banned here')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(rs.REPO)])}
     r = run_cli(*batch(engine, corpus, tmp_path / "out"), env=env)
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "error: the corpus runner needs Ray: pip install 'qdmn-deploy[cluster]' "
-        "(or pip install 'ray[client]')"], r.stderr
+    expect = ("error: the corpus runner needs Ray: pip install 'qdmn-deploy[cluster]' "
+              "(or pip install 'ray[client]')")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [expect], r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -317,5 +323,5 @@ def test_list_videos_from_csv_json_and_davis(tmp_path):
 ])
 def test_list_videos_refusals(tmp_path, content, expect):
     (tmp_path / "l.csv").write_text(content)
-    with pytest.raises(CorpusError, match=expect):
+    with pytest.raises(CorpusError, match=re.escape(expect)):
         list_videos(tmp_path / "l.csv")
