@@ -395,8 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     try:
-        with terminate_as_interrupt():
-            return _main(args)
+        return _main(args)
     except (QDMNRuntimeError, ManifestError, OSError) as e:
         print(f"error: {one_line(e) if not isinstance(e, OSError) else e}", file=sys.stderr)
         return 1
@@ -434,8 +433,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         plan = plan_workers(args.backend, args.workers, args.threads_per_worker, len(videos))
         config = dataclasses.replace(config, threads=plan.threads)
-        result = run_corpus(args.engine_dir.absolute(), videos, output, settings, plan, config,
-                            fingerprint, progress=not args.quiet)
+        with terminate_as_interrupt():  # after ray.init, which installs its own SIGTERM handler
+            result = run_corpus(args.engine_dir.absolute(), videos, output, settings, plan,
+                                config, fingerprint, progress=not args.quiet)
     finally:
         if started:
             ray.shutdown()
