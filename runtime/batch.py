@@ -164,7 +164,9 @@ def connect(address: str | None) -> bool:
     if address is None:
         if ray.is_initialized():
             return False
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        # "local": a new Ray on this machine even where RAY_ADDRESS names a cluster
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
         return True
     if address != "auto":
         _probe(address)
@@ -262,6 +264,9 @@ def run_corpus(engine_dir: Path, videos: Sequence[Video], output: Path, settings
     interrupted = None
     t0 = time.perf_counter()
     if todo:
+        # Made here, not by the first worker's staging: runtime.outputs removes a parent folder
+        # it created when its job fails, which would take the other workers' staging with it.
+        output.mkdir(parents=True, exist_ok=True)
         interrupted = _schedule(actors, todo, output, keys, settings, outcomes, say, progress)
     wall = time.perf_counter() - t0
     ran = [o for o in outcomes.values() if o.status == "done"]

@@ -166,7 +166,6 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
                             config.quality_threshold, None, False)
     videos = [v for v in list_videos(corpus) if v.name != "bad"]
     out = tmp_path / "out"
-    out.mkdir()
     result = cli.run_corpus(engine, videos, out, settings, cli.Plan(1, 1, 0), config,
                             engine_fingerprint(manifest), progress=False, worker=Dying)
     by = {o.name: o for o in result.outcomes}
@@ -275,6 +274,28 @@ def test_setup_errors_one_line_nothing_written(engine, corpus, tmp_path, case):
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0].startswith("error: ") and expect in lines[0], lines
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("option, value, expect", [
+    ("--workers", "0", "--workers 0: expected >= 1"),
+    ("--threads-per-worker", "-1", "--threads-per-worker -1: expected >= 1"),
+    ("--max-frames", "0", "--max-frames 0: expected >= 1"),
+    ("--quality-threshold", "2", "quality_threshold=2.0: expected a number in [0, 1]"),
+    ("--backend", "cuda", "unknown backend 'cuda'"),
+])
+def test_bad_options_one_line(engine, corpus, tmp_path, capsys, option, value, expect):
+    pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
+    from runtime import batch as cli
+
+    argv = batch(engine, corpus, tmp_path / "out")
+    if option in argv:
+        argv[argv.index(option) + 1] = value
+    else:
+        argv += [option, value]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {expect}"), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_ray_one_line(engine, corpus, tmp_path):
