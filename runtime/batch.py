@@ -43,6 +43,7 @@ from tqdm import tqdm
 from runtime.backends import BACKENDS
 from runtime.config import RuntimeConfig
 from runtime.corpus import (
+    OVERLAY,
     Outcome,
     Video,
     check_summary_target,
@@ -70,7 +71,6 @@ except ImportError:  # the optional [cluster] extra
     ray = None
 
 GPU_BACKENDS = ("trt", "ort-cuda")  # each of their workers asks Ray for one GPU
-OVERLAY = "overlay.mp4"  # in OUT/<video>/ with --overlay
 KILL_WAIT_S = 30.0  # after Ctrl-C: how long to wait for the killed workers to be gone
 
 

@@ -34,6 +34,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 TOOL = "runtime/batch.py"  # marks the summary files this tool wrote (and may replace)
 STAGING = ".partial-"  # runtime.outputs stages `OUT/<name>` as `OUT/.<name>.partial-*`
+OVERLAY = "overlay.mp4"  # OUT/<name>/overlay.mp4, staged as OUT/<name>/.overlay.partial-*.mp4
 STATUSES = ("done", "skipped", "failed", "interrupted", "not run")
 
 
@@ -108,6 +109,9 @@ def _listed_videos(path: Path) -> list[Video]:
             rows.append((cells[0], cells[1], cells[2] if len(cells) == 3 else None))
     videos = []
     for inp, mask, name in rows:
+        if "://" in inp or inp.isdigit():
+            raise CorpusError(f"--videos {path}: {inp} is a live source; the corpus runner "
+                              "takes video files and frame folders (runtime/run.py takes streams)")
         src = (base / inp).absolute()
         default = src.name if src.is_dir() else src.stem
         videos.append(Video(name or default, src, (base / mask).absolute()))
@@ -175,8 +179,9 @@ def remove_staging(output: Path, name: str) -> None:
     """Remove what a killed worker left of video `name`: its hidden staging folder/overlay
     (only names runtime.outputs gives them) and `OUT/<name>/` if that is left empty."""
     folder = output / name
+    overlay = Path(OVERLAY)
     for p in [*output.glob(f".{glob_escape(name)}{STAGING}*"),
-              *(folder.glob(f".*{STAGING}*") if folder.is_dir() else [])]:
+              *folder.glob(f".{overlay.stem}{STAGING}*{overlay.suffix}")]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

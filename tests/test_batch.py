@@ -130,8 +130,9 @@ def test_failure_stays_local_and_rerun_resumes(engine, ray_session, corpus, tmp_
 
 
 def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpus, tmp_path):
-    """A worker process that exits mid-video is restarted by Ray; its video is retried once
-    and a video that kills its worker twice is recorded as failed."""
+    """A worker process that exits mid-video (overlay on, so it leaves a staged folder and a
+    staged mp4) is restarted by Ray; its video is retried once and a video that kills its
+    worker twice is recorded as failed."""
     from ray import cloudpickle
 
     from runtime import batch as cli
@@ -163,7 +164,7 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     manifest = Manifest.load(engine)
     config = RuntimeConfig(threads=1).resolve(manifest)
     settings = cli.Settings("ort-cpu", config.memory_size, config.mem_every,
-                            config.quality_threshold, None, False)
+                            config.quality_threshold, None, overlay=True)
     videos = [v for v in list_videos(corpus) if v.name != "bad"]
     out = tmp_path / "out"
     result = cli.run_corpus(engine, videos, out, settings, cli.Plan(1, 1, 0), config,
@@ -172,8 +173,10 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     assert by["swan"].status == "done" and by["swan"].attempts == 2 and by["swan"].frames == 6
     assert by["cows"].status == "failed" and by["cows"].attempts == 2
     assert "worker died twice" in by["cows"].error
-    assert sorted(p.name for p in out.iterdir()) == ["swan"]  # no staging folder left behind
-    assert len(pngs(out / "swan")) == 6
+    # nothing staged is left behind: no hidden folder, no partial overlay, no empty cows/
+    assert sorted(p.name for p in out.iterdir()) == ["swan"]
+    assert sorted(p.name for p in (out / "swan").iterdir()) == [
+        *(f"{i:05d}.png" for i in range(6)), "overlay.mp4", "run.json"]
 
 
 def test_gpu_backend_asks_ray_for_a_gpu(engine, ray_session, corpus, tmp_path, capsys):
@@ -341,6 +344,7 @@ def test_list_videos_from_csv_json_and_davis(tmp_path):
     ("a.mp4,m.png,.hidden\n", "cannot name an output folder"),
     ("a.mp4,m.png,summary.json\n", "cannot name an output folder"),
     ("", "lists no video"),
+    ("rtsp://cam/1,m.png\n", "is a live source"),
 ])
 def test_list_videos_refusals(tmp_path, content, expect):
     (tmp_path / "l.csv").write_text(content)
