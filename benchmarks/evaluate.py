@@ -290,6 +290,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         quality_threshold=args.quality_threshold,
         threads=args.threads,
         device=args.device,
+        fit=args.fit,
     )
 
 
@@ -326,6 +327,7 @@ def build_reference(args: argparse.Namespace, manifest: Manifest) -> Segmenter:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from runtime.backends import BACKENDS
+    from runtime.geometry import FITS
 
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
@@ -355,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quality-threshold", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of CPU backends")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help="frames of another aspect ratio than the engine's (runtime.geometry)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:

@@ -3,7 +3,8 @@
     python runtime/batch.py --engine-dir DIR --videos ROOT|LIST.csv|LIST.json --output OUT \\
         [--address auto|HOST:PORT|ray://HOST:PORT] [--workers N] [--threads-per-worker T] \\
         [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] [--memory-size B] \\
-        [--mem-every K] [--quality-threshold S] [--max-frames N] [--overlay] [--quiet]
+        [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--max-frames N] \\
+        [--overlay] [--quiet]
 
 Each worker is a Ray actor holding one `Segmenter` (graphs loaded once) that segments one video
 after another with `runtime.job.segment_video`, the code path of `runtime/run.py`: OUT/<video>/
@@ -55,6 +56,7 @@ from runtime.corpus import (
     write_summary,
 )
 from runtime.errors import QDMNRuntimeError
+from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import check_outputs, segment_video
 from runtime.manifest import Manifest, ManifestError
 from runtime.outputs import (
@@ -94,6 +96,7 @@ class Settings:
     memory_size: int
     mem_every: int
     quality_threshold: float
+    fit: str
     max_frames: int | None
     overlay: bool
 
@@ -390,6 +393,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-size", type=int, help="dynamic memory slots (<= the manifest's)")
     p.add_argument("--mem-every", type=int, help="min frames between long-term insertions")
     p.add_argument("--quality-threshold", type=float, help="sigma: min normalised quality")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
+                        "padded, masks cropped back; stretch: resized, distorted)")
     p.add_argument("--max-frames", type=int, help="stop each video after this many frames")
     p.add_argument("--overlay", action="store_true", help=f"also write OUT/<video>/{OVERLAY}")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-video lines")
@@ -421,7 +427,7 @@ def _main(args: argparse.Namespace) -> int:
             raise BatchError(f"--{name.replace('_', '-')} {value}: expected >= 1")
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
-                           quality_threshold=args.quality_threshold,
+                           quality_threshold=args.quality_threshold, fit=args.fit,
                            threads=args.threads_per_worker or 1).resolve(manifest)
     videos = list_videos(args.videos)
     output = args.output.absolute()
@@ -431,7 +437,7 @@ def _main(args: argparse.Namespace) -> int:
     check_summary_target(output)
     fingerprint = engine_fingerprint(manifest)
     settings = Settings(args.backend, config.memory_size, config.mem_every,
-                        config.quality_threshold, args.max_frames, args.overlay)
+                        config.quality_threshold, config.fit, args.max_frames, args.overlay)
     t_ray = time.perf_counter()
     started = connect(args.address)
     ray_start_s = round(time.perf_counter() - t_ray, 3)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from runtime.errors import RuntimeConfigError
+from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.manifest import Manifest
 
 
@@ -28,6 +29,9 @@ class RuntimeConfig:
     # dedicated machine, but 3x slower per frame when the cores are shared (measured: 2 threads,
     # load 5 on 2 cores, 240x432: 636 ms vs 199 ms).
     spin: bool = False
+    # How frames of another aspect ratio than the graphs' enter them (runtime.geometry):
+    # "letterbox" or "stretch"; None: DEFAULT_FIT.
+    fit: str | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -49,6 +53,8 @@ class RuntimeConfig:
             raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
         if not isinstance(self.spin, bool):
             raise RuntimeConfigError(f"spin={self.spin!r}: expected True or False")
+        if self.fit is not None and self.fit not in FITS:
+            raise RuntimeConfigError(f"fit={self.fit!r}: expected one of {', '.join(FITS)}")
 
     def resolve(self, manifest: Manifest) -> RuntimeConfig:
         """Fill every `None` from the manifest and reject values the graphs cannot honour."""
@@ -64,4 +70,5 @@ class RuntimeConfig:
             quality_threshold=(float(self.quality_threshold) if self.quality_threshold is not None
                                else float(manifest.quality_threshold)),
             threads=self.threads if self.threads is not None else (os.cpu_count() or 1),
+            fit=self.fit or DEFAULT_FIT,
         )

@@ -34,7 +34,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -47,6 +46,7 @@ from runtime.frames import (
     object_ids,
     open_source,
     read_mask,
+    resize_frame,
     save_palette_png,
     with_last,
 )
@@ -220,9 +220,7 @@ class _FrameChecks:
             self.warned_size = True
             warnings.warn(f"{self._name(i)} is {fw}x{fh}, the first frame {w}x{h}: resizing it "
                           f"(and any later frame of another size) to {w}x{h}", stacklevel=2)
-        shrink = fh > h
-        return cv2.resize(frame, (w, h),
-                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return resize_frame(frame, h, w)
 
 
 class _Writer(threading.Thread):

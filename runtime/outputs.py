@@ -27,6 +27,12 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _missing_parents(path: Path) -> list[Path]:
     """The ancestors of `path` that do not exist yet, outermost first."""
     out = []
@@ -96,9 +102,7 @@ class StagedFolder:
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
                                               dir=self.target.resolve().parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            self.path.chmod(0o777 & ~umask)  # mkdtemp makes it private; outputs are ordinary
+            self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
             self._remove_created()
             raise OutputError(f"cannot write next to {self.target}: {_reason(e)}") from None
@@ -153,6 +157,7 @@ class StagedFile:
                                         suffix=self.target.suffix,
                                         dir=self.target.resolve().parent)
             os.close(fd)
+            os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:
             self._remove_created()
             raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None

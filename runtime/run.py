@@ -3,7 +3,7 @@
     python runtime/run.py --engine-dir DIR --input FRAMES_DIR|VIDEO|CAMERA_INDEX|URL \\
         --mask FIRST.png --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] \\
         [--memory-size B] [--mem-every K] [--quality-threshold S] [--overlay out.mp4] \\
-        [--max-frames N] [--threads T] [--device D] [--spin] [--quiet]
+        [--max-frames N] [--threads T] [--device D] [--spin] [--fit letterbox|stretch] [--quiet]
 
 Writes OUT/00000.png... (palette PNGs at the original size, index = object id) and
 OUT/run.json (settings, per-frame quality scores, memory decisions, slot contents, per-stage
@@ -34,6 +34,7 @@ from runtime.backends import BACKENDS, create_backend
 from runtime.config import RuntimeConfig
 from runtime.errors import QDMNRuntimeError
 from runtime.frames import open_source, read_mask
+from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import RUN_LOG, JobInterrupted, check_outputs, segment_video
 from runtime.manifest import Manifest, ManifestError
 from runtime.outputs import Terminated, terminate_as_interrupt
@@ -56,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", type=int, default=0, help="GPU ordinal (GPU backends)")
     p.add_argument("--spin", action="store_true",
                    help="ORT CPU threads busy-wait (only on an idle, dedicated machine)")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
+                        "padded, masks cropped back; stretch: resized, distorted)")
     p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
                            quality_threshold=args.quality_threshold, threads=args.threads,
-                           device=args.device, spin=args.spin).resolve(manifest)
+                           device=args.device, spin=args.spin, fit=args.fit).resolve(manifest)
     read_mask(args.mask)
     source = open_source(args.input)
     backend = create_backend(args.backend, manifest, args.engine_dir, config)

@@ -28,7 +28,8 @@ from runtime.backends import create_backend
 from runtime.backends.base import Backend
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, MaskError, TooManyObjectsError
-from runtime.frames import fit_mask, object_ids, onehot, prob_to_labels, resize_frame, with_last
+from runtime.frames import fit_mask, object_ids, with_last
+from runtime.geometry import DEFAULT_FIT, Placement, export_size
 from runtime.manifest import Manifest
 from runtime.memory_policy import Decision, MemoryPolicy
 
@@ -93,8 +94,13 @@ class Segmenter:
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """The frame as the graphs take it, (1, H, W, 3) uint8. Stateless and thread-safe, so a
         pipeline can prepare the next frame while this one runs (pass it as `image=`)."""
+        return self._placement(frame).image(frame)[None]
+
+    def _placement(self, frame: np.ndarray) -> Placement:
+        if frame.ndim != 3:
+            raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
         m = self.manifest
-        return resize_frame(frame, m.height, m.width)[None]
+        return Placement.of(frame.shape[:2], (m.height, m.width), self.config.fit or DEFAULT_FIT)
 
     def start(self, frame: np.ndarray, mask: np.ndarray, *,
               image: np.ndarray | None = None) -> np.ndarray:
@@ -119,8 +125,10 @@ class Segmenter:
                 f"the first mask has {len(ids)} objects (ids {list(ids)}) but the graphs were "
                 f"exported for at most {m.max_objects}: re-export with "
                 f"`python export/to_onnx.py CKPT --out DIR --max-objects {len(ids)}`")
-        image = self.prepare(frame) if image is None else image
-        probs = onehot(labels, ids, m.max_objects, m.height, m.width)
+        place = self._placement(frame)
+        self._warn_aspect(place, (h0, w0))
+        image = place.image(frame)[None] if image is None else image
+        probs = place.masks(labels, ids, m.max_objects)
         for i, obj in enumerate(ids):
             if not probs[i].any():
                 warnings.warn(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
@@ -151,6 +159,17 @@ class Segmenter:
         self._record(decision, quality, 1.0, ms, t0)
         return labels
 
+    def _warn_aspect(self, place: Placement, frame_hw: tuple[int, int]) -> None:
+        """Say how a video of another aspect ratio than the graphs' is handled, once."""
+        if not (place.padded or place.distorts(frame_hw)):
+            return
+        m = self.manifest
+        (h0, w0), (eh, ew) = frame_hw, export_size(frame_hw, (m.height, m.width))
+        how = (f"letterboxed into {place.inner_w}x{place.inner_h} of the input (fit=letterbox)"
+               if place.padded else "stretched (fit=stretch), which distorts the objects")
+        warnings.warn(f"frames are {w0}x{h0}, the graphs {m.width}x{m.height}: {how}; graphs "
+                      f"exported with `--size {eh} {ew}` would fit this video", stacklevel=3)
+
     def step(self, frame: np.ndarray, *, last: bool = False,
              image: np.ndarray | None = None) -> np.ndarray:
         """Segment the next frame. last=True skips memorising it (nothing follows it).
@@ -172,7 +191,8 @@ class Segmenter:
             t = now
 
         h0, w0 = frame.shape[:2]
-        image = self.prepare(frame) if image is None else image
+        place = self._placement(frame)
+        image = place.image(frame)[None] if image is None else image
         lap("pre")
         be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
         lap("encoder")
@@ -183,6 +203,7 @@ class Segmenter:
         k = len(self.object_ids)
         probs = np.ascontiguousarray(prob[1:])
         probs[k:] = 0.0  # padded objects stay exactly empty, as on the first frame
+        place.clear_padding(probs)  # and no object lives in a letterbox's bars
         self.frame_index += 1
         decision, quality, score = None, None, None
         if last:
@@ -197,7 +218,7 @@ class Segmenter:
             lap("bank")
         self._prev_prob = probs
         self.last_prob = prob
-        labels = prob_to_labels(prob, self.object_ids, h0, w0)
+        labels = place.labels(prob, self.object_ids, h0, w0)
         lap("post")
         self._record(decision, quality, score, ms, t0)
         return labels

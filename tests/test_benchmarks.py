@@ -207,7 +207,27 @@ def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
     assert "unknown variant" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py"])
+def test_aspect_fit_outputs(engine, tmp_path: Path, capsys) -> None:
+    from benchmarks import aspect_fit
+
+    _, graphs = engine
+    out = tmp_path / "out"
+    rc = aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
+                          "--sequences", "blackswan", "--aspects", "9:16", "--threads", "1",
+                          "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "aspect_fit.json").read_text())
+    assert [(r["aspect"], r["fit"]) for r in data["summary"]] == [("9:16", "letterbox"),
+                                                                  ("9:16", "stretch")]
+    assert all(0 <= r["jf"] <= 1 for r in data["summary"])
+    assert data["per_sequence"][0]["crop"][1] - data["per_sequence"][0]["crop"][0] == 480
+    assert aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
+                            "--aspects", "9x16", "--out", str(out)]) == 2
+    assert "expected W:H" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["benchmarks/long_video.py", "benchmarks/speed.py",
+                                    "benchmarks/aspect_fit.py"])
 def test_scripts_start_from_any_directory(script: str, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, check=False)

@@ -203,6 +203,31 @@ def test_cli_checks_outputs_and_ranges_before_any_work(toy_root, tmp_path, monke
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_reference_checkpoint_errors_in_our_words(request, toy_root, tmp_path, capsys):
+    """--reference with random bytes / a code-running pickle: one line, no torch advice."""
+    import os
+
+    import runtime_support as rs
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    rand, unsafe = tmp_path / "random.pth", tmp_path / "unsafe.pth"
+    rand.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    torch.save({"model": Payload()}, unsafe)
+    _, engine = rs.cached_engine(request)
+    for path, message in ((rand, "is not a PyTorch checkpoint"), (unsafe, "refused: ")):
+        rc = ev.main(["--engine-dir", str(engine), "--data", str(toy_root), "--backend",
+                      "ort-cpu", "--reference", str(path), "--out", str(tmp_path / "o"),
+                      "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and message in err[0], err
+        assert "weights_only" not in err[0]
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_script_runs_from_any_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/evaluate.py"), "--help"],

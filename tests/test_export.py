@@ -359,6 +359,44 @@ def test_cli_errors_one_line(ckpt, tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+class _Payload:
+    """A pickle that runs code when loaded without weights_only (it must never run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_checkpoints(d: Path) -> list[tuple[Path, str]]:
+    """(file, expected message) for files that are not checkpoints or are unsafe pickles."""
+    import pickle
+
+    rand, zipped, plain = d / "random.pth", d / "payload.pth", d / "payload.pkl"
+    rand.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    torch.save({"model": _Payload(d / "pwned")}, zipped)
+    plain.write_bytes(pickle.dumps(_Payload(d / "pwned"), protocol=4))
+    return [(rand, "is not a PyTorch checkpoint"), (zipped, "refused: "),
+            (plain, "refused: ")]
+
+
+def test_cli_bad_checkpoint_files_in_our_words(tmp_path):
+    """Random bytes and code-running pickles: one line of ours, never torch's advice to load
+    with weights_only=False, and the payload never runs."""
+    for path, message in bad_checkpoints(tmp_path):
+        r = subprocess.run([sys.executable, "export/to_onnx.py", str(path), "--out",
+                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                           timeout=120, check=False)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: ") and message in lines[0], lines
+        assert "weights_only" not in r.stderr
+        if message == "refused: ":
+            assert "posix.system" in lines[0] or "nt.system" in lines[0]
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
 def test_cli_missing_keys_one_line(ckpt, tmp_path):
     obj = torch.load(ckpt, weights_only=True)
     for k in [k for k in obj["model"] if k.startswith("score.")]:

@@ -14,7 +14,10 @@ import pytest
 import runtime_support as rs
 from PIL import Image
 
+from runtime.config import RuntimeConfig
 from runtime.errors import InputError, OutputError
+from runtime.frames import read_mask
+from runtime.geometry import PAD_RGB, Placement
 from runtime.job import check_outputs, segment_video
 from runtime.segmenter import Segmenter
 
@@ -77,6 +80,25 @@ def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_overlay_inside_the_output_folder(engine, clips, tmp_path):
+    """The overlay may live in the output folder; both are ordinary files (umask, not 0600)."""
+    import os
+
+    out = tmp_path / "new" / "out"
+    umask = os.umask(0o022)
+    try:
+        with Segmenter(engine, backend="ort-cpu") as seg:
+            for _ in range(2):
+                segment_video(seg, *clips["blackswan"], out, overlay=out / "overlay.mp4",
+                              max_frames=3)
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png", "00001.png", "00002.png", "overlay.mp4", "run.json"]
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir()} == {0o644}
+    assert (out.stat().st_mode & 0o777) == 0o755
+
+
 def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -107,3 +129,72 @@ def test_bad_max_frames_and_empty_outputs(engine, clips, tmp_path):
     with Segmenter(engine, backend="ort-cpu") as seg, pytest.raises(InputError, match=">= 1"):
         segment_video(seg, *clips["blackswan"], tmp_path / "o", max_frames=0)
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------- frames of another shape
+def test_placement_letterbox_round_trip():
+    """A 9:16 frame on 16:9 graphs: centred, padded with the mean colour, masks come back."""
+    place = Placement.of((480, 270), (128, 224), "letterbox")
+    assert (place.top, place.left, place.inner_h, place.inner_w) == (0, 76, 128, 72)
+    rgb = np.zeros((480, 270, 3), np.uint8)
+    image = place.image(rgb)
+    assert image.shape == (128, 224, 3)
+    assert (image[:, :76] == PAD_RGB).all() and (image[:, 76:148] == 0).all()
+    labels = np.zeros((480, 270), np.uint8)
+    labels[100:300, 50:200], labels[350:450, 20:120] = 1, 2
+    masks = place.masks(labels, (1, 2), 3)
+    assert masks.shape == (3, 128, 224) and not masks[:, :, :76].any() and not masks[2].any()
+    prob = np.concatenate([1 - masks[:2].sum(0, keepdims=True), masks[:2]])
+    back = place.labels(prob, (1, 2), 480, 270)
+    assert rs.iou(back, labels) > 0.95
+    assert not Placement.of((480, 854), (128, 224), "letterbox").padded  # 1.6 %: resized
+    stretch = Placement.of((480, 270), (128, 224), "stretch")
+    assert not stretch.padded and stretch.distorts((480, 270))
+
+
+def crop_9x16(src: Path, mask: Path, dest: Path) -> tuple[Path, Path]:
+    """A 270x480 (9:16) window of 854x480 frames and of their first mask, on the object."""
+    dest.mkdir()
+    for p in sorted(src.glob("*.jpg")):
+        Image.open(p).crop((300, 0, 570, 480)).save(dest / p.name, quality=95)
+    Image.open(mask).crop((300, 0, 570, 480)).save(dest.parent / "mask916.png")
+    return dest, dest.parent / "mask916.png"
+
+
+@pytest.mark.parametrize("fit, says", [
+    (None, r"letterboxed into 72x128 of the input \(fit=letterbox\)"),
+    ("stretch", r"stretched \(fit=stretch\)")])
+def test_another_aspect_ratio_is_said_and_masks_keep_the_frame_size(engine, clips, tmp_path,
+                                                                     fit, says):
+    """Before, a 9:16 video on 16:9 graphs was squeezed without a word."""
+    frames, mask = crop_9x16(*clips["blackswan"], tmp_path / "frames")
+    with Segmenter(engine, "ort-cpu", RuntimeConfig(fit=fit)) as seg, \
+            pytest.warns(UserWarning, match=says + r".*`--size 224 128` would fit"):
+        log = segment_video(seg, frames, mask, tmp_path / "out")
+    assert log["config"]["fit"] == (fit or "letterbox")
+    out = pngs(tmp_path / "out")
+    assert [o.shape for o in out] == [(480, 270)] * 5
+    assert np.array_equal(out[0], read_mask(mask))  # frame 0 is the given mask
+    assert all(o.any() for o in out)
+
+
+def test_frames_changing_size_or_colour_mode(engine, clips, tmp_path):
+    """Same aspect ratio: resized to the first frame's size with a warning; grayscale among RGB:
+    converted with a warning; another aspect ratio: refused naming the frame."""
+    src, mask = clips["blackswan"]
+    d = tmp_path / "mixed"
+    shutil.copytree(src, d)
+    Image.open(d / "00002.jpg").resize((427, 240)).save(d / "00002.jpg")
+    Image.open(d / "00003.jpg").convert("L").save(d / "00003.jpg")
+    with Segmenter(engine, "ort-cpu") as seg:
+        with pytest.warns(UserWarning) as record:
+            segment_video(seg, d, mask, tmp_path / "out")
+        said = " | ".join(str(w.message) for w in record)
+        assert "frame 00002.jpg is 427x240, the first frame 854x480: resizing it" in said
+        assert "frame 00003.jpg has colour mode L, the first frame RGB: converted" in said
+        assert [o.shape for o in pngs(tmp_path / "out")] == [(480, 854)] * 5
+        Image.open(d / "00004.jpg").resize((320, 240)).save(d / "00004.jpg")
+        with pytest.raises(InputError, match=r"frame 00004.jpg is 320x240 but the first frame "
+                                             r"is 854x480 \(another aspect ratio\)"):
+            segment_video(seg, d, mask, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

@@ -139,6 +139,14 @@ def test_corrupt_frames(ok, tmp_path, capsys):
     assert "00002.jpg" in refuse(capsys, tmp_path, **{**ok, "input": bad})
 
 
+def test_frame_of_another_aspect_ratio_mid_video(ok, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(ok["input"], bad)
+    Image.open(bad / "00002.jpg").resize((320, 240)).save(bad / "00002.jpg")
+    msg = refuse(capsys, tmp_path, **{**ok, "input": bad})
+    assert "frame 00002.jpg is 320x240 but the first frame is 854x480" in msg
+
+
 def test_corrupt_and_empty_video(ok, tmp_path, capsys):
     v = tmp_path / "v.mp4"
     v.write_bytes(os.urandom(4096))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,71 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise here
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError,
+            IndexError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        raise CheckpointError(_why_unreadable(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+# What torch's weights-only loader rebuilds: tensors, storages and ordered dicts.
+_SAFE_MODULES = ("torch", "collections")
+
+
+def _why_unreadable(path: Path, error: BaseException) -> str:
+    """One line in our words for a file torch.load(weights_only=True) refused: not a
+    checkpoint at all, a pickle that would import code (refused), or torch's own reason
+    (never its advice to load with weights_only=False)."""
+    if path.stat().st_size == 0:
+        return f"{path} is empty: not a PyTorch checkpoint"
+    names = _pickled_globals(path)
+    if names is None:
+        return f"{path} is not a PyTorch checkpoint (not a torch.save archive or pickle)"
+    unsafe = sorted({n for n in names if n.split(".")[0] not in _SAFE_MODULES})
+    if unsafe:
+        return (f"refused: {path} would import {', '.join(unsafe[:3])} when unpickled (code, "
+                "not weights); only tensors and plain containers are loaded: save the weights "
+                "with torch.save(model.state_dict(), ...)")
+    reason = str(error).split("WeightsUnpickler error:")[-1]
+    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()
+             and "weights_only" not in ln and "torch.load" not in ln]
+    return f"{path} is not a readable PyTorch checkpoint: {lines[0] if lines else type(error).__name__}"
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """module.name of every global the checkpoint's pickle(s) would import, read without
+    unpickling; None when the file is neither torch's zip format nor a pickle."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            pkls = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not pkls:
+                return None
+            data = z.read(pkls[0])
+    else:
+        data = path.read_bytes()
+    if data[:1] != b"\x80":  # PROTO: every pickle torch writes starts with it
+        return None
+    names: list[str] = []
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):  # legacy files hold several pickles in a row
+            strings: list[str] = []
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+            if stream.tell() < len(data) and data[stream.tell():stream.tell() + 1] != b"\x80":
+                break  # tensor bytes follow the pickles in legacy files
+    except (ValueError, EOFError, pickle.PickleError, UnicodeDecodeError):
+        return names or None
+    return names
 
 
 def official_config(state: dict[str, torch.Tensor]) -> ModelConfig:

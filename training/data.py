@@ -1,7 +1,9 @@
-"""Training data: DAVIS/YouTube-VOS layout videos and static-image pseudo-videos.
+"""Training data: DAVIS-layout videos, static-image pseudo-videos and copy-paste clips.
 
-Every sample is 3 frames + per-object masks, drawn from a generator seeded by (seed, step), so a
-resumed run sees exactly the samples an uninterrupted one would.
+Every sample is 3 frames + per-object masks (+ corrupted masks for the QAM score), drawn from a
+generator seeded by (seed, step), so a resumed run sees exactly the samples an uninterrupted one
+would. Sequences are held at a larger size than the inference size and every clip is taken at
+a random scale of it, so the model meets objects at the sizes a larger export shows them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from training import augment
+from training.copy_paste import Cutout, paste, trajectory
+from training.mask_corruption import corrupt_masks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -96,125 +102,171 @@ def read_split(root: str | Path, split_file: str | Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-# ---------------------------------------------------------------- augmentation
-
-
-def _color_jitter(rng: np.random.Generator, img: np.ndarray, strength: float) -> np.ndarray:
-    x = img.astype(np.float32)
-    x = x * rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength)  # brightness
-    mean = x.mean()
-    x = (x - mean) * rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength) + mean  # contrast
-    gray = x.mean(axis=2, keepdims=True)
-    x = (x - gray) * rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength) + gray  # saturation
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def _random_affine(rng: np.random.Generator, h: int, w: int, degrees: float, scale: float,
-                   shear: float, translate: float) -> np.ndarray:
-    angle = rng.uniform(-degrees, degrees)
-    s = rng.uniform(1 - scale, 1 + scale)
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, s)
-    m[0, 1] += np.tan(np.radians(rng.uniform(-shear, shear)))
-    m[:, 2] += rng.uniform(-translate, translate, size=2) * np.array([w, h])
-    return m
-
-
-def _warp(img: np.ndarray, lab: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h, w = lab.shape
-    img = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    lab = cv2.warpAffine(lab, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-    return img, lab
-
-
-def _crop(rng: np.random.Generator, frames: list[np.ndarray], labels: list[np.ndarray],
-          crop: tuple[int, int], target: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A random crop (same for all frames), preferring crops where the target is visible."""
-    h, w = labels[0].shape
-    ch, cw = crop
-    best = (0, 0)
-    for _ in range(10):
-        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        best = (y, x)
-        if (labels[0][y:y + ch, x:x + cw] == target).sum() > 0.01 * ch * cw:
-            break
-    y, x = best
-    return ([f[y:y + ch, x:x + cw] for f in frames], [lb[y:y + ch, x:x + cw] for lb in labels])
+# ---------------------------------------------------------------- samples
 
 
 @dataclass(frozen=True)
 class SampleSpec:
+    """crop: output (H, W); num_objects: object channels (padded with empty, invalid objects);
+    image_size: the inference size scales are relative to; scale_range: (min, max) scale of the
+    frame before cropping, log-uniform (1 = the inference size)."""
+
     crop: tuple[int, int]
-    num_objects: int  # objects per sample (padded with empty, invalid objects)
+    num_objects: int
+    image_size: tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass
 class Sample:
-    """frames: (3, H, W, 3) uint8; masks: (3, N, H, W) float32; object_valid: (N,) float32"""
+    """frames: (3, H, W, 3) uint8; masks: (3, N, H, W) float32; object_valid: (N,) float32;
+    qam_masks: (N, H, W) float32 corrupted versions of frame 2's masks (QAM score targets)."""
 
     frames: np.ndarray
     masks: np.ndarray
     object_valid: np.ndarray
+    qam_masks: np.ndarray
 
 
-def _to_sample(frames: list[np.ndarray], labels: list[np.ndarray], objects: list[int],
-               n: int) -> Sample:
+Clip = tuple[list[np.ndarray], list[np.ndarray]]  # 3 frames (H, W, 3), 3 label maps (H, W)
+
+
+def _to_sample(rng: np.random.Generator, frames: list[np.ndarray], labels: list[np.ndarray],
+               objects: list[int], n: int) -> Sample:
     masks = np.zeros((3, n) + labels[0].shape, np.float32)
     valid = np.zeros(n, np.float32)
     for i, obj in enumerate(objects[:n]):
         for t in range(3):
             masks[t, i] = labels[t] == obj
         valid[i] = 1.0
-    return Sample(np.stack(frames), masks, valid)
+    return Sample(np.stack(frames), masks, valid, corrupt_masks(rng, masks[2]))
+
+
+def _visible(labels: list[np.ndarray]) -> list[int]:
+    """Object ids present in the first frame (only those can be given as the reference)."""
+    return [o for o in np.unique(labels[0]).tolist() if o != 0]
+
+
+def _frame_indices(rng: np.random.Generator, length: int, max_skip: int) -> list[int]:
+    skip = max(1, min(max_skip, (length - 1) // 2))
+    i0 = int(rng.integers(0, length - 2))
+    i1 = min(i0 + int(rng.integers(1, skip + 1)), length - 2)
+    i2 = min(i1 + int(rng.integers(1, skip + 1)), length - 1)
+    idx = [i0, i1, i2]
+    return idx[::-1] if rng.random() < 0.5 else idx  # play backwards half the time
+
+
+def _scale(rng: np.random.Generator, seq: Sequence, spec: SampleSpec) -> tuple[int, int]:
+    """Frame size for this clip: the inference size times a log-uniform scale, never smaller
+    than the crop and never larger than the stored frames."""
+    base = spec.image_size or seq.labels.shape[1:]
+    lo, hi = spec.scale_range
+    s = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    s = max(s, spec.crop[0] / base[0], spec.crop[1] / base[1])
+    h, w = seq.labels.shape[1:]
+    s = min(s, h / base[0], w / base[1])
+    return max(spec.crop[0], round(base[0] * s)), max(spec.crop[1], round(base[1] * s))
+
+
+def video_clip(rng: np.random.Generator, seq: Sequence, spec: SampleSpec, max_skip: int) -> Clip:
+    """Three frames in temporal order, at most `max_skip` apart, one scale/affine/flip for the
+    clip and colour jitter per frame, cropped to spec.crop around an object."""
+    idx = _frame_indices(rng, len(seq.frames), max_skip)
+    size = _scale(rng, seq, spec)
+    m = augment.random_affine(rng, *size, degrees=10, scale=0.1, shear=5, translate=0.05)
+    flip = rng.random() < 0.5
+    frames, labels = [], []
+    for i in idx:
+        img, lab = augment.warp(*augment.rescale(seq.frames[i], seq.labels[i], size), m)
+        if flip:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        frames.append(augment.maybe_blur(rng, augment.color_jitter(rng, img, 0.5), 0.1))
+        labels.append(lab)
+    objects = _visible(labels)
+    target = objects[int(rng.integers(len(objects)))] if objects else 1
+    return augment.crop(rng, frames, labels, spec.crop, target)
+
+
+def static_clip(rng: np.random.Generator, seq: Sequence, spec: SampleSpec) -> Clip:
+    """A pseudo-video (the paper's first stage): one annotated frame under three random
+    affine + perspective warps, colour jitter and blur."""
+    i = int(rng.integers(len(seq.frames)))
+    size = _scale(rng, seq, spec)
+    img0, lab0 = augment.rescale(seq.frames[i], seq.labels[i], size)
+    frames, labels = [], []
+    for _ in range(3):
+        m = augment.random_affine(rng, *size, degrees=20, scale=0.2, shear=10, translate=0.1)
+        m = augment.random_perspective(rng, *size, distortion=0.08) @ m
+        img, lab = augment.warp(img0, lab0, m)
+        frames.append(augment.maybe_blur(rng, augment.color_jitter(rng, img, 1.0), 0.3))
+        labels.append(lab)
+    objects = _visible(labels)
+    return augment.crop(rng, frames, labels, spec.crop, objects[0] if objects else 1)
+
+
+def any_clip(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSpec, max_skip: int,
+             static_fraction: float) -> Clip:
+    seq = seqs[int(rng.integers(len(seqs)))]
+    if rng.random() < static_fraction:
+        return static_clip(rng, seq, spec)
+    return video_clip(rng, seq, spec, max_skip)
 
 
 def video_sample(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSpec,
                  max_skip: int) -> Sample:
-    """Three frames in temporal order, at most `max_skip` apart, from one video."""
-    seq = seqs[int(rng.integers(len(seqs)))]
-    t = len(seq.frames)
-    skip = max(1, min(max_skip, (t - 1) // 2))
-    i0 = int(rng.integers(0, t - 2))
-    i1 = min(i0 + int(rng.integers(1, skip + 1)), t - 2)
-    i2 = min(i1 + int(rng.integers(1, skip + 1)), t - 1)
-    idx = [i0, i1, i2]
-    if rng.random() < 0.5:  # play backwards
-        idx = idx[::-1]
-    flip = rng.random() < 0.5
-    m = _random_affine(rng, *seq.labels.shape[1:], degrees=10, scale=0.15, shear=5, translate=0.05)
-    frames, labels = [], []
-    for i in idx:
-        img, lab = _warp(seq.frames[i], seq.labels[i], m)
-        if flip:
-            img, lab = img[:, ::-1], lab[:, ::-1]
-        frames.append(_color_jitter(rng, img, 0.5))
-        labels.append(lab)
-    objects = [o for o in np.unique(labels[0]).tolist() if o != 0]
+    frames, labels = video_clip(rng, seqs[int(rng.integers(len(seqs)))], spec, max_skip)
+    objects = _visible(labels)
     rng.shuffle(objects)
-    frames, labels = _crop(rng, frames, labels, spec.crop, objects[0] if objects else 1)
-    objects = [o for o in objects if (labels[0] == o).any()]
-    return _to_sample(frames, labels, objects, spec.num_objects)
+    return _to_sample(rng, frames, labels, objects, spec.num_objects)
 
 
 def static_sample(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSpec) -> Sample:
-    """A pseudo-video: one image and mask under three random affine/colour transforms."""
-    seq = seqs[int(rng.integers(len(seqs)))]
-    i = int(rng.integers(len(seq.frames)))
-    h, w = seq.labels.shape[1:]
-    frames, labels = [], []
-    for _ in range(3):
-        m = _random_affine(rng, h, w, degrees=20, scale=0.2, shear=10, translate=0.1)
-        img, lab = _warp(seq.frames[i], seq.labels[i], m)
-        frames.append(_color_jitter(rng, img, 1.0))
-        labels.append(lab)
-    objects = [o for o in np.unique(labels[0]).tolist() if o != 0]
-    frames, labels = _crop(rng, frames, labels, spec.crop, objects[0] if objects else 1)
-    objects = [o for o in objects if (labels[0] == o).any()]
-    return _to_sample(frames, labels, objects, spec.num_objects)
+    frames, labels = static_clip(rng, seqs[int(rng.integers(len(seqs)))], spec)
+    return _to_sample(rng, frames, labels, _visible(labels), spec.num_objects)
 
 
-def side_by_side(a: Sample, b: Sample) -> Sample:
+def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSpec,
+                      max_skip: int, static_fraction: float) -> Sample:
+    """A clip with objects of other clips pasted onto it, moving, until it holds
+    spec.num_objects objects: other videos' objects and, one time in four, a second copy of a
+    clip's own object (a look-alike distractor). Each paste goes in front of or behind what is
+    there, so objects occlude each other both ways; objects hidden in frame 0 are dropped."""
+    base = any_clip(rng, seqs, spec, max_skip, static_fraction)
+    frames = [f.copy() for f in base[0]]
+    labels = [lb.copy() for lb in base[1]]
+    objects = _visible(labels)[:1]
+    ch, cw = spec.crop
+    next_id = max(int(max(lb.max() for lb in labels)), 0) + 1
+    twin = bool(objects) and rng.random() < 0.25
+    for _ in range(8):  # a few tries: a donor may be absent from its own first frame
+        if len(objects) >= spec.num_objects:
+            break
+        if twin:  # the clip's own object again, elsewhere: same look, another identity
+            d_frames, d_labels, twin = base[0], base[1], False
+        else:
+            d_frames, d_labels = any_clip(rng, seqs, spec, max_skip, static_fraction)
+        d_objects = _visible(d_labels)
+        if not d_objects:
+            continue
+        cut = Cutout.from_clip(d_frames, d_labels, d_objects[0])
+        if cut is None:
+            continue
+        ph, pw = cut.masks[0].shape
+        fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
+        cut = cut.scaled(fit * float(rng.uniform(0.4, 1.0)))
+        positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3)
+        paste(frames, labels, cut, next_id, positions, in_front=rng.random() < 0.7)
+        objects = [o for o in objects if (labels[0] == o).any()]
+        if (labels[0] == next_id).any():
+            objects.append(next_id)
+        next_id += 1
+    rng.shuffle(objects)
+    return _to_sample(rng, frames, labels, objects, spec.num_objects)
+
+
+def side_by_side(rng: np.random.Generator, a: Sample, b: Sample) -> Sample:
     """Two single-object samples squeezed into one 2-object sample (left = 1, right = 2), the
-    recipe DAVIS-2016 data allows for multi-object training."""
+    recipe the DAVIS-2016 README suggests for multi-object videos."""
     t, h, w, _ = a.frames.shape
     half = w // 2
 
@@ -231,4 +283,4 @@ def side_by_side(a: Sample, b: Sample) -> Sample:
         masks[i, 1, :, half:2 * half] = squeeze(b.masks[i, 0], cv2.INTER_NEAREST)
     valid = np.zeros(n, np.float32)
     valid[:2] = [a.object_valid[0], b.object_valid[0]]
-    return Sample(frames, masks, valid)
+    return Sample(frames, masks, valid, corrupt_masks(rng, masks[2]))

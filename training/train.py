@@ -2,7 +2,11 @@
 
 Each step segments frames 1 and 2 of a 3-frame clip from the first frame's mask, memorising
 frame 1's own prediction (as at inference), and trains the QAM score to predict the IoU of those
-predictions. Samples and dropout are seeded by (seed, step), so `--resume` continues exactly.
+predictions and of deliberately corrupted masks (so it learns what a bad mask looks like).
+Samples and dropout are seeded by (seed, step), so `--resume` continues exactly; with
+`--resume-weights` (committed FP16 weights, no optimizer state) it continues with a fresh
+optimizer and a short learning-rate warm-up. Validation runs every `val_every` steps and the
+best checkpoint by validation J&F is kept beside the latest.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from training.data import (
     Sample,
     SampleSpec,
     Sequence,
+    copy_paste_sample,
     load_sequences,
     read_split,
     side_by_side,
@@ -42,7 +47,10 @@ from training.losses import BootstrapSchedule, bootstrapped_ce, mask_iou, qualit
 from training.model import QDMN, freeze_batchnorm, normalize_uint8
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
 LOG_NAME = "log.csv"
+VAL_NAME = "val.csv"
+HISTORY_NAME = "segments.txt"  # where each segment of the run started from
 
 
 @register_dataclass
@@ -58,8 +66,16 @@ class TrainConfig:
     crop_size: tuple[int, int] = (192, 320)
     batch_size: int = 4
     steps: int = 3000
+    # Frames are stored at image_size * scale_range[1] and each clip is taken at a log-uniform
+    # scale in scale_range of image_size, so a larger export still sees familiar object sizes.
+    scale_range: tuple[float, float] = (1.0, 1.0)
     static_fraction: float = 0.3  # share of static-image pseudo-videos among samples
-    multi_object_fraction: float = 0.25  # share of batches made of 2-object side-by-side clips
+    multi_object_fraction: float = 0.25  # share of batches with several objects
+    three_object_fraction: float = 0.0  # share of those with three objects (else two)
+    side_by_side_fraction: float = 1.0  # share of 2-object clips built side by side (else
+    # copy-paste: objects of other clips pasted, moving, in front of or behind the clip's own)
+    quality_weight: float = 1.0  # QAM loss on the model's own predictions
+    corrupt_quality_weight: float = 0.0  # QAM loss on corrupted ground-truth masks
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
@@ -75,7 +91,10 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     threads: int = 0  # 0: all cores
-    amp: bool = True  # mixed precision on CUDA only
+    amp: bool = True  # mixed precision on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU (FP32 master weights)
+    val_every: int = 0  # validate (and keep the best checkpoint) every N steps; 0: never
+    warmup_steps: int = 100  # lr ramp after a fresh-optimizer resume
 
     def __post_init__(self) -> None:
         for name in ("image_size", "crop_size"):
@@ -85,6 +104,15 @@ class TrainConfig:
         if any(c > s for c, s in zip(self.crop_size, self.image_size)):
             raise ConfigError(f"train.crop_size {self.crop_size} exceeds image_size {self.image_size}")
         object.__setattr__(self, "max_skip", tuple(tuple(x) for x in self.max_skip))
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"train.scale_range={self.scale_range}: expected 0 < min <= max")
+
+    @property
+    def load_size(self) -> tuple[int, int]:
+        """Size the training sequences are held at: the largest scale clips are taken at."""
+        s = self.scale_range[1]
+        return round(self.image_size[0] * s), round(self.image_size[1] * s)
 
     def skip_at(self, step: int) -> int:
         done = step / max(1, self.steps)
@@ -118,8 +146,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 
 
 def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
-                 object_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """frames: (B, 3, H, W, 3) uint8; masks: (B, 3, N, H, W) -> logits/probs/scores of frames 1, 2."""
+                 object_valid: torch.Tensor,
+                 qam_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """frames: (B, 3, H, W, 3) uint8; masks: (B, 3, N, H, W) -> logits/probs/scores of frames 1, 2
+    (+ `score_c`, the QAM scores of qam_masks (B, N, H, W) on frame 2, when given)."""
     b = frames.shape[0]
     images = [normalize_uint8(frames[:, t]) for t in range(3)]
     k0, v0, _ = model.encode_memory(images[0], masks[:, 0])
@@ -135,11 +165,16 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
         values.append(v)
         prev = prob[:, 1:]
         out[f"logits_{t}"], out[f"prob_{t}"], out[f"score_{t}"] = logits, prob, score
+    if qam_masks is not None:
+        out["score_c"] = model.encode_memory(images[2], qam_masks)[2]
     return out
 
 
 def clip_loss(out: dict[str, torch.Tensor], masks: torch.Tensor, object_valid: torch.Tensor,
-              p: float, score_activation: str) -> dict[str, torch.Tensor]:
+              p: float, score_activation: str, qam_masks: torch.Tensor | None = None,
+              weights: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
+    """Segmentation loss + weights[0] x QAM loss on the predictions + weights[1] x QAM loss on
+    the corrupted masks (when given)."""
     seg = qual = iou = 0.0
     for t in (1, 2):
         gt = masks[:, t]
@@ -150,29 +185,43 @@ def clip_loss(out: dict[str, torch.Tensor], masks: torch.Tensor, object_valid: t
                                    score_activation)
         ious = mask_iou(out[f"prob_{t}"][:, 1:].detach(), gt)
         iou = iou + (ious * object_valid).sum() / object_valid.sum().clamp(min=1) / 2
-    return {"loss": seg + qual, "seg_loss": seg, "quality_loss": qual, "iou": iou}
+    qual_c = torch.zeros(())
+    if qam_masks is not None and "score_c" in out:
+        qual_c = quality_loss(out["score_c"], qam_masks, masks[:, 2], object_valid,
+                              score_activation)
+    loss = seg + weights[0] * qual + weights[1] * qual_c
+    return {"loss": loss, "seg_loss": seg, "quality_loss": qual, "quality_loss_c": qual_c,
+            "iou": iou}
 
 
 def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample]:
+    """One batch; all its clips have the same number of object channels (1, 2 or 3)."""
     rng = np.random.default_rng([cfg.seed, step])
-    multi = rng.random() < cfg.multi_object_fraction
-    spec = SampleSpec(cfg.crop_size, 2 if multi else 1)
+    n = 1
+    if rng.random() < cfg.multi_object_fraction:
+        n = 3 if rng.random() < cfg.three_object_fraction else 2
+    spec = SampleSpec(cfg.crop_size, n, cfg.image_size, cfg.scale_range)
+    skip = cfg.skip_at(step)
 
-    def one() -> Sample:
+    def single() -> Sample:
         if rng.random() < cfg.static_fraction:
             return static_sample(rng, seqs, spec)
-        return video_sample(rng, seqs, spec, cfg.skip_at(step))
+        return video_sample(rng, seqs, spec, skip)
 
-    if multi:
-        return [side_by_side(one(), one()) for _ in range(cfg.batch_size)]
+    def one() -> Sample:
+        if n == 1:
+            return single()
+        if n == 2 and rng.random() < cfg.side_by_side_fraction:
+            return side_by_side(rng, single(), single())
+        return copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction)
+
     return [one() for _ in range(cfg.batch_size)]
 
 
 def collate(samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, ...]:
-    frames = torch.from_numpy(np.stack([s.frames for s in samples])).to(device)
-    masks = torch.from_numpy(np.stack([s.masks for s in samples])).to(device)
-    valid = torch.from_numpy(np.stack([s.object_valid for s in samples])).to(device)
-    return frames, masks, valid
+    """-> frames, masks, object_valid, qam_masks as tensors on `device`."""
+    return tuple(torch.from_numpy(np.stack([getattr(s, k) for s in samples])).to(device)
+                 for k in ("frames", "masks", "object_valid", "qam_masks"))
 
 
 # ---------------------------------------------------------------- the loop
@@ -190,58 +239,110 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
+        self.warmup_from: int | None = None  # step of a fresh-optimizer resume
+        self.best_jf = -math.inf
+        self.val_videos: list[Any] = []  # training.validation.ValVideo, set by the caller
 
     @property
     def use_amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
 
+    def autocast(self) -> torch.autocast:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", enabled=self.use_amp)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16)
+
+    def lr_at(self, step: int) -> float:
+        lr = self.cfg.lr_at(step)
+        if self.warmup_from is not None and self.cfg.warmup_steps > 0:
+            lr *= min(1.0, (step - self.warmup_from + 1) / self.cfg.warmup_steps)
+        return lr
+
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"config": {"model": self.cfg.model.to_dict(),
                            "image_size": list(self.cfg.image_size),
                            "train": self.cfg.to_dict()},
-                "step": self.step}
+                "step": self.step, "best_jf": self.best_jf, "warmup_from": self.warmup_from}
 
-    def save(self) -> Path:
+    def save(self, name: str = CHECKPOINT_NAME, optimizer: bool = True) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / CHECKPOINT_NAME
+        path = self.out_dir / name
         tmp = path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    **self.checkpoint_meta()}, tmp)
+        state = {"model": self.model.state_dict(), **self.checkpoint_meta()}
+        if optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        torch.save(state, tmp)
         os.replace(tmp, path)
         return path
+
+    def note(self, text: str) -> None:
+        """Append a line to the run's segment history (where each segment started from)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.out_dir / HISTORY_NAME, "a") as f:
+            f.write(f"{stamp} step {self.step}: {text}\n")
+
+    def _check_model_config(self, obj: dict[str, Any], path: Path) -> None:
+        saved = obj.get("config", {}).get("model")
+        if saved is not None and saved != self.cfg.model.to_dict():
+            raise ConfigError(f"{path} was trained with another model config; use a new out_dir")
 
     def resume(self) -> bool:
         path = self.out_dir / CHECKPOINT_NAME
         if not path.is_file():
             return False
         obj = read_checkpoint(path)
-        saved = obj.get("config", {}).get("train", {}).get("model")
-        if saved is not None and saved != self.cfg.model.to_dict():
-            raise ConfigError(f"{path} was trained with another model config; use a new out_dir")
+        self._check_model_config(obj, path)
         load_state(self.model, obj["model"], str(path))
         self.optimizer.load_state_dict(obj["optimizer"])
         self.step = int(obj["step"])
+        self.best_jf = float(obj.get("best_jf", -math.inf))
+        self.warmup_from = obj.get("warmup_from")
         self._truncate_log()
         return True
 
+    def load_weights(self, path: str | Path, *, continue_run: bool) -> None:
+        """Start from weights without optimizer state (e.g. committed FP16 weights).
+
+        continue_run: take the step (and best J&F) recorded with them and warm the fresh
+        optimizer up over `warmup_steps`; else start at step 0 (initialisation only).
+        """
+        path = Path(path)
+        obj = read_checkpoint(path)
+        self._check_model_config(obj, path)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()}
+        load_state(self.model, state, str(path))
+        if continue_run:
+            self.step = int(obj.get("step", 0))
+            self.best_jf = float(obj.get("best_jf", -math.inf))
+            self.warmup_from = self.step
+            self._truncate_log()
+
     def _truncate_log(self) -> None:
         """Drop log rows past the checkpoint: those steps are about to be trained again."""
-        path = self.out_dir / LOG_NAME
-        if path.is_file():
-            lines = path.read_text().splitlines(keepends=True)
-            keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= self.step]
-            path.write_text("".join(keep))
+        for name in (LOG_NAME, VAL_NAME):
+            path = self.out_dir / name
+            if path.is_file():
+                lines = path.read_text().splitlines(keepends=True)
+                keep = lines[:1] + [ln for ln in lines[1:]
+                                    if int(ln.split(",", 1)[0]) <= self.step]
+                path.write_text("".join(keep))
 
     def train_step(self, seqs: list[Sequence]) -> dict[str, float]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout, exactly resumable
-        frames, masks, valid = collate(make_batch(cfg, seqs, self.step), self.device)
+        frames, masks, valid, qam_masks = collate(make_batch(cfg, seqs, self.step), self.device)
+        use_corrupt = cfg.corrupt_quality_weight > 0
+        lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr_at(self.step)
+            group["lr"] = lr
         p = cfg.bootstrap.fraction(self.step)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            out = forward_clip(self.model, frames, masks, valid)
-        losses = clip_loss(out, masks, valid, p, cfg.model.score_activation)
+        with self.autocast():
+            out = forward_clip(self.model, frames, masks, valid,
+                               qam_masks if use_corrupt else None)
+        losses = clip_loss(out, masks, valid, p, cfg.model.score_activation,
+                           qam_masks if use_corrupt else None,
+                           (cfg.quality_weight, cfg.corrupt_quality_weight))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -250,7 +351,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         stats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
-        stats.update(p=p, lr=cfg.lr_at(self.step - 1))
+        stats.update(p=p, lr=lr)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"loss is {stats['loss']} at step {self.step}")
         return stats
@@ -261,7 +362,8 @@ class Trainer:
         log_path = self.out_dir / LOG_NAME
         self.out_dir.mkdir(parents=True, exist_ok=True)
         history = []
-        fields = ["step", "loss", "seg_loss", "quality_loss", "iou", "p", "lr", "sec"]
+        fields = ["step", "loss", "seg_loss", "quality_loss", "quality_loss_c", "iou", "p", "lr",
+                  "sec"]
         new_log = not log_path.is_file()
         with open(log_path, "a", newline="") as f, \
                 tqdm(total=end, initial=self.step, desc="train", disable=quiet) as bar:
@@ -278,33 +380,57 @@ class Trainer:
                     f.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.3f}")
+                validate_now = (self.cfg.val_every and self.val_videos
+                                and (self.step % self.cfg.val_every == 0 or self.step == end))
+                if validate_now:
+                    f.flush()
+                    self.validate_and_keep_best()
                 if self.step % self.cfg.ckpt_every == 0 or self.step == end:
                     self.save()
         return history
 
+    def validate_and_keep_best(self) -> dict[str, Any]:
+        """Validation row appended to val.csv; best.pt replaced when J&F improves."""
+        t0 = time.perf_counter()
+        row = validate(self)
+        row["sec"] = round(time.perf_counter() - t0, 1)
+        if row["jf_all"] > self.best_jf:
+            self.best_jf = row["jf_all"]
+            self.save(BEST_NAME, optimizer=False)
+            row["best"] = 1
+        path = self.out_dir / VAL_NAME
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        return row
 
-def validate(trainer: Trainer, names: list[str]) -> dict[str, float]:
-    """J&F of the PyTorch reference inference on the held-out sequences (DAVIS toolkit rules),
-    appended to out_dir/val.csv."""
-    # The metric code is numpy-only and shared with the benchmarks; imported here so training
-    # without --validate does not need it.
-    from benchmarks.evaluate import evaluate_sequences
+
+def validate(trainer: Trainer) -> dict[str, Any]:
+    """J&F (one and two objects) and QAM statistics of the PyTorch reference inference on the
+    held-out videos."""
     from training.reference import ReferenceSegmenter
+    from training.validation import validate as run_validation
 
     cfg = trainer.cfg
-    seg = ReferenceSegmenter(trainer.model.eval(), size=cfg.image_size,
-                             threads=cfg.threads or None)
-    summary = evaluate_sequences(lambda: seg, cfg.data_root, names).summary()
-    trainer.model.train()
-    freeze_batchnorm(trainer.model)
-    row = {"step": trainer.step, "jf": summary.jf_mean, "j": summary.j_mean, "f": summary.f_mean}
-    path = trainer.out_dir / "val.csv"
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    model = trainer.model.eval()
+    seg = ReferenceSegmenter(model, size=cfg.image_size, threads=cfg.threads or None)
+    try:
+        report, _ = run_validation(model, trainer.val_videos, cfg.image_size, lambda: seg)
+    finally:
+        trainer.model.train()
+        freeze_batchnorm(trainer.model)
+    q = report.quality
+    row: dict[str, Any] = {"step": trainer.step, "jf_all": round(report.jf_all, 4),
+                           "jf_single": round(report.jf_single, 4),
+                           "jf_multi": round(report.jf_multi, 4)}
+    if q is not None:
+        row.update(qam_pearson=round(q.pearson, 4), gate_reject_bad=round(q.reject_bad, 4),
+                   gate_accept_good=round(q.accept_good, 4))
+    row.update({f"jf_{k}": round(v, 4) for k, v in report.jf.items()})
+    row["best"] = 0
     return row
 
 
@@ -321,10 +447,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
+    ap.add_argument("--resume-weights", metavar="PATH",
+                    help="when out_dir has no checkpoint: continue from these weights (their "
+                         "recorded step) with a fresh optimizer and a warm-up")
+    ap.add_argument("--init", metavar="PATH",
+                    help="when out_dir has no checkpoint: initialise from these weights, step 0")
     ap.add_argument("--steps", type=int, help="stop at this step (default: config steps)")
     ap.add_argument("--out-dir", help="override the config's out_dir")
     ap.add_argument("--validate", action="store_true",
-                    help="after training, report J&F on the config's val_sequences")
+                    help="after training, report validation J&F on the config's val_sequences")
     ap.add_argument("--export-fp16", metavar="PATH",
                     help="after training, write FP16 weights + config (no optimizer) here")
     args = ap.parse_args(argv)
@@ -333,15 +464,32 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         train_names, val_names = split_sequences(cfg)
-        seqs = load_sequences(cfg.data_root, train_names, cfg.image_size)
+        seqs = load_sequences(cfg.data_root, train_names, cfg.load_size)
         trainer = Trainer(cfg)
         if args.resume and trainer.resume():
             print(f"resumed from step {trainer.step}", file=sys.stderr)
+            trainer.note(f"resumed from {trainer.out_dir / CHECKPOINT_NAME} (optimizer included)")
+        elif args.resume_weights:
+            trainer.load_weights(args.resume_weights, continue_run=True)
+            trainer.note(f"continued from weights {args.resume_weights} with a fresh optimizer "
+                         f"({cfg.warmup_steps}-step warm-up)")
+        elif args.init:
+            trainer.load_weights(args.init, continue_run=False)
+            trainer.note(f"initialised from weights {args.init}, fresh optimizer")
+        else:
+            trainer.note("started from the ImageNet backbone")
+        trainer.note(f"train on {len(seqs)} sequences, cpu_bf16={cfg.cpu_bf16}, "
+                     f"threads={cfg.threads or torch.get_num_threads()}, target step "
+                     f"{args.steps or cfg.steps}")
+        if val_names and (cfg.val_every or args.validate):
+            from training.validation import load_val_videos
+
+            trainer.val_videos = load_val_videos(cfg.data_root, val_names)
         trainer.fit(seqs, args.steps)
-        if args.validate and val_names:
-            row = validate(trainer, val_names)
-            print(f"validation at step {row['step']} on {', '.join(val_names)}: "
-                  f"J&F {row['jf']:.3f}  J {row['j']:.3f}  F {row['f']:.3f}")
+        if args.validate and trainer.val_videos:
+            row = validate(trainer)
+            print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "
+                  f"two objects {row['jf_multi']:.3f}, QAM pearson {row.get('qam_pearson')}")
         if args.export_fp16:
             save_weights(trainer.model, args.export_fp16, trainer.checkpoint_meta(), half=True)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -1,0 +1,107 @@
+"""Where a frame lands in the graphs' fixed (H, W) input, and how masks come back from it.
+
+Graphs are exported for one static size. A frame whose aspect ratio matches it (within
+ASPECT_TOLERANCE, e.g. 854x480 into 432x240) is simply resized, as in training. Another aspect
+ratio (a 9:16 phone video on 16:9 graphs) is handled by `fit`:
+
+    letterbox  resized to fit inside (H, W) keeping its aspect ratio, centred, the rest padded
+               with the normalisation mean (zero after normalisation); objects are kept out of
+               the padding, and masks are cropped back out of it (as detection runtimes do).
+    stretch    resized to (H, W) whatever the distortion (a 9:16 frame on 16:9 graphs is
+               squeezed 3.2x vertically).
+
+The default is the one that kept J&F on 9:16 crops of DAVIS clips (see DEFAULT_FIT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.frames import onehot, prob_to_labels, resize_frame
+
+FITS = ("letterbox", "stretch")
+# benchmarks/aspect_fit.py, shipped model on 240x432 graphs, the 3 held-out DAVIS-2016 clips
+# cropped to 9:16: J&F letterbox 0.49 vs stretch 0.28; cropped to 1:1: 0.64 vs 0.53
+# (benchmarks/results/aspect_fit/aspect_fit.json).
+DEFAULT_FIT = "letterbox"
+ASPECT_TOLERANCE = 0.02  # relative aspect difference resized without padding
+PAD_RGB = (124, 116, 104)  # the ImageNet mean the graphs subtract: zero after normalisation
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A (h0, w0) frame's box inside the (height, width) graph input: rows top..top+inner_h,
+    columns left..left+inner_w (the whole input unless letterboxed)."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+    inner_h: int
+    inner_w: int
+
+    @classmethod
+    def of(cls, frame_hw: tuple[int, int], graph_hw: tuple[int, int], fit: str) -> Placement:
+        (h0, w0), (h, w) = frame_hw, graph_hw
+        if fit not in FITS:
+            raise ValueError(f"fit {fit!r} not in {FITS}")
+        if fit == "stretch" or abs((w0 / h0) / (w / h) - 1.0) <= ASPECT_TOLERANCE:
+            return cls(h, w, 0, 0, h, w)
+        scale = min(h / h0, w / w0)
+        ih, iw = max(1, min(h, round(h0 * scale))), max(1, min(w, round(w0 * scale)))
+        return cls(h, w, (h - ih) // 2, (w - iw) // 2, ih, iw)
+
+    def distorts(self, frame_hw: tuple[int, int]) -> bool:
+        """Whether the frame's aspect ratio changes on its way into the graphs."""
+        (h0, w0) = frame_hw
+        return abs((w0 / h0) / (self.inner_w / self.inner_h) - 1.0) > ASPECT_TOLERANCE
+
+    @property
+    def padded(self) -> bool:
+        return (self.inner_h, self.inner_w) != (self.height, self.width)
+
+    def image(self, rgb: np.ndarray) -> np.ndarray:
+        """(h0, w0, 3) uint8 -> (height, width, 3) uint8 graph input."""
+        if not self.padded:
+            return resize_frame(rgb, self.height, self.width)
+        out = np.empty((self.height, self.width, 3), np.uint8)
+        out[:] = PAD_RGB
+        out[self._box] = resize_frame(rgb, self.inner_h, self.inner_w)
+        return out
+
+    def masks(self, labels: np.ndarray, ids: tuple[int, ...], n: int) -> np.ndarray:
+        """(h0, w0) ids -> (n, height, width) float32 one-hot, zero in the padding."""
+        if not self.padded:
+            return onehot(labels, ids, n, self.height, self.width)
+        out = np.zeros((n, self.height, self.width), np.float32)
+        out[(slice(None), *self._box)] = onehot(labels, ids, n, self.inner_h, self.inner_w)
+        return out
+
+    def clear_padding(self, probs: np.ndarray) -> None:
+        """Zero the object probabilities (N, H, W) outside the frame, in place."""
+        if self.padded:
+            keep = np.zeros((self.height, self.width), bool)
+            keep[self._box] = True
+            probs[:, ~keep] = 0.0
+
+    def labels(self, prob: np.ndarray, ids: tuple[int, ...], h0: int, w0: int) -> np.ndarray:
+        """prob (C, height, width), background first -> (h0, w0) uint8 ids of the frame."""
+        return prob_to_labels(prob[(slice(None), *self._box)], ids, h0, w0)
+
+    @property
+    def _box(self) -> tuple[slice, slice]:
+        return (slice(self.top, self.top + self.inner_h),
+                slice(self.left, self.left + self.inner_w))
+
+
+
+def export_size(frame_hw: tuple[int, int], graph_hw: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) with the frame's aspect ratio and about the graphs' pixel count, multiples of 16:
+    the `--size` to export for videos of this shape."""
+    (h0, w0), (h, w) = frame_hw, graph_hw
+    area = h * w
+    eh = max(16, round((area * h0 / w0) ** 0.5 / 16) * 16)
+    ew = max(16, round((area * w0 / h0) ** 0.5 / 16) * 16)
+    return eh, ew

@@ -1,0 +1,116 @@
+"""Validation report of a trained checkpoint (dev tool, needs the DAVIS-2016 copy):
+
+    python scripts/model_report.py models/qdmn-light.pth --data ../shared/data/DAVIS2016 \
+        --out models/report [--sizes 240x432 480x864] [--threads 2]
+
+For each size the checkpoint is exported (ONNX, 2 objects) and run by the runtime on ONNX
+Runtime CPU over the held-out videos (one object; two objects side by side and copy-paste);
+the PyTorch reference runs at the first size. Writes report.json (J&F per video, one- and
+two-object means, runtime vs reference), the QAM score-vs-IoU points (CSV) and scatter plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from runtime.segmenter import Segmenter
+from training.checkpoint import load_model
+from training.reference import ReferenceSegmenter
+from training.validation import (
+    DEFAULT_NAMES,
+    GATE_SIGMA,
+    QualityStats,
+    ValReport,
+    load_val_videos,
+    validate,
+    write_quality_points,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export(ckpt: Path, size: tuple[int, int], out: Path) -> Path:
+    if not (out / "manifest.json").is_file():
+        subprocess.run([sys.executable, str(REPO / "export/to_onnx.py"), str(ckpt), "--out",
+                        str(out), "--size", str(size[0]), str(size[1]), "--max-objects", "2"],
+                       check=True)
+    return out
+
+
+def summary(report: ValReport) -> dict[str, object]:
+    out: dict[str, object] = {"jf_single": round(report.jf_single, 4),
+                              "jf_multi": round(report.jf_multi, 4),
+                              "jf_per_video": {k: round(v, 4) for k, v in report.jf.items()}}
+    q = report.quality
+    if q is not None:
+        out["qam"] = {"pearson": round(q.pearson, 4), "gate_rejects_iou_below_0.5":
+                      round(q.reject_bad, 4), "gate_accepts_iou_above_0.8": round(q.accept_good, 4),
+                      "frames": q.n_frames, "sigma": GATE_SIGMA}
+    return out
+
+
+def scatter(stats: QualityStats, path: Path, title: str) -> None:
+    pts = np.array(stats.points)
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+    ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.5)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("true IoU of the predicted mask")
+    ax.set_ylabel("QAM score")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{title}\nPearson r = {stats.pearson:.2f} over {len(pts)} object-frames")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--sizes", nargs="+", default=["240x432", "480x864"])
+    ap.add_argument("--engines", type=Path, default=REPO / "engines" / "report")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    args.out.mkdir(parents=True, exist_ok=True)
+    videos = load_val_videos(args.data, args.names)
+    model, _ = load_model(args.checkpoint)
+    result: dict[str, object] = {"checkpoint": args.checkpoint.name, "videos": [v.name for v in videos]}
+
+    ref = ReferenceSegmenter(model, size=sizes[0], threads=args.threads)
+    report, _ = validate(model, videos, sizes[0], lambda: ref, progress=True)
+    result[f"reference_{args.sizes[0]}"] = summary(report)
+    assert report.quality is not None
+    write_quality_points(report.quality, args.out / "qam_points.csv")
+    scatter(report.quality, args.out / "qam_vs_iou.png",
+            f"QAM score vs true IoU, held-out videos ({args.sizes[0]})")
+
+    for size, name in zip(sizes, args.sizes):
+        engine = export(args.checkpoint, size, args.engines / f"{args.checkpoint.stem}-{name}")
+        seg = Segmenter(engine, backend="ort-cpu")
+        try:
+            rep, _ = validate(model, videos, size, lambda s=seg: s, with_quality=False,
+                              progress=True)
+        finally:
+            seg.close()
+        result[f"runtime_ort_cpu_{name}"] = summary(rep)
+    (args.out / "report.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

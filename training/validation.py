@@ -1,0 +1,229 @@
+"""Validation on held-out videos: J&F with one and two objects, and whether QAM scores track
+the real mask quality.
+
+The held-out sequences give the single-object videos; two-object videos are built from them
+the two ways training builds multi-object clips (side by side, and one sequence's object pasted,
+moving, onto another's frames), so the multi-object number is about unseen objects too.
+
+    python -m training.validation --data ../shared/data/DAVIS2016 --write runs/val-videos
+writes them in the DAVIS layout for `benchmarks/evaluate.py --data runs/val-videos` (runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from benchmarks.metrics import evaluate_sequence
+from runtime.frames import save_palette_png
+from training.copy_paste import Cutout, paste
+from training.data import IMAGE_EXTS, read_label_png
+from training.model import QDMN, normalize_uint8
+
+DEFAULT_NAMES = ("blackswan", "cows", "libby")
+GATE_SIGMA = 0.8  # the paper's memory threshold, the runtime default
+
+
+@dataclass
+class ValVideo:
+    """frames: (T, H, W, 3) uint8 RGB; labels: (T, H, W) uint8 ids; objects: 1 or 2."""
+
+    name: str
+    frames: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.labels[0].max())
+
+
+def read_video(root: Path, name: str) -> ValVideo:
+    frame_dir = root / "JPEGImages" / "480p" / name
+    paths = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    frames = np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in paths])
+    labels = np.stack([read_label_png(root / "Annotations" / "480p" / name / f"{p.stem}.png")
+                       for p in paths])
+    return ValVideo(name, frames, (labels > 0).astype(np.uint8))
+
+
+def side_by_side_video(a: ValVideo, b: ValVideo) -> ValVideo:
+    """a's object (1) on the left half, b's (2) on the right, each squeezed to half width."""
+    t = min(len(a.frames), len(b.frames))
+    h, w = a.labels.shape[1:]
+    half = (w // 2, h)
+    frames = np.stack([np.concatenate([cv2.resize(a.frames[i], half, interpolation=cv2.INTER_AREA),
+                                       cv2.resize(b.frames[i], half, interpolation=cv2.INTER_AREA)],
+                                      1) for i in range(t)])
+    labels = np.stack([np.concatenate([cv2.resize(a.labels[i], half, interpolation=cv2.INTER_NEAREST),
+                                       2 * cv2.resize(b.labels[i], half,
+                                                      interpolation=cv2.INTER_NEAREST)], 1)
+                       for i in range(t)])
+    return ValVideo(f"{a.name}+{b.name}", frames, labels)
+
+
+def pasted_video(background: ValVideo, donor: ValVideo, scale: float = 0.6) -> ValVideo:
+    """donor's object (2) cut out per frame and pasted in front of background's (1), drifting
+    across the frame from left to right, so it passes over the other object and the scene."""
+    t = min(len(background.frames), len(donor.frames))
+    frames = [f.copy() for f in background.frames[:t]]
+    labels = [lb.copy() for lb in background.labels[:t]]
+    h, w = labels[0].shape
+    for i in range(t):
+        cut = Cutout.from_clip([donor.frames[i]], [donor.labels[i]], 1)
+        if cut is None:
+            continue
+        cut = cut.scaled(scale)
+        ph, pw = cut.masks[0].shape
+        x = round((w - pw) * (0.1 + 0.8 * i / max(t - 1, 1)))
+        y = round(0.55 * (h - ph))
+        paste(frames[i:i + 1], labels[i:i + 1], cut, 2, [(y, x)], in_front=True)
+    return ValVideo(f"{background.name}*{donor.name}", np.stack(frames), np.stack(labels))
+
+
+def load_val_videos(root: str | Path, names: Sequence[str] = DEFAULT_NAMES) -> list[ValVideo]:
+    """The single-object videos, then two two-object videos built from them."""
+    singles = [read_video(Path(root), n) for n in names]
+    pairs = []
+    if len(singles) >= 3:
+        pairs = [side_by_side_video(singles[1], singles[2]), pasted_video(singles[0], singles[2])]
+    return singles + pairs
+
+
+def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
+    """Write videos in the DAVIS layout (JPEG frames, palette PNG masks, ImageSets/val.txt)."""
+    root = Path(root)
+    for v in videos:
+        fdir, mdir = root / "JPEGImages/480p" / v.name, root / "Annotations/480p" / v.name
+        fdir.mkdir(parents=True, exist_ok=True)
+        mdir.mkdir(parents=True, exist_ok=True)
+        for i, (frame, lab) in enumerate(zip(v.frames, v.labels)):
+            cv2.imwrite(str(fdir / f"{i:05d}.jpg"), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            save_palette_png(lab, mdir / f"{i:05d}.png")
+    (root / "ImageSets").mkdir(exist_ok=True)
+    (root / "ImageSets" / "val.txt").write_text("".join(f"{v.name}\n" for v in videos))
+    return root
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class QualityStats:
+    """QAM score against the true IoU of the model's own masks, over validation frames."""
+
+    pearson: float
+    reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
+    accept_good: float  # share of frames with IoU > 0.8 the gate accepts
+    n_frames: int
+    points: list[tuple[float, float]] = field(default_factory=list)  # (IoU, score) per object
+
+
+@dataclass
+class ValReport:
+    jf: dict[str, float]  # per video
+    jf_single: float
+    jf_multi: float
+    quality: QualityStats | None
+
+    @property
+    def jf_all(self) -> float:
+        """What the best checkpoint is chosen by: single- and multi-object J&F, equally."""
+        multi = self.jf_multi if np.isfinite(self.jf_multi) else self.jf_single
+        return (self.jf_single + multi) / 2
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@torch.inference_mode()
+def frame_scores(model: QDMN, frame: np.ndarray, labels: np.ndarray, n: int,
+                 size: tuple[int, int]) -> np.ndarray:
+    """QAM scores (n,) of the masks in `labels` (ids 1..n) on `frame`, at the model's size."""
+    h, w = size
+    img = torch.from_numpy(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA))[None]
+    onehot = np.stack([(labels == i + 1) for i in range(n)]).astype(np.float32)
+    masks = F.interpolate(torch.from_numpy(onehot)[None], size=size, mode="bilinear",
+                          align_corners=False)
+    _, _, q = model.encode_memory(normalize_uint8(img), masks)
+    return q[0].numpy()
+
+
+def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.ndarray],
+                  size: tuple[int, int], sigma: float = GATE_SIGMA) -> QualityStats:
+    """Scores of every frame's predicted masks vs their IoU; the gate is the runtime's: mean
+    score over objects / the first frame's >= sigma."""
+    points, gate = [], []
+    for v, pred in zip(videos, preds):
+        n = v.num_objects
+        first = frame_scores(model, v.frames[0], v.labels[0], n, size).mean()
+        for t in range(1, len(v.frames)):
+            q = frame_scores(model, v.frames[t], pred[t], n, size)
+            ious = [_iou(pred[t] == i + 1, v.labels[t] == i + 1) for i in range(n)]
+            points += [(iou, float(s)) for iou, s in zip(ious, q)]
+            gate.append((float(np.mean(ious)), float(q.mean() / first) >= sigma if first > 0
+                         else False))
+    arr = np.array(points)
+    pearson = float(np.corrcoef(arr[:, 0], arr[:, 1])[0, 1]) if len(arr) > 2 else float("nan")
+    bad = [acc for iou, acc in gate if iou < 0.5]
+    good = [acc for iou, acc in gate if iou > 0.8]
+    return QualityStats(pearson, float(np.mean([not a for a in bad])) if bad else float("nan"),
+                        float(np.mean(good)) if good else float("nan"), len(gate), points)
+
+
+def run_video(segmenter: object, video: ValVideo) -> np.ndarray:
+    preds = np.zeros_like(video.labels)
+    preds[0] = segmenter.start(video.frames[0], video.labels[0])  # type: ignore[attr-defined]
+    for t in range(1, len(video.frames)):
+        preds[t] = segmenter.step(video.frames[t],  # type: ignore[attr-defined]
+                                  last=t == len(video.frames) - 1)
+    return preds
+
+
+def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
+             segmenter_factory: Callable[[], object], *, with_quality: bool = True,
+             progress: bool = False) -> tuple[ValReport, list[np.ndarray]]:
+    """J&F per video (DAVIS toolkit rules) + QAM statistics of the model on `videos`."""
+    jf, single, multi, preds = {}, [], [], []
+    for v in tqdm(videos, desc="validate", leave=False, disable=not progress):
+        pred = run_video(segmenter_factory(), v)
+        preds.append(pred)
+        objs = evaluate_sequence(v.name, v.labels, pred)
+        jf[v.name] = float(np.mean([o.jf_mean for o in objs]))
+        (single if v.num_objects == 1 else multi).extend(o.jf_mean for o in objs)
+    quality = quality_stats(model, videos, preds, size) if with_quality else None
+    report = ValReport(jf, float(np.mean(single)) if single else float("nan"),
+                       float(np.mean(multi)) if multi else float("nan"), quality)
+    return report, preds
+
+
+def write_quality_points(stats: QualityStats, path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iou", "score"])
+        w.writerows((round(i, 5), round(s, 5)) for i, s in stats.points)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write the validation videos in the DAVIS layout.")
+    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("--write", required=True, type=Path, help="output root")
+    ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
+    args = ap.parse_args(argv)
+    write_davis(load_val_videos(args.data, args.names), args.write)
+    print(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
