@@ -9,8 +9,10 @@ taken in turn from each demo video, each with the ground truth of its first fram
 Each layout WORKERS x THREADS runs the real CLI in its own process (a fresh local Ray) over the
 same corpus, --repeats times, in ABBA order so that a drift of the shared machine's load hits
 every layout alike. Per run, from the CLI's summary.json: the corpus wall time (first video
-submitted to last finished), frames/s and videos/hour over it, and the one-off start-up (Ray,
-then the workers loading their graphs), which a long corpus amortises.
+submitted to last finished), frames/s and videos/hour over it, the CPU time the workers spent
+per frame (all their threads; robust to other load on a shared machine, unlike wall time), and
+the one-off start-up (Ray, then the workers loading their graphs), which a long corpus
+amortises.
 
 Writes OUT/batch_throughput.json (the machine, the runs, the median per layout) and prints the
 table.
@@ -96,6 +98,7 @@ def run_layout(engine: Path, corpus: Path, out: Path, workers: int, threads: int
     return {"workers": workers, "threads_per_worker": threads, "backends": s["backends"],
             "videos": len(s["videos"]), "frames": s["frames"], "wall_s": s["wall_s"],
             "frames_per_s": s["frames_per_s"], "videos_per_hour": s["videos_per_hour"],
+            "cpu_ms_per_frame": s["cpu_ms_per_frame"],
             "ray_start_s": s["ray_start_s"], "workers_start_s": s["workers_start_s"],
             "process_s": round(process_s, 3)}
 
@@ -129,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out = Path(tmp) / f"out-{k}"
                 runs.append(run_layout(args.engine_dir, corpus, out, w, t, args.backend))
                 r = runs[-1]
-                print(f"{w}x{t}: {r['frames_per_s']} frames/s, {r['videos_per_hour']} videos/h "
+                print(f"{w}x{t}: {r['frames_per_s']} frames/s, {r['videos_per_hour']} videos/h, "
+                      f"{r['cpu_ms_per_frame']} CPU ms/frame "
                       f"(corpus {r['wall_s']} s, start-up {r['ray_start_s']} + "
                       f"{r['workers_start_s']} s)", flush=True)
     except (BenchmarkError, OSError, ValueError) as e:
@@ -139,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for w, t in layouts:
         mine = [r for r in runs if (r["workers"], r["threads_per_worker"]) == (w, t)]
         median.append({"layout": f"{w}x{t}", **{k: round(statistics.median(r[k] for r in mine), 3)
-                       for k in ("frames_per_s", "videos_per_hour", "wall_s", "ray_start_s",
-                                 "workers_start_s", "process_s")},
+                       for k in ("frames_per_s", "videos_per_hour", "cpu_ms_per_frame", "wall_s",
+                                 "ray_start_s", "workers_start_s", "process_s")},
                        "frames_per_s_range": [min(r["frames_per_s"] for r in mine),
                                               max(r["frames_per_s"] for r in mine)]})
     machine = machine_info(threads=max(t for _, t in layouts))
@@ -154,11 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "from": "assets/demo"},
            "order": [f"{w}x{t}" for w, t in order], "runs": runs, "median": median}
     path = write_json(args.out / "batch_throughput.json", doc)
-    print(table(["layout (workers x threads)", "frames/s", "(min-max)", "videos/h", "corpus s",
-                 "Ray start s", "workers start s"],
+    print(table(["layout (workers x threads)", "frames/s", "(min-max)", "videos/h",
+                 "CPU ms/frame", "corpus s", "Ray start s", "workers start s"],
                 [[m["layout"], m["frames_per_s"], "-".join(map(str, m["frames_per_s_range"])),
-                  m["videos_per_hour"], m["wall_s"], m["ray_start_s"], m["workers_start_s"]]
-                 for m in median]))
+                  m["videos_per_hour"], m["cpu_ms_per_frame"], m["wall_s"], m["ray_start_s"],
+                  m["workers_start_s"]] for m in median]))
     print(f"wrote {path}")
     return 0
 

@@ -147,6 +147,7 @@ class VideoWorker:
         if self.segmenter is None:
             return {"worker": where, "error": f"worker could not start: {self.error}"}
         folder = Path(output) / video.name
+        cpu0 = time.process_time()  # every thread of this process: reader, model, writer
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -157,6 +158,7 @@ class VideoWorker:
             except Exception as e:  # noqa: BLE001 - recorded as the video's error
                 log, error = None, one_line(e)
         return {"worker": where, "error": error, "summary": log and log["summary"],
+                "cpu_s": round(time.process_time() - cpu0, 3),
                 "warnings": [" ".join(str(w.message).split()) for w in caught]}
 
 
@@ -274,7 +276,9 @@ def run_corpus(engine_dir: Path, videos: Sequence[Video], output: Path, settings
     wall = time.perf_counter() - t0
     ran = [o for o in outcomes.values() if o.status == "done"]
     frames = sum(o.frames or 0 for o in ran)
+    cpu_s = sum(o.cpu_s or 0.0 for o in ran)
     info.update(wall_s=round(wall, 3), frames=frames,
+                cpu_ms_per_frame=round(cpu_s * 1e3 / frames, 2) if frames else None,
                 frames_per_s=round(frames / wall, 3) if wall > 0 and ran else None,
                 videos_per_hour=round(len(ran) * 3600 / wall, 1) if wall > 0 and ran else None)
     return CorpusRun([outcomes[v.name] for v in videos], info, interrupted)
@@ -362,7 +366,7 @@ def _outcome(res: dict[str, Any], video: Video, attempt: int, say: Any) -> Outco
                        error=res["error"], warnings=caught, input=str(video.input),
                        mask=str(video.mask))
     o = Outcome.from_log(video, "done", res["summary"], attempts=attempt, worker=res["worker"],
-                         warnings=caught)
+                         cpu_s=res["cpu_s"], warnings=caught)
     say(f"done {video.name}: {o.frames} frames, {o.model_fps} fps in the model, "
         f"{o.wall_fps} end to end")
     return o

@@ -206,6 +206,7 @@ class Outcome:
     wall_fps: float | None = None  # end to end (decode, model, PNG writing)
     insertions: int | None = None
     evictions: int | None = None
+    cpu_s: float | None = None  # CPU time of the worker process (all its threads) on it
     attempts: int = 0  # 2 when its worker died once and it was retried
     worker: str | None = None  # node:pid that segmented it
     error: str | None = None
@@ -241,7 +242,7 @@ def check_summary_target(output: Path) -> None:
 
 
 CSV_FIELDS = ("name", "status", "frames", "model_fps", "wall_fps", "insertions", "evictions",
-              "attempts", "worker", "error", "warnings")
+              "cpu_s", "attempts", "worker", "error", "warnings")
 
 
 def write_summary(output: Path, run: Mapping[str, Any], outcomes: Iterable[Outcome]) -> Path:
