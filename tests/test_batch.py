@@ -350,3 +350,22 @@ def test_list_videos_refusals(tmp_path, content, expect):
     (tmp_path / "l.csv").write_text(content)
     with pytest.raises(CorpusError, match=re.escape(expect)):
         list_videos(tmp_path / "l.csv")
+
+
+def test_throughput_benchmark_writes_its_json(engine, tmp_path):
+    """benchmarks/batch_throughput.py end to end (one tiny run; no timing is asserted)."""
+    pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
+    from benchmarks import batch_throughput as bench
+
+    assert bench.main(["--engine-dir", str(engine), "--layouts", "2x1", "--clips", "3",
+                       "--frames", "4", "--repeats", "1", "--backend", "ort-cpu",
+                       "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "batch_throughput.json").read_text())
+    assert doc["corpus"]["frames"] == 12 and doc["order"] == ["2x1"]
+    [run] = doc["runs"]
+    assert (run["workers"], run["threads_per_worker"], run["videos"], run["frames"]) == (2, 1, 3, 12)
+    assert run["frames_per_s"] > 0 and run["cpu_ms_per_frame"] > 0
+    assert doc["median"][0]["layout"] == "2x1" and doc["machine"]["cpu_model"]
+    assert bench.parse_layouts("1x2, 2x1") == [(1, 2), (2, 1)]
+    with pytest.raises(bench.BenchmarkError, match="WORKERSxTHREADS"):
+        bench.parse_layouts("2")
