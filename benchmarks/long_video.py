@@ -70,8 +70,8 @@ from benchmarks.common import (
 
 DEFAULT_MEMORY_SIZES = (5, 10, 25, 50)
 # Normalised QAM scores are >= 0 (sigmoid or ReLU head over a positive first-frame score), so
-# this threshold accepts every candidate frame: the predecessors' "every mem_every-th frame".
-ACCEPT_ALL = -1.0
+# sigma = 0 accepts every candidate frame: the predecessors' "every mem_every-th frame".
+ACCEPT_ALL = 0.0
 RunKind = Literal["qdmn", "reference", "unbounded"]
 
 

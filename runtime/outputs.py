@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from runtime.errors import OutputError
 
@@ -209,11 +210,11 @@ def deferred_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[tuple[int, object]] = []
+    pending: list[tuple[signal.Signals, FrameType | None]] = []
     sigs = (signal.SIGINT, signal.SIGTERM)
     old = {s: signal.getsignal(s) for s in sigs}
     for s in sigs:
-        signal.signal(s, lambda signum, frame: pending.append((signum, frame)))
+        signal.signal(s, lambda signum, frame: pending.append((signal.Signals(signum), frame)))
     try:
         yield
     finally:

@@ -39,3 +39,12 @@ python benchmarks/long_video.py --engine-dir engines/light-1obj --checkpoint mod
     --frames 1000 --memory-sizes 5,10,25,50 --per-size-engines --unbounded \
     --unbounded-max-seconds 420 --read-scaling 5,10,25,50,100 --backend openvino-bf16 --threads 2 \
     --out $R/long_video_sizes
+
+# 6. videos of another aspect ratio than the graphs' (letterbox vs stretch), and graphs exported
+# at the video's 9:16
+python benchmarks/aspect_fit.py --engine-dir engines/light-1obj --data "$DAVIS" --sequences $VAL \
+    --aspects 9:16,1:1 --threads 2 --out $R/aspect_fit
+python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj-9x16 --max-objects 1 \
+    --size 432 240
+python benchmarks/aspect_fit.py --engine-dir engines/light-1obj-9x16 --data "$DAVIS" \
+    --sequences $VAL --aspects 9:16 --threads 2 --out $R/aspect_fit_native_9x16

@@ -139,7 +139,7 @@ def test_not_a_qdmn_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not of a QDMN network"):
         load_model(path)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         load_model(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "absent.pth")
