@@ -263,8 +263,9 @@ def run_corpus(engine_dir: Path, videos: Sequence[Video], output: Path, settings
     interrupted = None
     t0 = time.perf_counter()
     if todo:
-        # Made here, not by the first worker's staging: runtime.outputs removes a parent folder
-        # it created when its job fails, which would take the other workers' staging with it.
+        # Made once here rather than by whichever worker stages first: a failing job removes
+        # the parent folders it created when they are empty, which could race with another
+        # worker about to stage its video in OUT.
         output.mkdir(parents=True, exist_ok=True)
         interrupted = _schedule(actors, todo, output, keys, settings, outcomes, say, progress)
     wall = time.perf_counter() - t0
