@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import logging
 import os
+import select
 import socket
 import sys
 import time
@@ -267,7 +268,9 @@ def run_corpus(engine_dir: Path, videos: Sequence[Video], output: Path, settings
         # the parent folders it created when they are empty, which could race with another
         # worker about to stage its video in OUT.
         output.mkdir(parents=True, exist_ok=True)
-        interrupted = _schedule(actors, todo, output, keys, settings, outcomes, say, progress)
+        where = [d["worker"] for d in described]
+        interrupted = _schedule(actors, where, todo, output, keys, settings, outcomes, say,
+                                progress)
     wall = time.perf_counter() - t0
     ran = [o for o in outcomes.values() if o.status == "done"]
     frames = sum(o.frames or 0 for o in ran)
@@ -279,12 +282,15 @@ def run_corpus(engine_dir: Path, videos: Sequence[Video], output: Path, settings
     return CorpusRun([outcomes[v.name] for v in videos], info, interrupted)
 
 
-def _schedule(actors: list[Any], todo: collections.deque[Video], output: Path,
-              keys: dict[str, dict[str, Any]], settings: Settings,
+def _schedule(actors: list[Any], where: list[str], todo: collections.deque[Video],
+              output: Path, keys: dict[str, dict[str, Any]], settings: Settings,
               outcomes: dict[str, Outcome], say: Any,
               progress: bool) -> KeyboardInterrupt | None:
     """Keep every worker busy with one video at a time until the queue is empty; returns the
-    Ctrl-C/SIGTERM that stopped it, if one did (in-flight videos are recorded as interrupted)."""
+    Ctrl-C/SIGTERM that stopped it, if one did (in-flight videos are recorded as interrupted).
+
+    where: each actor's "node:pid" (updated from its answers: a restarted worker has a new pid).
+    """
     pending: dict[Any, tuple[int, Video, int]] = {}  # ref -> (actor, video, attempt)
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
     frames, t0 = 0, time.perf_counter()
@@ -303,6 +309,8 @@ def _schedule(actors: list[Any], todo: collections.deque[Video], output: Path,
             with deferred_signals():  # the bookkeeping of a result is never cut in half
                 i, video, attempt = pending.pop(ref)
                 outcome = _collect(ref, video, attempt, output, say)
+                if outcome is not None and outcome.worker:
+                    where[i] = outcome.worker
                 if outcome is None:  # its worker died: once, so retry it on the restarted one
                     submit(i, video, 2)
                     continue
@@ -318,8 +326,12 @@ def _schedule(actors: list[Any], todo: collections.deque[Video], output: Path,
         for a in actors:
             ray.kill(a, no_restart=True)
         # Their staging folders may only be removed once the workers are gone; a video that
-        # was finished by then counts as done.
+        # was finished by then counts as done. Ray fails a killed worker's task as soon as the
+        # worker is marked dead, which can be before its process has exited (and stopped
+        # creating or writing its staging folder): wait for the processes on this machine too.
+        deadline = time.monotonic() + KILL_WAIT_S
         ray.wait(list(pending), num_returns=len(pending), timeout=KILL_WAIT_S)
+        _wait_until_exited(where, deadline)
         for ref, (_, video, attempt) in pending.items():
             try:
                 outcomes[video.name] = _outcome(ray.get(ref, timeout=0), video, attempt, say)
@@ -334,6 +346,38 @@ def _schedule(actors: list[Any], todo: collections.deque[Video], output: Path,
         return stop
     finally:
         bar.close()
+
+
+def _wait_until_exited(where: list[str], deadline: float) -> None:
+    """Wait (until `deadline`, time.monotonic()) for the worker processes of this node among
+    `where` ("node:pid") to exit. Workers on other nodes cannot be watched from here."""
+    here = ray.util.get_node_ip_address()
+    for w in where:
+        node, _, pid = w.rpartition(":")
+        if node != here or not pid.isdigit():
+            continue
+        try:
+            fd = os.pidfd_open(int(pid))  # readable once the process has exited
+        except ProcessLookupError:
+            continue
+        except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll the pid
+            while time.monotonic() < deadline and _alive(int(pid)):
+                time.sleep(0.05)
+            continue
+        try:
+            select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+        finally:
+            os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _collect(ref: Any, video: Video, attempt: int, output: Path, say: Any) -> Outcome | None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,30 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     assert sorted(p.name for p in out.iterdir()) == ["swan"]
     assert sorted(p.name for p in (out / "swan").iterdir()) == [
         *(f"{i:05d}.png" for i in range(6)), "overlay.mp4", "run.json"]
+
+
+def test_interrupt_waits_for_killed_workers_to_exit(ray_session):
+    """Ray fails a killed worker's task while its process may still run (and create or write a
+    staging folder); Ctrl-C's clean-up waits for the process itself to be gone first."""
+    from runtime import batch as cli
+
+    @ray_session.remote(num_cpus=1)
+    class Busy:
+        def where(self) -> str:
+            return f"{ray_session.util.get_node_ip_address()}:{os.getpid()}"
+
+        def spin(self) -> None:
+            while True:
+                pass
+
+    actor = Busy.remote()
+    where = ray_session.get(actor.where.remote())
+    ref = actor.spin.remote()
+    ray_session.kill(actor, no_restart=True)
+    ready, _ = ray_session.wait([ref], timeout=30)
+    assert ready
+    cli._wait_until_exited([where], deadline=time.monotonic() + 30)
+    assert not cli._alive(int(where.rsplit(":", 1)[1]))
 
 
 def test_gpu_backend_asks_ray_for_a_gpu(engine, ray_session, corpus, tmp_path, capsys):
