@@ -3,12 +3,16 @@
     python benchmarks/evaluate.py --engine-dir engines/tiny --data DAVIS_ROOT \
         [--sequences blackswan,cows | --split-file F] [--backend auto|ort-cpu|...] \
         [--reference runs/x/ckpt.pth] --out out/eval
+    python benchmarks/evaluate.py --predictions OUT --data ROOT [--sequences ...] --out out/eval
 
 Writes the official toolkit's CSVs (`global_results-<set>.csv`, `per-sequence_results-<set>.csv`,
 3 decimals) for the runtime into `--out`, and for the reference into `--out/reference`, plus
 `timing-<set>.csv` (segmenter-only frames per second) next to each. Scoring follows the DAVIS
 2017 semi-supervised toolkit (see evaluation/metrics.py); the first-frame annotation is given to
-the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit.
+the segmenter, and rows are per object (`<seq>_<id>`) as in the toolkit. `--predictions` scores
+masks already written by `runtime/run.py` or `runtime/batch.py` (`OUT/<seq>/00000.png ...`,
+frame i = the i-th annotated frame) instead of running a segmenter; their timing comes from each
+folder's run.json. Its default sequences are the folders of OUT that hold a run.json.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from typing import TYPE_CHECKING
 
 from evaluation.davis import DatasetError, list_sequences
 from evaluation.metrics import EvaluationError
-from evaluation.sequences import EvaluationResults, Segmenter, evaluate_sequences
+from evaluation.sequences import (
+    EvaluationResults,
+    Segmenter,
+    evaluate_predictions,
+    evaluate_sequences,
+    predicted_sequences,
+)
 
 if TYPE_CHECKING:
     from runtime.config import RuntimeConfig
@@ -142,7 +152,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
     )
-    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--engine-dir", type=Path, help="exported engine directory")
+    what.add_argument("--predictions", type=Path,
+                      help="score the masks in this output folder of run.py/batch.py instead")
     p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--sequences", help="comma-separated sequence names")
@@ -170,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:
         p.error("--reference-unbounded needs --reference")
+    if args.predictions is not None and (args.reference or args.save_masks):
+        p.error("--predictions scores existing masks: --reference/--save-masks need --engine-dir")
     return args
 
 
@@ -181,10 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_args(args)
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
+            elif args.predictions is not None and args.split_file is None:
+                sequences = predicted_sequences(args.predictions)
             else:
                 sequences = list_sequences(args.data, args.split_file)
             if not sequences:
                 raise DatasetError("no sequences to evaluate")
+            if args.predictions is not None:
+                results = evaluate_predictions(args.predictions, args.data, sequences)
+                paths = write_csvs(results, args.out, split)
+                print(format_table(results, f"--- {args.predictions}: {len(sequences)} "
+                                            f"sequences ({split}) ---"))
+                print("wrote " + ", ".join(str(p) for p in paths))
+                return 0
             runtime = _closing(stack, build_runtime(args))
             targets: list[tuple[str, Path, Segmenter]] = [("runtime", args.out, runtime)]
             if args.reference is not None:

@@ -34,11 +34,15 @@ class DavisLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     @property
+    def frames_root(self) -> Path:
+        return self.root / "JPEGImages" / self.resolution
+
+    @property
     def annotations_root(self) -> Path:
         return self.root / "Annotations" / self.resolution
 
     def frames_dir(self, seq: str) -> Path:
-        return self.root / "JPEGImages" / self.resolution / seq
+        return self.frames_root / seq
 
     def annotations_dir(self, seq: str) -> Path:
         return self.annotations_root / seq

@@ -1,12 +1,15 @@
 """Segment DAVIS-layout sequences with a segmenter and score them (DAVIS 2017 semi-supervised
-rules): the runtime's Segmenter, the PyTorch reference or anything with its start/step API.
+rules): the runtime's Segmenter, the PyTorch reference or anything with its start/step API; or
+score the masks a runtime CLI already wrote (`evaluate_predictions`).
 
 The first-frame annotation is given to the segmenter; rows are per object (`<seq>_<id>`) as in
-the toolkit.
+the toolkit. Predicted masks `OUT/<seq>/00000.png ...` are frame i = the i-th annotated frame;
+their time comes from each folder's run.json.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +20,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.davis import read_sequence, write_labels
+from evaluation.davis import DatasetError, read_sequence, write_labels
 from evaluation.metrics import (
     EvaluationError,
     GlobalResult,
@@ -25,6 +28,8 @@ from evaluation.metrics import (
     evaluate_sequence,
     summarize,
 )
+from runtime.job import RUN_LOG, frame_png
+from runtime.masks import MaskMode, read_labels
 from runtime.sources import read_frame
 
 
@@ -150,3 +155,40 @@ def evaluate_sequences(
         objects = evaluate_sequence(name, seq.labels, preds)
         runs.append(SequenceRun(name, tuple(objects), len(seq.frames), seconds))
     return EvaluationResults(tuple(runs))
+
+
+def evaluate_predictions(
+    predictions: str | Path, root: str | Path, sequences: Sequence[str]
+) -> EvaluationResults:
+    """Score the masks a runtime CLI wrote to `predictions/<seq>/` (see the module docstring)."""
+    runs = []
+    for name in sequences:
+        seq = read_sequence(root, name)
+        folder = Path(predictions) / name
+        files = [folder / frame_png(i) for i in range(len(seq.frames))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise EvaluationError(
+                f"{folder}: {len(missing)} of the {len(files)} predicted masks are missing "
+                f"(first: {missing[0]})"
+            )
+        preds = np.stack([read_labels(f, MaskMode.GROUND_TRUTH) for f in files])
+        if preds.shape != seq.labels.shape:
+            raise EvaluationError(f"{folder}: masks {preds.shape[1:]} vs ground truth "
+                                  f"{seq.labels.shape[1:]}")
+        try:  # time inside the segmenter, as evaluate_sequences measures it
+            log = json.loads((folder / RUN_LOG).read_text())
+            seconds = sum(f["ms"]["total"] for f in log["frames"][: len(files)]) / 1e3
+        except (OSError, ValueError, KeyError, TypeError):
+            seconds = float("nan")
+        objects = evaluate_sequence(name, seq.labels, preds)
+        runs.append(SequenceRun(name, tuple(objects), len(files), seconds))
+    return EvaluationResults(tuple(runs))
+
+
+def predicted_sequences(predictions: str | Path) -> list[str]:
+    """The folders of an output folder that hold a finished video (a run.json)."""
+    root = Path(predictions)
+    if not root.is_dir():
+        raise DatasetError(f"--predictions {root} is not a folder")
+    return sorted(p.name for p in root.iterdir() if (p / RUN_LOG).is_file())

@@ -44,16 +44,28 @@ def _missing_parents(path: Path) -> list[Path]:
     return out[::-1]
 
 
-def _make_parents(path: Path) -> Path | None:
-    """Create `path`'s missing parent folders; return the outermost one created (or None)."""
+def _make_parents(path: Path) -> list[Path]:
+    """Create `path`'s missing parent folders; return those created, outermost first."""
     missing = _missing_parents(path)
     try:
         path.resolve().parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        if missing and missing[0].exists():
-            shutil.rmtree(missing[0], ignore_errors=True)
+        _remove_if_empty(missing)
         raise OutputError(f"cannot create the folder of {path}: {_reason(e)}") from None
-    return missing[0] if missing else None
+    return missing
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove folders this process created (outermost first in `created`), innermost first and
+    only while they are empty: another job (a second corpus worker, a second `run.py`) may be
+    staging its own output in a folder this one created."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue  # never made (a failed mkdir) or already gone
+        except OSError:
+            return  # not empty (someone else's files) or not ours to remove: keep it and above
 
 
 def check_writable_dir(folder: str | Path) -> None:
@@ -70,8 +82,7 @@ def check_writable_dir(folder: str | Path) -> None:
     except OSError as e:
         raise OutputError(f"cannot write into {folder}: {_reason(e)}") from None
     finally:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        _remove_if_empty(created)
 
 
 class StagedFolder:
@@ -105,7 +116,7 @@ class StagedFolder:
                                               dir=self.target.resolve().parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
-            self._remove_created()
+            _remove_if_empty(self._created)
             raise OutputError(f"cannot write next to {self.target}: {_reason(e)}") from None
 
     def commit(self) -> None:
@@ -135,13 +146,9 @@ class StagedFolder:
                 shutil.rmtree(self.path, ignore_errors=True)
 
     def abort(self) -> None:
-        """Remove the staging folder (and any parent folder created for it)."""
+        """Remove the staging folder (and the parent folders created for it, if left empty)."""
         shutil.rmtree(self.path, ignore_errors=True)
-        self._remove_created()
-
-    def _remove_created(self) -> None:
-        if self._created is not None and not self.target.exists():
-            shutil.rmtree(self._created, ignore_errors=True)
+        _remove_if_empty(self._created)
 
 
 class StagedFile:
@@ -160,7 +167,7 @@ class StagedFile:
             os.close(fd)
             os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:
-            self._remove_created()
+            _remove_if_empty(self._created)
             raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
         self.path = Path(name)
 
@@ -173,12 +180,9 @@ class StagedFile:
                 raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
 
     def abort(self) -> None:
+        """Remove the staged file (and the parent folders created for it, if left empty)."""
         self.path.unlink(missing_ok=True)
-        self._remove_created()
-
-    def _remove_created(self) -> None:
-        if self._created is not None and not self.target.exists():
-            shutil.rmtree(self._created, ignore_errors=True)
+        _remove_if_empty(self._created)
 
 
 class Terminated(KeyboardInterrupt):

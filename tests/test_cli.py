@@ -17,12 +17,14 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-ENTRY_POINTS = ("qdmn-export", "qdmn-build-engines", "qdmn-trt-check", "qdmn-run",
-                "qdmn-evaluate", "qdmn-speed", "qdmn-long-video", "qdmn-aspect-fit", "qdmn-train")
-SCRIPTS = ("runtime/run.py", "export/to_onnx.py", "export/build_engines.py",
+ENTRY_POINTS = ("qdmn-export", "qdmn-build-engines", "qdmn-trt-check", "qdmn-run", "qdmn-batch",
+                "qdmn-evaluate", "qdmn-speed", "qdmn-long-video", "qdmn-aspect-fit",
+                "qdmn-batch-throughput", "qdmn-train")
+SCRIPTS = ("runtime/run.py", "runtime/batch.py", "export/to_onnx.py", "export/build_engines.py",
            "export/trt_check.py", "benchmarks/evaluate.py", "benchmarks/speed.py",
            "benchmarks/long_video.py", "benchmarks/aspect_fit.py", "benchmarks/read_options.py",
-           "benchmarks/official_speed_checkpoint.py", "training/train.py")
+           "benchmarks/official_speed_checkpoint.py", "benchmarks/batch_throughput.py",
+           "training/train.py")
 # Folders holding scripts: `python DIR/x.py` puts DIR first on sys.path.
 SCRIPT_DIRS = ("runtime", "export", "benchmarks", "training", "scripts")
 

@@ -19,6 +19,7 @@ from runtime.errors import InputError, OutputError
 from runtime.geometry import PAD_RGB, Placement
 from runtime.job import check_outputs, segment_video
 from runtime.masks import read_mask
+from runtime.outputs import StagedFile, StagedFolder
 from runtime.segmenter import Segmenter
 
 DEMO = rs.REPO / "assets" / "demo"
@@ -123,6 +124,29 @@ def test_unwritable_outputs_are_refused_without_traces(tmp_path):
         check_outputs(tmp_path / "out", overlay=tmp_path)
     check_outputs(tmp_path / "new" / "deeper" / "out", overlay=tmp_path / "v" / "o.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failing_job_keeps_another_jobs_staging_in_a_folder_it_created(tmp_path):
+    """Two jobs (e.g. two corpus workers) stage outputs under a parent folder the first one
+    created; the first fails: the second's staging survives and commits. A failing job alone
+    still leaves no trace of the folders it created."""
+    parent = tmp_path / "new" / "deeper"
+    first = StagedFolder(parent / "a", index="run.json")  # creates new/ and new/deeper/
+    second = StagedFolder(parent / "b", index="run.json")
+    overlay = StagedFile(parent / "c.mp4")
+    (second.path / "00000.png").write_bytes(b"mask")
+    first.abort()
+    assert (second.path / "00000.png").read_bytes() == b"mask" and overlay.path.is_file()
+    second.commit()
+    overlay.commit()
+    assert sorted(p.name for p in parent.iterdir()) == ["b", "c.mp4"]
+    assert (parent / "b" / "00000.png").read_bytes() == b"mask"
+
+    lone = StagedFile(tmp_path / "x" / "y" / "o.mp4")
+    lone.abort()
+    lone_folder = StagedFolder(tmp_path / "x" / "y" / "out", index="run.json")
+    lone_folder.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
 
 
 def test_bad_max_frames_and_empty_outputs(engine, clips, tmp_path):
