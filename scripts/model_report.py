@@ -53,7 +53,9 @@ def summary(report: ValReport) -> dict[str, object]:
                               "jf_per_video": {k: round(v, 4) for k, v in report.jf.items()}}
     q = report.quality
     if q is not None:
-        out["qam"] = {"pearson": round(q.pearson, 4), "gate_rejects_iou_below_0.5":
+        out["qam"] = {"pearson": round(q.pearson, 4),
+                      "pearson_within_video": round(q.pearson_within, 4),
+                      "gate_rejects_iou_below_0.5":
                       round(q.reject_bad, 4), "gate_accepts_iou_above_0.8": round(q.accept_good, 4),
                       "frames": q.n_frames, "sigma": GATE_SIGMA}
     return out

@@ -160,3 +160,24 @@ def test_validation_videos_two_objects():
     # The pasted object moves left to right across the video.
     xs = [np.nonzero(pasted.labels[t] == 2)[1].mean() for t in (0, len(a.frames) - 1)]
     assert xs[1] > xs[0] + 100
+
+
+def test_validation_log_keeps_columns_aligned_when_columns_are_added(tmp_path):
+    from training.train import append_row
+
+    path = tmp_path / "val.csv"
+    append_row(path, {"step": 500, "jf": 0.5})
+    append_row(path, {"step": 1000, "jf": 0.6})
+    append_row(path, {"step": 1500, "jf": 0.7, "pearson": 0.8})
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    assert [r["jf"] for r in rows] == ["0.5", "0.6", "0.7"]
+    assert [r["pearson"] for r in rows] == ["", "", "0.8"]
+
+
+def test_pearson_needs_something_to_rank():
+    from training.validation import _pearson
+
+    assert np.isnan(_pearson([(1.0, 0.2), (1.0, 0.5), (1.0, 0.9)]))  # constant IoU
+    assert _pearson([(0.1, 0.2), (0.5, 0.5), (0.9, 0.7)]) > 0.9

@@ -396,14 +396,29 @@ class Trainer:
             self.best_jf = row["jf_all"]
             self.save(BEST_NAME, optimizer=False)
             row["best"] = 1
-        path = self.out_dir / VAL_NAME
-        new = not path.is_file()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.out_dir / VAL_NAME, row)
         return row
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append to a CSV; when the row brings new columns, the file is rewritten with them
+    (earlier rows get blanks) so no value ever lands under another column's header."""
+    rows: list[dict[str, Any]] = []
+    fields = list(row)
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            old = list(reader.fieldnames or [])
+        fields = old + [k for k in row if k not in old]
+        if fields == old:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writerow(row)
+            return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows + [row])
 
 
 def validate(trainer: Trainer) -> dict[str, Any]:
@@ -425,7 +440,8 @@ def validate(trainer: Trainer) -> dict[str, Any]:
                            "jf_single": round(report.jf_single, 4),
                            "jf_multi": round(report.jf_multi, 4)}
     if q is not None:
-        row.update(qam_pearson=round(q.pearson, 4), gate_reject_bad=round(q.reject_bad, 4),
+        row.update(qam_pearson=round(q.pearson, 4), qam_pearson_within=round(q.pearson_within, 4),
+                   gate_reject_bad=round(q.reject_bad, 4),
                    gate_accept_good=round(q.accept_good, 4))
     row.update({f"jf_{k}": round(v, 4) for k, v in report.jf.items()})
     row["best"] = 0

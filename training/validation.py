@@ -124,7 +124,9 @@ def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
 class QualityStats:
     """QAM score against the true IoU of the model's own masks, over validation frames."""
 
-    pearson: float
+    pearson: float  # pooled over all object-frames
+    pearson_within: float  # mean of the per-video correlations: ranking inside one video,
+    # which is what the gate (score / the first frame's) relies on
     reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
     accept_good: float  # share of frames with IoU > 0.8 the gate accepts
     n_frames: int
@@ -167,22 +169,33 @@ def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.nd
                   size: tuple[int, int], sigma: float = GATE_SIGMA) -> QualityStats:
     """Scores of every frame's predicted masks vs their IoU; the gate is the runtime's: mean
     score over objects / the first frame's >= sigma."""
-    points, gate = [], []
+    points, gate, within = [], [], []
     for v, pred in zip(videos, preds):
         n = v.num_objects
         first = frame_scores(model, v.frames[0], v.labels[0], n, size).mean()
+        video_points = []
         for t in range(1, len(v.frames)):
             q = frame_scores(model, v.frames[t], pred[t], n, size)
             ious = [_iou(pred[t] == i + 1, v.labels[t] == i + 1) for i in range(n)]
-            points += [(iou, float(s)) for iou, s in zip(ious, q)]
+            video_points += [(iou, float(s)) for iou, s in zip(ious, q)]
             gate.append((float(np.mean(ious)), float(q.mean() / first) >= sigma if first > 0
                          else False))
-    arr = np.array(points)
-    pearson = float(np.corrcoef(arr[:, 0], arr[:, 1])[0, 1]) if len(arr) > 2 else float("nan")
+        points += video_points
+        within.append(_pearson(video_points))
     bad = [acc for iou, acc in gate if iou < 0.5]
     good = [acc for iou, acc in gate if iou > 0.8]
-    return QualityStats(pearson, float(np.mean([not a for a in bad])) if bad else float("nan"),
+    finite = [r for r in within if np.isfinite(r)]
+    return QualityStats(_pearson(points), float(np.mean(finite)) if finite else float("nan"),
+                        float(np.mean([not a for a in bad])) if bad else float("nan"),
                         float(np.mean(good)) if good else float("nan"), len(gate), points)
+
+
+def _pearson(points: Sequence[tuple[float, float]]) -> float:
+    """Correlation of IoU and score; NaN when either is constant (nothing to rank)."""
+    arr = np.array(points, dtype=np.float64).reshape(-1, 2)
+    if len(arr) < 3 or arr[:, 0].std() < 1e-9 or arr[:, 1].std() < 1e-9:
+        return float("nan")
+    return float(np.corrcoef(arr[:, 0], arr[:, 1])[0, 1])
 
 
 def run_video(segmenter: object, video: ValVideo) -> np.ndarray:
