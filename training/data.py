@@ -44,8 +44,9 @@ class Sequence:
         return int(self.labels[0].max())
 
 
-def load_sequence(root: Path, name: str, size: tuple[int, int]) -> Sequence:
-    """Load frames and masks of `name` from a DAVIS-layout `root`, resized to size=(H, W)."""
+def load_sequence(root: Path, name: str, size: tuple[int, int] | None = None) -> Sequence:
+    """Load frames and masks of `name` from a DAVIS-layout `root`, resized to size=(H, W)
+    (None: as stored)."""
     layout = DavisLayout(root)
     frame_dir, mask_dir = layout.frames_dir(name), layout.annotations_dir(name)
     if not frame_dir.is_dir():
@@ -53,7 +54,6 @@ def load_sequence(root: Path, name: str, size: tuple[int, int]) -> Sequence:
     frame_paths = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not frame_paths:
         raise DatasetError(f"sequence {name!r}: {frame_dir} holds no frames")
-    h, w = size
     frames, labels = [], []
     for fp in frame_paths:
         mp = mask_dir / (fp.stem + ".png")
@@ -62,9 +62,13 @@ def load_sequence(root: Path, name: str, size: tuple[int, int]) -> Sequence:
         img = cv2.imread(str(fp), cv2.IMREAD_COLOR)
         if img is None:
             raise DatasetError(f"cannot read frame {fp}")
-        frames.append(cv2.resize(img[:, :, ::-1], (w, h), interpolation=cv2.INTER_AREA))
-        lab = read_labels(mp, MaskMode.GROUND_TRUTH)
-        labels.append(cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST))
+        img, lab = img[:, :, ::-1], read_labels(mp, MaskMode.GROUND_TRUTH)
+        if size is not None:
+            h, w = size
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST)
+        frames.append(img)
+        labels.append(lab)
     seq = Sequence(name, np.stack(frames), np.stack(labels))
     if seq.num_objects == 0:
         raise DatasetError(f"sequence {name!r}: the first mask {mask_dir / (frame_paths[0].stem + '.png')} "

@@ -25,38 +25,21 @@ from tqdm import tqdm
 
 from evaluation.davis import DavisLayout
 from evaluation.metrics import evaluate_sequence
-from runtime.masks import MaskMode, read_labels
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
 from runtime.palette import save_palette_png
 from training.copy_paste import Cutout, paste
-from training.data import IMAGE_EXTS
+from training.data import Sequence as ValVideo  # one video held in memory
+from training.data import load_sequence
 from training.model import QDMN, normalize_uint8
 
 DEFAULT_NAMES = ("blackswan", "cows", "libby")
 GATE_SIGMA = DEFAULT_QUALITY_THRESHOLD  # the paper's memory threshold, the runtime default
 
 
-@dataclass
-class ValVideo:
-    """frames: (T, H, W, 3) uint8 RGB; labels: (T, H, W) uint8 ids; objects: 1 or 2."""
-
-    name: str
-    frames: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def num_objects(self) -> int:
-        return int(self.labels[0].max())
-
-
 def read_video(root: Path, name: str) -> ValVideo:
-    layout = DavisLayout(root)
-    paths = sorted(p for p in layout.frames_dir(name).iterdir()
-                   if p.suffix.lower() in IMAGE_EXTS)
-    frames = np.stack([cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in paths])
-    labels = np.stack([read_labels(layout.annotation(name, p), MaskMode.GROUND_TRUTH)
-                       for p in paths])
-    return ValVideo(name, frames, (labels > 0).astype(np.uint8))
+    """A held-out single-object sequence as stored, its object as id 1."""
+    seq = load_sequence(root, name)
+    return ValVideo(name, seq.frames, (seq.labels > 0).astype(np.uint8))
 
 
 def side_by_side_video(a: ValVideo, b: ValVideo) -> ValVideo:
