@@ -137,3 +137,37 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     logged = (Path(cfg2.out_dir) / "log.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in logged] == [1, 2, 3, 4]
+
+
+def test_quality_gradient_reaches_value_encoder_scaled(davis_root):
+    """quality_feature_grad scales what the score loss sends into the value encoder (which also
+    writes the memory values) and leaves the score head's own gradient and every output as is."""
+    from training.checkpoint import load_model
+    from training.losses import quality_loss
+    from training.model import freeze_batchnorm
+
+    shipped = Path(__file__).parents[1] / "models" / "qdmn-light.pth"
+    seq = load_sequences(davis_root, ["blackswan"], SIZE)[0]
+    frames = torch.from_numpy(seq.frames[[0, 2, 4]])[None]
+    masks = torch.from_numpy((seq.labels[[0, 2, 4]] == 1).astype(np.float32))[None, :, None]
+    grads, scores = {}, {}
+    for scale in (1.0, 0.1, 0.0):
+        torch.manual_seed(0)
+        model = load_model(shipped)[0].train()  # trained: the score head's last layer is not 0
+        freeze_batchnorm(model)
+        out = forward_clip(model, frames, masks, torch.ones(1, 1), quality_feature_grad=scale)
+        loss = quality_loss(out["score_2"], out["prob_2"][:, 1:].detach(), masks[:, 2],
+                            torch.ones(1, 1))
+        loss.backward()
+        encoder = [p.grad.norm() for n, p in model.named_parameters()
+                   if n.startswith("mask_rgb_encoder") and p.grad is not None]
+        head = [p.grad.norm() for n, p in model.named_parameters()
+                if n.startswith("score") and p.grad is not None]
+        grads[scale] = (torch.stack(encoder).norm().item() if encoder else 0.0,
+                        torch.stack(head).norm().item())
+        scores[scale] = out["score_2"].detach()
+    assert grads[1.0][0] > 0
+    assert grads[0.1][0] == pytest.approx(0.1 * grads[1.0][0], rel=1e-3)
+    assert grads[0.0][0] == 0.0
+    assert grads[0.1][1] == pytest.approx(grads[1.0][1], rel=1e-5)
+    assert torch.equal(scores[1.0], scores[0.1]) and torch.equal(scores[1.0], scores[0.0])

@@ -74,6 +74,10 @@ class TrainConfig:
     # copy-paste: objects of other clips pasted, moving, in front of or behind the clip's own)
     quality_weight: float = 1.0  # QAM loss on the model's own predictions
     corrupt_quality_weight: float = 0.0  # QAM loss on corrupted ground-truth masks
+    # Scale on the gradient the QAM losses send into the value encoder (the score head itself
+    # always gets the full gradient). The value encoder also writes the memory values: at 1.0
+    # the score losses, larger than the mask loss, pull it away from segmentation.
+    quality_feature_grad: float = 1.0
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
@@ -92,7 +96,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA
     cpu_bf16: bool = False  # bf16 autocast on CPU (FP32 master weights)
     val_every: int = 0  # validate (and keep the best checkpoint) every N steps; 0: never
-    warmup_steps: int = 100  # lr ramp after a fresh-optimizer resume
+    warmup_steps: int = 100  # lr ramp for a fresh optimizer on loaded weights
 
     def __post_init__(self) -> None:
         for name in ("image_size", "crop_size"):
@@ -143,14 +147,30 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 # ---------------------------------------------------------------- one training step
 
 
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward pass; `scale` x its gradient in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x.detach() if scale == 0.0 else x * scale + x.detach() * (1.0 - scale)
+
+
 def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
-                 object_valid: torch.Tensor,
-                 qam_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 object_valid: torch.Tensor, qam_masks: torch.Tensor | None = None,
+                 quality_feature_grad: float = 1.0) -> dict[str, torch.Tensor]:
     """frames: (B, 3, H, W, 3) uint8; masks: (B, 3, N, H, W) -> logits/probs/scores of frames 1, 2
-    (+ `score_c`, the QAM scores of qam_masks (B, N, H, W) on frame 2, when given)."""
+    (+ `score_c`, the QAM scores of qam_masks (B, N, H, W) on frame 2, when given).
+
+    quality_feature_grad: see TrainConfig."""
     b = frames.shape[0]
     images = [normalize_uint8(frames[:, t]) for t in range(3)]
-    k0, v0, _ = model.encode_memory(images[0], masks[:, 0])
+
+    def encode_memory(image: torch.Tensor, m: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, v, features = model.memory_kv(image, m)
+        score = model.assess_quality(scale_grad(features, quality_feature_grad))
+        return k, v, score.view(m.shape[:2])
+
+    k0, v0, _ = encode_memory(images[0], masks[:, 0])
     out: dict[str, torch.Tensor] = {}
     keys, values, prev = [k0], [v0], masks[:, 0]
     for t in (1, 2):
@@ -158,13 +178,13 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
         mk, mv = torch.stack(keys, 1), torch.stack(values, 1)
         readout = model.read_memory(qk, mk, mv, mk.new_ones(b, len(keys)), None)
         logits, prob = model.decode(readout, qv, f8, f4, object_valid)
-        k, v, score = model.encode_memory(images[t], prob[:, 1:])
+        k, v, score = encode_memory(images[t], prob[:, 1:])
         keys.append(k)
         values.append(v)
         prev = prob[:, 1:]
         out[f"logits_{t}"], out[f"prob_{t}"], out[f"score_{t}"] = logits, prob, score
     if qam_masks is not None:
-        out["score_c"] = model.encode_memory(images[2], qam_masks)[2]
+        out["score_c"] = encode_memory(images[2], qam_masks)[2]
     return out
 
 
@@ -302,8 +322,8 @@ class Trainer:
     def load_weights(self, path: str | Path, *, continue_run: bool) -> None:
         """Start from weights without optimizer state (e.g. committed FP16 weights).
 
-        continue_run: take the step (and best J&F) recorded with them and warm the fresh
-        optimizer up over `warmup_steps`; else start at step 0 (initialisation only).
+        continue_run: take the step (and best J&F) recorded with them; else start at step 0.
+        Either way the fresh optimizer's lr ramps up over `warmup_steps`.
         """
         path = Path(path)
         obj = read_checkpoint(path)
@@ -313,8 +333,8 @@ class Trainer:
         if continue_run:
             self.step = int(obj.get("step", 0))
             self.best_jf = float(obj.get("best_jf", -math.inf))
-            self.warmup_from = self.step
             self._truncate_log()
+        self.warmup_from = self.step  # a fresh Adam on trained weights: ramp the lr up
 
     def _truncate_log(self) -> None:
         """Drop log rows past the checkpoint: those steps are about to be trained again."""
@@ -337,7 +357,7 @@ class Trainer:
         p = cfg.bootstrap.fraction(self.step)
         with self.autocast():
             out = forward_clip(self.model, frames, masks, valid,
-                               qam_masks if use_corrupt else None)
+                               qam_masks if use_corrupt else None, cfg.quality_feature_grad)
         losses = clip_loss(out, masks, valid, p, cfg.model.score_activation,
                            qam_masks if use_corrupt else None,
                            (cfg.quality_weight, cfg.corrupt_quality_weight))
