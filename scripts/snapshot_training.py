@@ -4,7 +4,7 @@ the ignored runs/ folder is gone) can continue it:
     python scripts/snapshot_training.py runs/light models/training
 
 writes light-latest.pth and light-best.pth (FP16 weights + config + step, no optimizer: ~13 MB
-each) and the run's log.csv, val.csv and segments.txt. Continue with
+each), the run's log.csv, val.csv and segments.txt, and its curves (curves.png). Continue with
     python training/train.py --config configs/light.yaml --resume-weights models/training/light-latest.pth
 (fresh optimizer with a short warm-up; `--resume` is exact when runs/light/checkpoint.pt exists).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from training.curves import plot_run
 from training.checkpoint import read_checkpoint
 
 FILES = ("log.csv", "val.csv", "segments.txt")
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in FILES:
         if (args.run_dir / name).is_file():
             shutil.copy(args.run_dir / name, args.out_dir / name)
+    if (args.run_dir / "log.csv").is_file():
+        plot_run(args.run_dir, args.out_dir / "curves.png", title=f"{args.run_dir}")
     return 0
 
 

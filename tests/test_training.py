@@ -138,6 +138,11 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     logged = (Path(cfg2.out_dir) / "log.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in logged] == [1, 2, 3, 4]
 
+    from training.curves import plot_run
+
+    png = plot_run(Path(cfg2.out_dir), tmp_path / "curves.png", window=2)
+    assert Image.open(png).size[0] > 500
+
 
 def test_quality_gradient_reaches_value_encoder_scaled(davis_root):
     """quality_feature_grad scales what the score loss sends into the value encoder (which also
