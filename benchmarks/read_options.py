@@ -22,6 +22,10 @@ shapes, then timed with its inputs bound in place (wall ms with --threads, CPU m
                         to the query per frame (the only per-key term of a dot-product affinity)
     no-slot-bias        deployed without the invalid-slot bias: NOT exact, the bias's cost
 
+and it times the deployed read's parts alone on ONNX Runtime (`parts`): the GEMM + TopK without
+the softmax and row gather, and the TopK alone on a precomputed affinity, so the deployed time
+splits into GEMM, TopK and the rest.
+
 It also reports how often a bf16 affinity (query and keys rounded to bf16, as a bf16 GEMM
 would) selects other positions than the FP32 one. Writes OUT/read_options.json and prints the
 table.
@@ -252,6 +256,34 @@ def time_openvino(path: Path, feeds: Memory, threads: int, iters: int) -> tuple[
     return request.infer(feeds, share_inputs=True)[0], wall, cpu
 
 
+def time_parts(mem: Memory, top_k: int, threads: int, iters: int, tmp: Path
+               ) -> dict[str, float]:
+    """Median wall ms of the deployed read's parts alone on ONNX Runtime."""
+    import torch
+
+    from export.memory_read import affinity_top_k
+
+    def gemm_top_k(qk, mk, valid):
+        return affinity_top_k(qk, mk, valid, top_k)[0]
+
+    def top_k_only(affinity):
+        return torch.topk(affinity, top_k, dim=2)[0]
+
+    t = {n: torch.from_numpy(mem[n]) for n in ("query_key", "mem_keys", "mem_valid")}
+    with torch.inference_mode():
+        n, s, p, ck = t["mem_keys"].shape
+        q = (t["query_key"] / math.sqrt(ck)).reshape(ck, p).t()
+        affinity = torch.matmul(q, t["mem_keys"].reshape(n, s * p, ck).transpose(1, 2))
+    parts = {"gemm+topk": (gemm_top_k, {k: mem[k] for k in ("query_key", "mem_keys", "mem_valid")}),
+             "topk": (top_k_only, {"affinity": affinity.numpy()})}
+    out = {}
+    for name, (fn, feeds) in parts.items():
+        path = tmp / f"part-{name}.onnx"
+        export(fn, feeds, path)
+        out[f"{name}_ms_median"] = round(float(np.median(time_ort(path, feeds, threads, iters)[1])), 3)
+    return out
+
+
 def bf16_selection(mem: Memory, top_k: int) -> dict[str, float]:
     """Rows whose top-k set changes when the affinity's inputs are rounded to bf16."""
     import torch
@@ -303,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               t["mem_valid"][None], k)[0].numpy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        print("  the deployed read's parts...", file=sys.stderr, flush=True)
+        parts = time_parts(in_layout(mem, "deployed", h, w), k, threads, args.iters, Path(tmp))
         for name, (fn, layout) in options(k, manifest.capacity, h, w).items():
             feeds = in_layout(mem, layout, h, w)
             path = Path(tmp) / f"{name}.onnx"
@@ -337,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   manifest.memory_size + 6, "valid_slots": int(mem["mem_valid"].sum())},
         "settings": {"threads": threads, "iters": args.iters},
         "options": rows,
+        "parts_onnxruntime": parts,
         "bf16_affinity": bf16_selection(mem, k),
     }
     print(f"\nMemory read options ({manifest.height}x{manifest.width}, {manifest.max_objects} "
@@ -346,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [[r["option"], r["engine"], r.get("ms_median"), r.get("ms_min"),
                   r.get("cpu_ms_1_thread"), f"{r['max_abs_diff_vs_reference']:.1e}"]
                  for r in rows if "ms_median" in r]))
+    print("deployed read's parts alone (ONNX Runtime, ms median):", parts)
     print("bf16 affinity:", result["bf16_affinity"])
     print("wrote", write_json(args.out / "read_options.json", result))
     return 0

@@ -211,6 +211,8 @@ def test_read_options_outputs(engine, tmp_path: Path, capsys) -> None:
             assert r["ms_median"] > 0 and (r["max_abs_diff_vs_reference"] < 1e-3 or
                                            not r["exact"])
     assert 0 <= data["bf16_affinity"]["rows_changed_fraction"] <= 1
+    parts = data["parts_onnxruntime"]
+    assert parts["topk_ms_median"] > 0 and parts["gemm+topk_ms_median"] > 0
 
 
 def test_official_speed_checkpoint_is_official_with_a_constant_score() -> None:
