@@ -176,3 +176,17 @@ def test_quality_gradient_reaches_value_encoder_scaled(davis_root):
     assert grads[0.0][0] == 0.0
     assert grads[0.1][1] == pytest.approx(grads[1.0][1], rel=1e-5)
     assert torch.equal(scores[1.0], scores[0.1]) and torch.equal(scores[1.0], scores[0.0])
+
+
+def test_trainable_prefixes_freeze_everything_else(davis_root, tmp_path):
+    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    cfg = _tiny(tmp_path, davis_root, steps=2, pretrained_backbone=False,
+                corrupt_quality_weight=1.0, trainable=("score",))
+    trainer = Trainer(cfg, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit(seqs, quiet=True)
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("score.") for n in changed)
+    assert "score.fc2.weight" in changed
+    with pytest.raises(ConfigError, match="no parameter name starts with"):
+        Trainer(_tiny(tmp_path, davis_root, trainable=("scroe",)), torch.device("cpu"))

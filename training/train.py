@@ -78,6 +78,9 @@ class TrainConfig:
     # always gets the full gradient). The value encoder also writes the memory values: at 1.0
     # the score losses, larger than the mask loss, pull it away from segmentation.
     quality_feature_grad: float = 1.0
+    # Parameter-name prefixes to train, the rest frozen; empty: all. ["score"] is a stage that
+    # calibrates the QAM score head of a trained model without touching its segmentation.
+    trainable: tuple[str, ...] = ()
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
@@ -253,6 +256,15 @@ class Trainer:
         self.model = QDMN(cfg.model, pretrained_backbone=cfg.pretrained_backbone).to(self.device)
         self.model.train()
         freeze_batchnorm(self.model)
+        if cfg.trainable:
+            prefixes = tuple(cfg.trainable)
+            names = [n for n, _ in self.model.named_parameters() if n.startswith(prefixes)]
+            if not names:
+                raise ConfigError(f"train.trainable={list(cfg.trainable)}: no parameter name "
+                                  "starts with these")
+            for name, p in self.model.named_parameters():
+                if not name.startswith(prefixes):
+                    p.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
