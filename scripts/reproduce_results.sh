@@ -7,10 +7,15 @@ DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 R=benchmarks/results
 VAL=blackswan,cows,libby          # configs/light.yaml's val_sequences (never trained on)
 
-# 1. train (resumable; ~50 min on 1 core), validate on the held-out sequences, ship FP16 weights
-python training/train.py --config configs/light.yaml --resume --validate \
-    --export-fp16 runs/light/model_fp16.pth
-cp runs/light/model_fp16.pth models/qdmn-light.pth
+# 1. train in two stages (models/README.md; ~1.5 h on 2 cores):
+#    stage 0, the first recipe (models/qdmn-light-stage0.yaml), 950 steps from ImageNet;
+#    stage 1, configs/light.yaml from stage 0, validated every 300 steps, best kept (step 600).
+python training/train.py --config models/qdmn-light-stage0.yaml --resume \
+    --export-fp16 runs/light-stage0/model_fp16.pth
+python training/train.py --config configs/light.yaml --init runs/light-stage0/model_fp16.pth \
+    --steps 600
+python scripts/snapshot_training.py runs/light models/training
+cp models/training/light-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1
@@ -25,8 +30,12 @@ python benchmarks/evaluate.py --engine-dir engines/light-1obj --data "$DAVIS" --
 python benchmarks/evaluate.py --engine-dir engines/light-1obj-int8 --data "$DAVIS" --sequences $VAL \
     --backend ort-cpu --out $R/jf-val-ort-int8 --no-progress
 
-# 4. the demo (two real clips, one and two objects)
+# 4. the demo (two real clips, one and two objects), its picture, and the model report (one- and
+# two-object validation through the runtime at 240x432 and 480x864, QAM score vs IoU)
+python demo.py --backend ort-cpu
 python demo.py
+python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
+python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report
 
 # 5. speed (2-object graphs, beta = 25: the issue-11 configuration), the memory read's options,
 # long-video stability and the O(beta) read
