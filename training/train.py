@@ -154,7 +154,8 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     """x in the forward pass; `scale` x its gradient in the backward pass."""
     if scale == 1.0:
         return x
-    return x.detach() if scale == 0.0 else x * scale + x.detach() * (1.0 - scale)
+    base = x.detach()
+    return base if scale == 0.0 else base + (x - base) * scale  # (x - base) is exactly 0
 
 
 def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
