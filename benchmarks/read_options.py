@@ -261,21 +261,19 @@ def time_parts(mem: Memory, top_k: int, threads: int, iters: int, tmp: Path
     """Median wall ms of the deployed read's parts alone on ONNX Runtime."""
     import torch
 
-    from export.memory_read import affinity_top_k
+    from export.memory_read import affinity, affinity_top_k
 
     def gemm_top_k(qk, mk, valid):
         return affinity_top_k(qk, mk, valid, top_k)[0]
 
-    def top_k_only(affinity):
-        return torch.topk(affinity, top_k, dim=2)[0]
+    def top_k_only(scores):
+        return torch.topk(scores, top_k, dim=2)[0]
 
-    t = {n: torch.from_numpy(mem[n]) for n in ("query_key", "mem_keys", "mem_valid")}
+    names = ("query_key", "mem_keys", "mem_valid")
     with torch.inference_mode():
-        n, s, p, ck = t["mem_keys"].shape
-        q = (t["query_key"] / math.sqrt(ck)).reshape(ck, p).t()
-        affinity = torch.matmul(q, t["mem_keys"].reshape(n, s * p, ck).transpose(1, 2))
-    parts = {"gemm+topk": (gemm_top_k, {k: mem[k] for k in ("query_key", "mem_keys", "mem_valid")}),
-             "topk": (top_k_only, {"affinity": affinity.numpy()})}
+        scores = affinity(*(torch.from_numpy(mem[n]) for n in names))
+    parts = {"gemm+topk": (gemm_top_k, {n: mem[n] for n in names}),
+             "topk": (top_k_only, {"affinity": scores.numpy()})}
     out = {}
     for name, (fn, feeds) in parts.items():
         path = tmp / f"part-{name}.onnx"

@@ -24,15 +24,22 @@ import torch.nn.functional as F
 from training.model import INVALID_SLOT_BIAS
 
 
+def affinity(query_key: torch.Tensor, mem_keys: torch.Tensor,
+             mem_valid: torch.Tensor) -> torch.Tensor:
+    """query_key (1, CK, h, w); mem_keys (N, S, P, CK); mem_valid (S,) 1/0
+    -> q K^T / sqrt(CK) + the invalid-slot bias, (N, P, S*P): one GEMM per object."""
+    n, s, p, ck = mem_keys.shape
+    q = (query_key / math.sqrt(ck)).reshape(ck, p).t()  # (P, CK): the query rows
+    scores = torch.matmul(q, mem_keys.reshape(n, s * p, ck).transpose(1, 2))  # (N, P, S*P)
+    bias = ((1.0 - mem_valid) * INVALID_SLOT_BIAS).view(s, 1).expand(s, p).reshape(1, 1, s * p)
+    return scores + bias
+
+
 def affinity_top_k(query_key: torch.Tensor, mem_keys: torch.Tensor, mem_valid: torch.Tensor,
                    top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """query_key (1, CK, h, w); mem_keys (N, S, P, CK); mem_valid (S,) 1/0
     -> the k largest affinities (N, P, k), sorted, and their positions in [0, S*P)."""
-    n, s, p, ck = mem_keys.shape
-    q = (query_key / math.sqrt(ck)).reshape(ck, p).t()  # (P, CK): the query rows
-    affinity = torch.matmul(q, mem_keys.reshape(n, s * p, ck).transpose(1, 2))  # (N, P, S*P)
-    bias = ((1.0 - mem_valid) * INVALID_SLOT_BIAS).view(s, 1).expand(s, p).reshape(1, 1, s * p)
-    return torch.topk(affinity + bias, top_k, dim=2)
+    return torch.topk(affinity(query_key, mem_keys, mem_valid), top_k, dim=2)
 
 
 def banked_memory_read(query_key: torch.Tensor, mem_keys: torch.Tensor,
@@ -40,13 +47,10 @@ def banked_memory_read(query_key: torch.Tensor, mem_keys: torch.Tensor,
                        top_k: int | None) -> torch.Tensor:
     """query_key (1, CK, h, w); mem_keys (N, S, P, CK); mem_values (N, S, P, CV);
     mem_valid (S,) -> readout (N, CV, h, w), as memory_readout on the same memory."""
-    _, ck, h, w = query_key.shape
+    _, _, h, w = query_key.shape
     n, s, p, cv = mem_values.shape
     if top_k is None or top_k >= s * p:  # memory_readout's dense softmax
-        q = (query_key / math.sqrt(ck)).reshape(ck, p).t()
-        affinity = torch.matmul(q, mem_keys.reshape(n, s * p, ck).transpose(1, 2))
-        bias = ((1.0 - mem_valid) * INVALID_SLOT_BIAS).view(s, 1).expand(s, p).reshape(1, 1, -1)
-        weights = F.softmax(affinity + bias, dim=2)
+        weights = F.softmax(affinity(query_key, mem_keys, mem_valid), dim=2)
         out = torch.matmul(weights, mem_values.reshape(n, s * p, cv))  # (N, P, CV)
     else:
         top, index = affinity_top_k(query_key, mem_keys, mem_valid, top_k)
