@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from training.curves import plot_run
 from training.checkpoint import read_checkpoint
+from training.curves import plot_run
 
 FILES = ("log.csv", "val.csv", "segments.txt")
 
