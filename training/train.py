@@ -262,8 +262,7 @@ class Trainer:
         freeze_batchnorm(self.model)
         if cfg.trainable:
             prefixes = tuple(cfg.trainable)
-            names = [n for n, _ in self.model.named_parameters() if n.startswith(prefixes)]
-            if not names:
+            if not any(n.startswith(prefixes) for n, _ in self.model.named_parameters()):
                 raise ConfigError(f"train.trainable={list(cfg.trainable)}: no parameter name "
                                   "starts with these")
             for name, p in self.model.named_parameters():
