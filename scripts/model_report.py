@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from runtime.manifest import Manifest, ManifestError, file_sha256
 from runtime.segmenter import Segmenter
 from training.checkpoint import load_model
 from training.reference import ReferenceSegmenter
@@ -40,7 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def export(ckpt: Path, size: tuple[int, int], out: Path) -> Path:
-    if not (out / "manifest.json").is_file():
+    """Export unless `out` holds graphs of this very checkpoint at this size (a changed
+    checkpoint under the same name once reported the old model's runtime numbers)."""
+    try:
+        m = Manifest.load(out)
+        fresh = m.checkpoint_sha256 == file_sha256(ckpt) and (m.height, m.width) == tuple(size)
+    except ManifestError:
+        fresh = False
+    if not fresh:
         subprocess.run([sys.executable, str(REPO / "export/to_onnx.py"), str(ckpt), "--out",
                         str(out), "--size", str(size[0]), str(size[1]), "--max-objects", "2"],
                        check=True)

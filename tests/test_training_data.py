@@ -74,6 +74,25 @@ def test_copy_paste_sample_has_consistent_object_channels(demo_seqs):
     assert seen_multi >= 9, seen_multi  # pasting fills clips with several objects
 
 
+def test_distractors_are_pasted_as_background(demo_seqs):
+    spec = SampleSpec(crop=(96, 160), num_objects=1, image_size=(128, 224), scale_range=(0.8, 2.0))
+    with_distractors = 0
+    for seed in range(10):
+        # Same seed: the same base clip, then with or without two distractors pasted in.
+        plain = copy_paste_sample(np.random.default_rng(seed), demo_seqs, spec, 3, 0.3)
+        s = copy_paste_sample(np.random.default_rng(seed), demo_seqs, spec, 3, 0.3,
+                              distractors=2)
+        assert s.masks.shape == (3, 1, 96, 160) and s.object_valid[0] == 1
+        assert s.masks[0, 0].any()  # the target stays visible where its reference is given
+        # A distractor only ever hides the target (in front); it never becomes the target.
+        assert not (s.masks[:, 0] > plain.masks[:, 0]).any()
+        changed = np.abs(s.frames.astype(int) - plain.frames).max(-1) > 40
+        with_distractors += int(changed.mean() > 0.01)
+        # Changed pixels are the distractors': background, up to the 1-px feathered edge.
+        assert s.masks[:, 0][changed].mean() < 0.05
+    assert with_distractors >= 8, with_distractors  # distractors were really pasted
+
+
 def test_scale_jitter_changes_object_size(demo_seqs):
     sizes = {}
     for scale in (0.8, 2.0):

@@ -214,20 +214,30 @@ def static_sample(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSp
 
 
 def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: SampleSpec,
-                      max_skip: int, static_fraction: float) -> Sample:
+                      max_skip: int, static_fraction: float, distractors: int = 0) -> Sample:
     """A clip with objects of other clips pasted onto it, moving, until it holds
     spec.num_objects objects: other videos' objects and, one time in four, a second copy of a
     clip's own object (a look-alike distractor). Each paste goes in front of or behind what is
-    there, so objects occlude each other both ways; objects hidden in frame 0 are dropped."""
+    there, so objects occlude each other both ways; objects hidden in frame 0 are dropped.
+
+    Then `distractors` more objects are pasted the same way but left unlabelled: background in
+    every mask. Without them every salient thing in a training clip is a target, and the model
+    learns to segment whatever stands out instead of what its memory holds (it painted the cow,
+    not the dog it was given, on the two-object validation clips). A distractor that would hide
+    a target entirely in frame 0 is not pasted. Distractors come from other clips, never a copy
+    of the target: keys carry no position, so an unlabelled twin differs from the target only
+    by where it moves."""
     base = any_clip(rng, seqs, spec, max_skip, static_fraction)
     frames = [f.copy() for f in base[0]]
     labels = [lb.copy() for lb in base[1]]
     objects = _visible(labels)[:1]
     ch, cw = spec.crop
     next_id = max(int(max(lb.max() for lb in labels)), 0) + 1
-    twin = bool(objects) and rng.random() < 0.25
-    for _ in range(8):  # a few tries: a donor may be absent from its own first frame
-        if len(objects) >= spec.num_objects:
+    twin = bool(objects) and spec.num_objects > 1 and rng.random() < 0.25
+    pasted = 0
+    for _ in range(8 + 2 * distractors):  # a few tries: a donor may be absent from frame 0
+        target = len(objects) < spec.num_objects
+        if not target and pasted >= distractors:
             break
         if twin:  # the clip's own object again, elsewhere: same look, another identity
             d_frames, d_labels, twin = base[0], base[1], False
@@ -243,10 +253,16 @@ def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: Samp
         fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
         cut = cut.scaled(fit * float(rng.uniform(0.4, 1.0)))
         positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3)
+        kept = ([f.copy() for f in frames], [lb.copy() for lb in labels])
         paste(frames, labels, cut, next_id, positions, in_front=rng.random() < 0.7)
-        objects = [o for o in objects if (labels[0] == o).any()]
-        if (labels[0] == next_id).any():
-            objects.append(next_id)
+        if target:
+            objects = [o for o in objects if (labels[0] == o).any()]
+            if (labels[0] == next_id).any():
+                objects.append(next_id)
+        elif all((labels[0] == o).any() for o in objects):
+            pasted += 1
+        else:
+            frames, labels = kept
         next_id += 1
     rng.shuffle(objects)
     return _to_sample(rng, frames, labels, objects, spec.num_objects)

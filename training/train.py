@@ -30,6 +30,7 @@ from tqdm import tqdm
 from runtime.manifest import STRIDE
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
+from training.correspondence import correspondence_loss
 from training.data import (
     Sample,
     SampleSpec,
@@ -72,12 +73,18 @@ class TrainConfig:
     three_object_fraction: float = 0.0  # share of those with three objects (else two)
     side_by_side_fraction: float = 1.0  # share of 2-object clips built side by side (else
     # copy-paste: objects of other clips pasted, moving, in front of or behind the clip's own)
+    # share of single-object and copy-paste clips that also get 1-2 unlabelled pasted objects
+    # (other animals, or a look-alike of the target) that the model must leave as background
+    distractor_fraction: float = 0.0
     quality_weight: float = 1.0  # QAM loss on the model's own predictions
     corrupt_quality_weight: float = 0.0  # QAM loss on corrupted ground-truth masks
     # Scale on the gradient the QAM losses send into the value encoder (the score head itself
     # always gets the full gradient). The value encoder also writes the memory values: at 1.0
     # the score losses, larger than the mask loss, pull it away from segmentation.
     quality_feature_grad: float = 1.0
+    # Weight of the dense correspondence loss (training.correspondence): the memory keys learn to
+    # match on a warped copy of each clip's first frame, whose true matches are known.
+    correspondence_weight: float = 0.0
     # Parameter-name prefixes to train, the rest frozen; empty: all. ["score"] is a stage that
     # calibrates the QAM score head of a trained model without touching its segmentation.
     trainable: tuple[str, ...] = ()
@@ -192,6 +199,7 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
         out[f"logits_{t}"], out[f"prob_{t}"], out[f"score_{t}"] = logits, prob, score
     if qam_masks is not None:
         out["score_c"] = encode_memory(images[2], qam_masks)[2]
+    out["key_0"] = k0
     return out
 
 
@@ -228,6 +236,12 @@ def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample
     spec = SampleSpec(cfg.crop_size, n, cfg.image_size, cfg.scale_range)
     skip = cfg.skip_at(step)
 
+    def distractors() -> int:
+        # No draw at 0: runs from before the option keep their exact sample stream.
+        if cfg.distractor_fraction and rng.random() < cfg.distractor_fraction:
+            return int(rng.integers(1, 3))
+        return 0
+
     def single() -> Sample:
         if rng.random() < cfg.static_fraction:
             return static_sample(rng, seqs, spec)
@@ -235,10 +249,12 @@ def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample
 
     def one() -> Sample:
         if n == 1:
-            return single()
+            d = distractors()
+            return (copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction, d) if d
+                    else single())
         if n == 2 and rng.random() < cfg.side_by_side_fraction:
             return side_by_side(rng, single(), single())
-        return copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction)
+        return copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction, distractors())
 
     return [one() for _ in range(cfg.batch_size)]
 
@@ -380,9 +396,15 @@ class Trainer:
         with self.autocast():
             out = forward_clip(self.model, frames, masks, valid,
                                qam_masks if use_corrupt else None, cfg.quality_feature_grad)
+            corr = torch.zeros(())
+            if cfg.correspondence_weight > 0:
+                corr = correspondence_loss(self.model, normalize_uint8(frames[:, 0]),
+                                           masks[:, 0], out["key_0"][:, 0])
         losses = clip_loss(out, masks, valid, p, cfg.model.score_activation,
                            qam_masks if use_corrupt else None,
                            (cfg.quality_weight, cfg.corrupt_quality_weight))
+        losses["loss"] = losses["loss"] + cfg.correspondence_weight * corr
+        losses["corr_loss"] = corr
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -402,12 +424,15 @@ class Trainer:
         log_path = self.out_dir / LOG_NAME
         self.out_dir.mkdir(parents=True, exist_ok=True)
         history = []
-        fields = ["step", "loss", "seg_loss", "quality_loss", "quality_loss_c", "iou", "p", "lr",
-                  "sec"]
+        fields = ["step", "loss", "seg_loss", "quality_loss", "quality_loss_c", "corr_loss", "iou",
+                  "p", "lr", "sec"]
         new_log = not log_path.is_file()
+        if not new_log:  # a log begun before a column was added keeps its own columns
+            with open(log_path, newline="") as f:
+                fields = next(csv.reader(f), fields)
         with open(log_path, "a", newline="") as f, \
                 tqdm(total=end, initial=self.step, desc="train", disable=quiet) as bar:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_log:
                 writer.writeheader()
             while self.step < end:
@@ -415,7 +440,7 @@ class Trainer:
                 stats = self.train_step(seqs)
                 stats.update(step=self.step, sec=time.perf_counter() - t0)
                 history.append(stats)
-                writer.writerow({k: stats[k] for k in fields})
+                writer.writerow(stats)
                 if self.step % self.cfg.log_every == 0:
                     f.flush()
                 bar.update(1)

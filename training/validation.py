@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from evaluation.davis import DavisLayout
 from evaluation.metrics import evaluate_sequence
+from runtime.manifest import STRIDE
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
 from runtime.palette import save_palette_png
 from training.copy_paste import Cutout, paste
@@ -205,6 +206,46 @@ def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
     report = ValReport(jf, float(np.mean(single)) if single else float("nan"),
                        float(np.mean(multi)) if multi else float("nan"), quality)
     return report, preds
+
+
+def _resize(x: np.ndarray, size: tuple[int, int], interp: int) -> np.ndarray:
+    return cv2.resize(x, (size[1], size[0]), interpolation=interp)
+
+
+@torch.inference_mode()
+def key_match_shares(model: QDMN, video: ValVideo, size: tuple[int, int], frames: tuple[int, ...],
+                     k: int) -> list[dict[str, float]]:
+    """Do the memory keys match? For each object's query cells in `frames`, the share of their
+    top-k memory positions (frame 0, ground-truth masks) by key affinity that lie on the same
+    object, with chance (the object's share of all memory cells). One row per (frame, object).
+    Near chance, the read returns an average of the memory whatever the object."""
+    n = video.num_objects
+    cells = (size[0] // STRIDE, size[1] // STRIDE)
+
+    def image(t: int) -> torch.Tensor:
+        return normalize_uint8(torch.from_numpy(_resize(video.frames[t], size, cv2.INTER_AREA))[None])
+
+    def onehot(t: int) -> torch.Tensor:
+        lab = _resize(video.labels[t], size, cv2.INTER_NEAREST)
+        return torch.from_numpy(np.stack([lab == i + 1 for i in range(n)]).astype(np.float32))[None]
+
+    def cell_labels(t: int) -> np.ndarray:
+        return _resize(video.labels[t], cells, cv2.INTER_NEAREST).reshape(-1)
+
+    mem_key = model.memory_kv(image(0), onehot(0))[0][0]  # (N, CK, h, w)
+    first = cell_labels(0)
+    rows = []
+    for t in (t for t in frames if t < len(video.frames)):
+        query_key = model.encode_query(image(t), onehot(t - 1))[0][0].flatten(1)  # (CK, hw)
+        here = cell_labels(t)
+        for obj in range(n):
+            top = (query_key.T @ mem_key[obj].flatten(1)).topk(k, dim=1).indices.numpy()
+            picked = first[top[here == obj + 1]]
+            if picked.size:
+                rows.append({"frame": t, "object": obj + 1,
+                             "share": round(float((picked == obj + 1).mean()), 3),
+                             "chance": round(float((first == obj + 1).mean()), 3)})
+    return rows
 
 
 def write_quality_points(stats: QualityStats, path: str | Path) -> None:
