@@ -7,15 +7,20 @@ DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 R=benchmarks/results
 VAL=blackswan,cows,libby          # configs/light.yaml's val_sequences (never trained on)
 
-# 1. train in two stages (models/README.md; ~1.5 h on 2 cores):
+# 1. train in three stages (models/README.md; ~1.7 h on 2 cores):
 #    stage 0, the first recipe (models/qdmn-light-stage0.yaml), 950 steps from ImageNet;
-#    stage 1, configs/light.yaml from stage 0, validated every 300 steps, best kept (step 600).
+#    stage 1, configs/light.yaml from stage 0, validated every 300 steps, best kept (step 600);
+#    stage 2, configs/light-stage2.yaml from stage 1: the key projections alone with the
+#    correspondence loss, validated every 100 steps, best kept (step 100).
 python training/train.py --config models/qdmn-light-stage0.yaml --resume \
     --export-fp16 runs/light-stage0/model_fp16.pth
 python training/train.py --config configs/light.yaml --init runs/light-stage0/model_fp16.pth \
     --steps 600
 python scripts/snapshot_training.py runs/light models/training
-cp models/training/light-best.pth models/qdmn-light.pth
+python training/train.py --config configs/light-stage2.yaml --init models/training/light-best.pth \
+    --steps 300
+python scripts/snapshot_training.py runs/light-stage2 models/training/stage2 --name light-stage2
+cp models/training/stage2/light-stage2-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1
@@ -36,6 +41,9 @@ python demo.py --backend ort-cpu
 python demo.py
 python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report
+python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out models/report/key_matching.json
+python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
+    --out models/report/key_matching_stage1.json
 
 # 5. speed (2-object graphs, beta = 25: the issue-11 configuration), the memory read's options,
 # long-video stability and the O(beta) read
