@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_model
-from training.correspondence import correspondence_loss, match_targets
+from training.correspondence import correspondence_loss, flow_matches, match_targets
 from training.data import load_sequences
 from training.model import freeze_batchnorm, normalize_uint8
 
@@ -85,3 +85,22 @@ def test_shipped_keys_match_their_object_well_above_chance(davis_root):
             share = np.mean([r["share"] for r in rows if r["object"] == obj])
             chance = rows[[r["object"] for r in rows].index(obj)]["chance"]
             assert share > 2 * chance, (name, obj, share, chance)
+
+
+def test_flow_matches_find_a_known_shift_on_a_real_frame(davis_root):
+    """A real frame and the same frame moved 16 px (one cell) right and 8 px down: every query
+    cell whose source is in view matches the cell it came from, and cells that show content
+    absent from the memory frame are not trusted."""
+    frame = load_sequences(davis_root, ["blackswan"], (192, 320))[0].frames[0]
+    moved = np.zeros_like(frame)
+    moved[8:, 16:] = frame[:-8, :-16]
+    uv, valid = flow_matches(moved, frame, 16)
+    h, w = 192 // 16, 320 // 16
+    u, v = uv[:, 0].reshape(h, w), uv[:, 1].reshape(h, w)
+    ok = valid.reshape(h, w)
+    inner = ok[2:-2, 3:-2]
+    assert inner.mean() > 0.8, ok.astype(int)
+    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+    np.testing.assert_allclose(u[2:-2, 3:-2][inner], (cols - 1)[2:-2, 3:-2][inner], atol=0.15)
+    np.testing.assert_allclose(v[2:-2, 3:-2][inner], (rows - 0.5)[2:-2, 3:-2][inner], atol=0.15)
+    assert not ok[:, 0].any()  # the first column shows the black border, not in the memory

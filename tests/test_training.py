@@ -115,13 +115,15 @@ def test_overfits_one_real_sequence(davis_root, tmp_path):
 
 def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     seqs = load_sequences(davis_root, ["blackswan"], SIZE)
-    # With every random part on: distractors, corrupted QAM masks, the correspondence warp.
+    # With every random part on: distractors, corrupted QAM masks, the correspondence warp (and
+    # the flow-based correspondence, deterministic given the frames).
     extra = {"multi_object_fraction": 0.5, "distractor_fraction": 0.5,
-             "corrupt_quality_weight": 1.0, "correspondence_weight": 0.5}
+             "corrupt_quality_weight": 1.0, "correspondence_weight": 0.5,
+             "flow_correspondence_weight": 0.5}
     cfg = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, **extra)
     torch.manual_seed(0)
     straight = Trainer(cfg, torch.device("cpu")).fit(seqs, quiet=True)
-    assert all(h["corr_loss"] > 0 for h in straight)
+    assert all(h["corr_loss"] > 0 and h["flow_loss"] >= 0 for h in straight)
 
     cfg2 = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, **extra,
                  out_dir=str(tmp_path / "resumed"))

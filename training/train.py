@@ -30,7 +30,7 @@ from tqdm import tqdm
 from runtime.manifest import STRIDE
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
-from training.correspondence import correspondence_loss
+from training.correspondence import correspondence_loss, flow_correspondence_loss
 from training.data import (
     Sample,
     SampleSpec,
@@ -85,6 +85,8 @@ class TrainConfig:
     # Weight of the dense correspondence loss (training.correspondence): the memory keys learn to
     # match on a warped copy of each clip's first frame, whose true matches are known.
     correspondence_weight: float = 0.0
+    # The same between a clip's real frames 0 and 2, matches from optical flow (real motion).
+    flow_correspondence_weight: float = 0.0
     # Parameter-name prefixes to train, the rest frozen; empty: all. ["score"] is a stage that
     # calibrates the QAM score head of a trained model without touching its segmentation.
     trainable: tuple[str, ...] = ()
@@ -197,6 +199,7 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
         values.append(v)
         prev = prob[:, 1:]
         out[f"logits_{t}"], out[f"prob_{t}"], out[f"score_{t}"] = logits, prob, score
+        out[f"query_key_{t}"] = qk
     if qam_masks is not None:
         out["score_c"] = encode_memory(images[2], qam_masks)[2]
     out["key_0"] = k0
@@ -400,11 +403,15 @@ class Trainer:
             if cfg.correspondence_weight > 0:
                 corr = correspondence_loss(self.model, normalize_uint8(frames[:, 0]),
                                            masks[:, 0], out["key_0"][:, 0])
+            flow = torch.zeros(())
+            if cfg.flow_correspondence_weight > 0:
+                flow = flow_correspondence_loss(out["query_key_2"], out["key_0"][:, 0], frames, 2)
         losses = clip_loss(out, masks, valid, p, cfg.model.score_activation,
                            qam_masks if use_corrupt else None,
                            (cfg.quality_weight, cfg.corrupt_quality_weight))
-        losses["loss"] = losses["loss"] + cfg.correspondence_weight * corr
-        losses["corr_loss"] = corr
+        losses["loss"] = (losses["loss"] + cfg.correspondence_weight * corr
+                          + cfg.flow_correspondence_weight * flow)
+        losses["corr_loss"], losses["flow_loss"] = corr, flow
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -424,8 +431,8 @@ class Trainer:
         log_path = self.out_dir / LOG_NAME
         self.out_dir.mkdir(parents=True, exist_ok=True)
         history = []
-        fields = ["step", "loss", "seg_loss", "quality_loss", "quality_loss_c", "corr_loss", "iou",
-                  "p", "lr", "sec"]
+        fields = ["step", "loss", "seg_loss", "quality_loss", "quality_loss_c", "corr_loss",
+                  "flow_loss", "iou", "p", "lr", "sec"]
         new_log = not log_path.is_file()
         if not new_log:  # a log begun before a column was added keeps its own columns
             with open(log_path, newline="") as f:
