@@ -198,19 +198,21 @@ def test_trainable_prefixes_freeze_everything_else(davis_root, tmp_path):
         Trainer(_tiny(tmp_path, davis_root, trainable=("scroe",)), torch.device("cpu"))
 
 
-def test_encoder_lr_scale_slows_only_the_encoders(davis_root, tmp_path):
+@pytest.mark.parametrize("option, prefixes", [
+    ("encoder_lr_scale", ("rgb_encoder.", "mask_rgb_encoder.")),
+    ("key_lr_scale", ("kv_q_f16.key_proj.", "kv_m_f16.key_proj."))])
+def test_lr_scale_acts_only_on_its_parameters(davis_root, tmp_path, option, prefixes):
     seqs = load_sequences(davis_root, ["blackswan"], SIZE)
     moved = {}
     for scale in (1.0, 0.0):
         torch.manual_seed(0)
         cfg = _tiny(tmp_path, davis_root, steps=2, pretrained_backbone=False,
-                    encoder_lr_scale=scale, out_dir=str(tmp_path / f"run{scale}"))
+                    **{option: scale}, out_dir=str(tmp_path / f"run{scale}"))
         trainer = Trainer(cfg, torch.device("cpu"))
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         trainer.fit(seqs, quiet=True)
         moved[scale] = {n for n, p in trainer.model.named_parameters()
                         if not torch.equal(p, before[n])}
-    encoders = ("rgb_encoder.", "mask_rgb_encoder.")
-    assert any(n.startswith(encoders) for n in moved[1.0])
-    assert moved[0.0] and not any(n.startswith(encoders) for n in moved[0.0])
-    assert {n for n in moved[1.0] if not n.startswith(encoders)} == moved[0.0]
+    assert any(n.startswith(prefixes) for n in moved[1.0])
+    assert moved[0.0] and not any(n.startswith(prefixes) for n in moved[0.0])
+    assert {n for n in moved[1.0] if not n.startswith(prefixes)} == moved[0.0]

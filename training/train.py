@@ -93,6 +93,10 @@ class TrainConfig:
     # lr multiplier for the two ImageNet encoders (rgb_encoder, mask_rgb_encoder): they must adapt
     # (frozen was worse) but fit the few training videos fastest.
     encoder_lr_scale: float = 1.0
+    # lr multiplier for the two key projections: with the correspondence loss at the base lr
+    # the keys flatten to uniform read weights instead of matching (they pass that plateau at
+    # 1e-3, stage 2), while the rest of the model must move slowly.
+    key_lr_scale: float = 1.0
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
@@ -288,13 +292,17 @@ class Trainer:
                 if not name.startswith(prefixes):
                     p.requires_grad_(False)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups: list[dict[str, Any]] = [{"params": [p for _, p in named], "lr_scale": 1.0}]
-        if cfg.encoder_lr_scale != 1.0:
-            encoders = ("rgb_encoder.", "mask_rgb_encoder.")
-            groups = [{"params": [p for n, p in named if not n.startswith(encoders)],
-                       "lr_scale": 1.0},
-                      {"params": [p for n, p in named if n.startswith(encoders)],
-                       "lr_scale": cfg.encoder_lr_scale}]
+        # One Adam group per lr multiplier; a single group when none is set (as older
+        # checkpoints' optimizer state has).
+        scaled = {("rgb_encoder.", "mask_rgb_encoder."): cfg.encoder_lr_scale,
+                  ("kv_q_f16.key_proj.", "kv_m_f16.key_proj."): cfg.key_lr_scale}
+        groups: list[dict[str, Any]] = [{"params": [p for n, p in named if not any(
+            n.startswith(prefixes) for prefixes, scale in scaled.items() if scale != 1.0)],
+            "lr_scale": 1.0}]
+        for prefixes, scale in scaled.items():
+            if scale != 1.0:
+                groups.append({"params": [p for n, p in named if n.startswith(prefixes)],
+                               "lr_scale": scale})
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
