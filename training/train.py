@@ -74,7 +74,7 @@ class TrainConfig:
     side_by_side_fraction: float = 1.0  # share of 2-object clips built side by side (else
     # copy-paste: objects of other clips pasted, moving, in front of or behind the clip's own)
     # share of single-object and copy-paste clips that also get 1-2 unlabelled pasted objects
-    # (other animals, or a look-alike of the target) that the model must leave as background
+    # (other clips' objects, never a copy of the target) that the model must leave as background
     distractor_fraction: float = 0.0
     quality_weight: float = 1.0  # QAM loss on the model's own predictions
     corrupt_quality_weight: float = 0.0  # QAM loss on corrupted ground-truth masks
