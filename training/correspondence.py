@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.model import QDMN
+from training.model import QDMN, key_affinity
 
 
 def random_affine(b: int, *, degrees: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
@@ -70,12 +70,10 @@ def bilinear_targets(u: torch.Tensor, v: torch.Tensor, h: int, w: int
 
 def _affinity_nll(query_key: torch.Tensor, mem_key: torch.Tensor, target: torch.Tensor,
                   valid: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the read's affinity (query key . memory key / sqrt(CK), FP32) against
-    `target` (B, hw, hw), averaged over the valid query cells (B, hw)."""
-    ck = query_key.shape[1]
+    """Cross-entropy of the read's affinity (`key_affinity`, in FP32) against `target`
+    (B, hw, hw), averaged over the valid query cells (B, hw)."""
     with torch.autocast(query_key.device.type, enabled=False):
-        affinity = torch.bmm(query_key.flatten(2).transpose(1, 2).float(),
-                             mem_key.flatten(2).float()) / math.sqrt(ck)
+        affinity = key_affinity(query_key.flatten(2).float(), mem_key.flatten(2).float())
         nll = -(target * F.log_softmax(affinity, dim=2)).sum(2)
     return nll[valid].mean() if valid.any() else affinity.sum() * 0
 
@@ -121,11 +119,10 @@ def flow_matches(query: np.ndarray, memory: np.ndarray, stride: int, max_error: 
     def cells(x: np.ndarray) -> np.ndarray:
         return x[:h * stride, :w * stride].reshape(h, stride, w, stride).mean((1, 3))
 
-    share = cells(ok.astype(np.float32))
     okf = ok.astype(np.float32)
-    weight = np.maximum(cells(okf), 1e-6)
-    src_x = cells(mx * okf) / weight  # mean source pixel of the agreeing pixels
-    src_y = cells(my * okf) / weight
+    share = cells(okf)
+    src_x = cells(mx * okf) / np.maximum(share, 1e-6)  # mean source pixel of the agreeing pixels
+    src_y = cells(my * okf) / np.maximum(share, 1e-6)
     uv = np.stack([(src_x + 0.5) / stride - 0.5, (src_y + 0.5) / stride - 0.5], -1)
     return uv.reshape(-1, 2).astype(np.float32), (share >= 0.5).reshape(-1)
 

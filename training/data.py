@@ -253,7 +253,8 @@ def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: Samp
         fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
         cut = cut.scaled(fit * float(rng.uniform(0.4, 1.0)))
         positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3)
-        kept = ([f.copy() for f in frames], [lb.copy() for lb in labels])
+        # A distractor may have to be undone (it hid a target in frame 0): keep the clip.
+        kept = None if target else ([f.copy() for f in frames], [lb.copy() for lb in labels])
         paste(frames, labels, cut, next_id, positions, in_front=rng.random() < 0.7)
         if target:
             objects = [o for o in objects if (labels[0] == o).any()]
@@ -261,7 +262,7 @@ def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: Samp
                 objects.append(next_id)
         elif all((labels[0] == o).any() for o in objects):
             pasted += 1
-        else:
+        elif kept is not None:
             frames, labels = kept
         next_id += 1
     rng.shuffle(objects)

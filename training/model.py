@@ -191,6 +191,12 @@ def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
     return F.softmax(torch.log(p / (1 - p)), dim=dim)
 
 
+def key_affinity(query_key: torch.Tensor, mem_key: torch.Tensor) -> torch.Tensor:
+    """The read's affinity: query_key (M, CK, P), mem_key (M, CK, S) -> (M, P, S), the dot
+    product over CK / sqrt(CK). The correspondence losses train exactly this."""
+    return torch.bmm((query_key / math.sqrt(query_key.shape[1])).transpose(1, 2), mem_key)
+
+
 def memory_readout(
     query_key: torch.Tensor,
     mem_keys: torch.Tensor,
@@ -211,8 +217,8 @@ def memory_readout(
     cv = mem_values.shape[3]
     hw = h * w
     mk = mem_keys.permute(0, 2, 3, 1, 4, 5).reshape(b * n, ck, t * hw)
-    qk = (query_key / math.sqrt(ck)).reshape(b, 1, ck, hw).expand(b, n, ck, hw)
-    affinity = torch.bmm(qk.reshape(b * n, ck, hw).transpose(1, 2), mk)  # (B*N, hw, T*hw)
+    qk = query_key.reshape(b, 1, ck, hw).expand(b, n, ck, hw).reshape(b * n, ck, hw)
+    affinity = key_affinity(qk, mk)  # (B*N, hw, T*hw)
     bias = (1.0 - mem_valid) * INVALID_SLOT_BIAS  # (B, T)
     affinity = affinity + bias.view(b, 1, t, 1).expand(b, n, t, hw).reshape(b * n, 1, t * hw)
     if top_k is not None and top_k < t * hw:

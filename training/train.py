@@ -292,17 +292,16 @@ class Trainer:
                 if not name.startswith(prefixes):
                     p.requires_grad_(False)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        # One Adam group per lr multiplier; a single group when none is set (as older
+        # One Adam group per lr multiplier in use; a single group when none is (as older
         # checkpoints' optimizer state has).
-        scaled = {("rgb_encoder.", "mask_rgb_encoder."): cfg.encoder_lr_scale,
-                  ("kv_q_f16.key_proj.", "kv_m_f16.key_proj."): cfg.key_lr_scale}
-        groups: list[dict[str, Any]] = [{"params": [p for n, p in named if not any(
-            n.startswith(prefixes) for prefixes, scale in scaled.items() if scale != 1.0)],
-            "lr_scale": 1.0}]
-        for prefixes, scale in scaled.items():
-            if scale != 1.0:
-                groups.append({"params": [p for n, p in named if n.startswith(prefixes)],
-                               "lr_scale": scale})
+        scaled = {prefixes: scale for prefixes, scale in (
+            (("rgb_encoder.", "mask_rgb_encoder."), cfg.encoder_lr_scale),
+            (("kv_q_f16.key_proj.", "kv_m_f16.key_proj."), cfg.key_lr_scale)) if scale != 1.0}
+        groups: list[dict[str, Any]] = [
+            {"params": [p for n, p in named if not any(n.startswith(x) for x in scaled)],
+             "lr_scale": 1.0}]
+        groups += [{"params": [p for n, p in named if n.startswith(prefixes)], "lr_scale": scale}
+                   for prefixes, scale in scaled.items()]
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0

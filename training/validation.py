@@ -31,7 +31,7 @@ from runtime.palette import save_palette_png
 from training.copy_paste import Cutout, paste
 from training.data import Sequence as ValVideo  # one video held in memory
 from training.data import load_sequence
-from training.model import QDMN, normalize_uint8
+from training.model import QDMN, key_affinity, normalize_uint8
 
 DEFAULT_NAMES = ("blackswan", "cows", "libby")
 GATE_SIGMA = DEFAULT_QUALITY_THRESHOLD  # the paper's memory threshold, the runtime default
@@ -140,13 +140,17 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def frame_scores(model: QDMN, frame: np.ndarray, labels: np.ndarray, n: int,
                  size: tuple[int, int]) -> np.ndarray:
     """QAM scores (n,) of the masks in `labels` (ids 1..n) on `frame`, at the model's size."""
-    h, w = size
-    img = torch.from_numpy(cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA))[None]
     onehot = np.stack([(labels == i + 1) for i in range(n)]).astype(np.float32)
     masks = F.interpolate(torch.from_numpy(onehot)[None], size=size, mode="bilinear",
                           align_corners=False)
-    _, _, q = model.encode_memory(normalize_uint8(img), masks)
+    _, _, q = model.encode_memory(model_image(frame, size), masks)
     return q[0].numpy()
+
+
+def model_image(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised at size=(h, w), as the runtime resizes."""
+    resized = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return normalize_uint8(torch.from_numpy(resized)[None])
 
 
 def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.ndarray],
@@ -208,10 +212,6 @@ def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
     return report, preds
 
 
-def _resize(x: np.ndarray, size: tuple[int, int], interp: int) -> np.ndarray:
-    return cv2.resize(x, (size[1], size[0]), interpolation=interp)
-
-
 @torch.inference_mode()
 def key_match_shares(model: QDMN, video: ValVideo, size: tuple[int, int], frames: tuple[int, ...],
                      k: int) -> list[dict[str, float]]:
@@ -222,24 +222,24 @@ def key_match_shares(model: QDMN, video: ValVideo, size: tuple[int, int], frames
     n = video.num_objects
     cells = (size[0] // STRIDE, size[1] // STRIDE)
 
-    def image(t: int) -> torch.Tensor:
-        return normalize_uint8(torch.from_numpy(_resize(video.frames[t], size, cv2.INTER_AREA))[None])
-
     def onehot(t: int) -> torch.Tensor:
-        lab = _resize(video.labels[t], size, cv2.INTER_NEAREST)
+        lab = cv2.resize(video.labels[t], (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
         return torch.from_numpy(np.stack([lab == i + 1 for i in range(n)]).astype(np.float32))[None]
 
     def cell_labels(t: int) -> np.ndarray:
-        return _resize(video.labels[t], cells, cv2.INTER_NEAREST).reshape(-1)
+        return cv2.resize(video.labels[t], (cells[1], cells[0]),
+                          interpolation=cv2.INTER_NEAREST).reshape(-1)
 
-    mem_key = model.memory_kv(image(0), onehot(0))[0][0]  # (N, CK, h, w)
+    mem_key = model.memory_kv(model_image(video.frames[0], size), onehot(0))[0][0]  # (N, CK, h, w)
     first = cell_labels(0)
     rows = []
     for t in (t for t in frames if t < len(video.frames)):
-        query_key = model.encode_query(image(t), onehot(t - 1))[0][0].flatten(1)  # (CK, hw)
+        query_key = model.encode_query(model_image(video.frames[t], size),
+                                       onehot(t - 1))[0].flatten(2)  # (1, CK, hw)
         here = cell_labels(t)
         for obj in range(n):
-            top = (query_key.T @ mem_key[obj].flatten(1)).topk(k, dim=1).indices.numpy()
+            affinity = key_affinity(query_key, mem_key[obj].flatten(1)[None])[0]  # (hw, hw)
+            top = affinity.topk(k, dim=1).indices.numpy()
             picked = first[top[here == obj + 1]]
             if picked.size:
                 rows.append({"frame": t, "object": obj + 1,
