@@ -63,6 +63,7 @@ def summary(report: ValReport) -> dict[str, object]:
     if q is not None:
         out["qam"] = {"pearson": round(q.pearson, 4),
                       "pearson_within_video": round(q.pearson_within, 4),
+                      "pearson_gate_score": round(q.pearson_gate, 4),
                       "gate_rejects_iou_below_0.5":
                       round(q.reject_bad, 4), "gate_accepts_iou_above_0.8": round(q.accept_good, 4),
                       "frames": q.n_frames, "sigma": GATE_SIGMA}

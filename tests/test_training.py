@@ -119,10 +119,11 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     # the flow-based correspondence, deterministic given the frames).
     extra = {"multi_object_fraction": 0.5, "distractor_fraction": 0.5,
              "corrupt_quality_weight": 1.0, "correspondence_weight": 0.5,
-             "flow_correspondence_weight": 0.5}
+             "flow_correspondence_weight": 0.5, "ema_decay": 0.5}
     cfg = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, **extra)
     torch.manual_seed(0)
-    straight = Trainer(cfg, torch.device("cpu")).fit(seqs, quiet=True)
+    straight_trainer = Trainer(cfg, torch.device("cpu"))
+    straight = straight_trainer.fit(seqs, quiet=True)
     assert all(h["corr_loss"] > 0 and h["flow_loss"] >= 0 for h in straight)
 
     cfg2 = _tiny(tmp_path, davis_root, steps=4, pretrained_backbone=False, **extra,
@@ -143,11 +144,39 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     logged = (Path(cfg2.out_dir) / "log.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in logged] == [1, 2, 3, 4]
+    for a, b in zip(straight_trainer.eval_model.parameters(), second.eval_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # the weight average resumes too
 
     from training.curves import plot_run
 
     png = plot_run(Path(cfg2.out_dir), tmp_path / "curves.png", window=2)
     assert Image.open(png).size[0] > 500
+
+
+def test_weight_average_is_what_gets_validated_and_kept(davis_root, tmp_path):
+    """With ema_decay the average (first update = the weights, then decay * avg + (1 - decay)
+    * weights) is what validation, best.pt and the exported weights hold; training goes on
+    from the trained weights."""
+    from training.checkpoint import read_checkpoint
+
+    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    decay = 0.75
+    trainer = Trainer(_tiny(tmp_path, davis_root, steps=3, pretrained_backbone=False,
+                            ema_decay=decay), torch.device("cpu"))
+    assert trainer.eval_model is trainer.model  # nothing averaged yet
+    name = "decoder.pred.weight"
+    want = None
+    for step in (1, 2, 3):
+        trainer.fit(seqs, steps=step, quiet=True)
+        w = dict(trainer.model.named_parameters())[name].detach().clone()
+        want = w if want is None else decay * want + (1 - decay) * w
+    got = dict(trainer.eval_model.named_parameters())[name]
+    torch.testing.assert_close(got, want)
+    assert not torch.equal(got, dict(trainer.model.named_parameters())[name])
+    best = read_checkpoint(trainer.save("best.pt", optimizer=False))["model"][name]
+    torch.testing.assert_close(best, want)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        _tiny(tmp_path, davis_root, ema_decay=1.0)
 
 
 def test_quality_gradient_reaches_value_encoder_scaled(davis_root):

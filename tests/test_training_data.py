@@ -200,3 +200,29 @@ def test_pearson_needs_something_to_rank():
 
     assert np.isnan(_pearson([(1.0, 0.2), (1.0, 0.5), (1.0, 0.9)]))  # constant IoU
     assert _pearson([(0.1, 0.2), (0.5, 0.5), (0.9, 0.7)]) > 0.9
+
+
+def test_gate_score_correlation_is_the_papers_normalised_score():
+    """pearson_gate correlates eq. 3's score (mean over objects / the first frame's), which is
+    what the gate thresholds, with each frame's mean IoU; the gate shares follow from it."""
+    from training.checkpoint import load_model
+    from training.data import load_sequence
+    from training.validation import ValVideo, _iou, frame_scores, quality_stats
+
+    model, _ = load_model(Path(__file__).resolve().parents[1] / "models" / "qdmn-light.pth")
+    seq = load_sequence(DEMO, "cows+libby")  # the cow as id 1, the dog as id 2
+    v = ValVideo(seq.name, seq.frames[:7], seq.labels[:7])
+    pred = v.labels.copy()
+    pred[3] = 0  # both objects lost
+    pred[4] = np.roll(v.labels[4], 40, axis=1)  # shifted
+    pred[5][pred[5] == 2] = 0  # one object lost
+    size = (240, 432)
+    stats = quality_stats(model, [v], [pred], size)
+    first = frame_scores(model, v.frames[0], v.labels[0], 2, size).mean()
+    rows = [(np.mean([_iou(pred[t] == i, v.labels[t] == i) for i in (1, 2)]),
+             frame_scores(model, v.frames[t], pred[t], 2, size).mean() / first) for t in range(1, 7)]
+    iou, score = np.array(rows).T
+    assert stats.n_frames == 6 and len(stats.points) == 12
+    assert stats.pearson_gate == pytest.approx(np.corrcoef(iou, score)[0, 1], abs=1e-6)
+    assert stats.reject_bad == pytest.approx(np.mean(score[iou < 0.5] < 0.8))
+    assert stats.accept_good == pytest.approx(np.mean(score[iou > 0.8] >= 0.8))

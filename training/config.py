@@ -6,12 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Backbone = Literal["resnet50", "efficientnet_lite0"]
+Backbone = Literal["resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 # Feature widths (f16, f8, f4) each backbone trunk produces.
 BACKBONE_DIMS: dict[str, tuple[int, int, int]] = {
     "resnet50": (1024, 512, 256),
     "efficientnet_lite0": (112, 40, 24),
+    "efficientnet_lite1": (112, 40, 24),
+    "efficientnet_lite2": (120, 48, 24),
 }
 
 

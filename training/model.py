@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.backbones import EfficientNetLite0Trunk, ResNet50Trunk, load_imagenet_lite0
+from training.backbones import EfficientNetLiteTrunk, ResNet50Trunk, load_imagenet_lite
 from training.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -246,11 +246,11 @@ class QDMN(nn.Module):
             if pretrained_backbone:
                 raise ValueError("no ImageNet ResNet-50 weights ship with this project")
         else:
-            self.mask_rgb_encoder = EfficientNetLite0Trunk(cfg.value_encoder_channels)
-            self.rgb_encoder = EfficientNetLite0Trunk(3)
+            self.mask_rgb_encoder = EfficientNetLiteTrunk(cfg.backbone, cfg.value_encoder_channels)
+            self.rgb_encoder = EfficientNetLiteTrunk(cfg.backbone, 3)
             if pretrained_backbone:
-                load_imagenet_lite0(self.mask_rgb_encoder)
-                load_imagenet_lite0(self.rgb_encoder)
+                load_imagenet_lite(self.mask_rgb_encoder)
+                load_imagenet_lite(self.rgb_encoder)
         self.kv_m_f16 = KeyValue(c16, cfg.key_dim, cfg.value_dim)
         self.kv_q_f16 = KeyValue(c16, cfg.key_dim, cfg.value_dim)
         self.decoder = Decoder(cfg)

@@ -111,6 +111,8 @@ class QualityStats:
     pearson: float  # pooled over all object-frames
     pearson_within: float  # mean of the per-video correlations: ranking inside one video,
     # which is what the gate (score / the first frame's) relies on
+    pearson_gate: float  # per frame, the paper's final score (eq. 3: mean over objects / the
+    # first frame's, what the gate thresholds) against the mean IoU, pooled over videos
     reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
     accept_good: float  # share of frames with IoU > 0.8 the gate accepts
     n_frames: int
@@ -166,14 +168,14 @@ def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.nd
             q = frame_scores(model, v.frames[t], pred[t], n, size)
             ious = [_iou(pred[t] == i + 1, v.labels[t] == i + 1) for i in range(n)]
             video_points += [(iou, float(s)) for iou, s in zip(ious, q)]
-            gate.append((float(np.mean(ious)), float(q.mean() / first) >= sigma if first > 0
-                         else False))
+            gate.append((float(np.mean(ious)), float(q.mean() / first) if first > 0 else 0.0))
         points += video_points
         within.append(_pearson(video_points))
-    bad = [acc for iou, acc in gate if iou < 0.5]
-    good = [acc for iou, acc in gate if iou > 0.8]
+    bad = [score >= sigma for iou, score in gate if iou < 0.5]
+    good = [score >= sigma for iou, score in gate if iou > 0.8]
     finite = [r for r in within if np.isfinite(r)]
     return QualityStats(_pearson(points), float(np.mean(finite)) if finite else float("nan"),
+                        _pearson(gate),
                         float(np.mean([not a for a in bad])) if bad else float("nan"),
                         float(np.mean(good)) if good else float("nan"), len(gate), points)
 
