@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -41,3 +42,13 @@ def script_env() -> dict[str, str]:
     if not installed_from_here():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+def interruptible(script: str, *args: str) -> list[str]:
+    """`python script args` with Ctrl-C armed, for a child a test stops with SIGINT. A shell
+    without job control starts background commands (`.ci/run &`) with SIGINT ignored; children
+    inherit that and Python then never raises KeyboardInterrupt, so the test would see the
+    signal ignored. The script runs as `__main__`, exactly as `python script` runs it."""
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    return [sys.executable, "-c", boot, script, *args]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import script_env
+from conftest import interruptible, script_env
 from PIL import Image
 
 from evaluation.davis import DavisLayout
@@ -252,7 +252,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path, sig, code
     argv = batch(engine, root, out)
     argv[argv.index("--workers") + 1] = "1"
     argv.remove("--quiet")
-    p = subprocess.Popen([sys.executable, "runtime/batch.py", *argv], cwd=rs.REPO,
+    p = subprocess.Popen(interruptible("runtime/batch.py", *argv), cwd=rs.REPO,
                          env=script_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          text=True)
     try:

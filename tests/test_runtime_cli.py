@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import script_env
+from conftest import interruptible, script_env
 from PIL import Image
 
 from runtime import run as cli
@@ -370,9 +370,9 @@ def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code)
     and SIGTERM killed the process leaving a hidden `.out.partial-*` folder behind."""
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "runtime/run.py", "--engine-dir", str(engine), "--input",
-         str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out), "--backend",
-         "ort-cpu", "--threads", "1", "--quiet"],
+        interruptible("runtime/run.py", "--engine-dir", str(engine), "--input",
+                      str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out),
+                      "--backend", "ort-cpu", "--threads", "1", "--quiet"),
         cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
