@@ -67,19 +67,21 @@ def first_masks() -> np.ndarray:
     return np.stack([obj, other * (1 - obj)])
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """Light QDMN, ImageNet backbones where the weights package is installed (realistic
-    feature magnitudes), the rest random."""
+def make_ckpt(path: Path, cfg: ModelConfig) -> Path:
+    """QDMN with ImageNet backbones where the weights package is installed (realistic feature
+    magnitudes), the rest random."""
     torch.manual_seed(0)
-    cfg = ModelConfig.light()
     try:
         model = QDMN(cfg, pretrained_backbone=True)
     except (RuntimeError, ImportError):
         model = QDMN(cfg)
-    path = tmp_path_factory.mktemp("ckpt") / "light.pth"
     save_weights(model, path, {"config": {"model": cfg.to_dict(), "image_size": [H, W]}})
     return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_ckpt(tmp_path_factory.mktemp("ckpt") / "light.pth", ModelConfig.light())
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +112,14 @@ def fp16_dir(ckpt: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chain_inputs(torch_graphs, frames, first_masks) -> dict[str, dict[str, np.ndarray]]:
+    return make_chain_inputs(torch_graphs, frames, first_masks)
+
+
+def make_chain_inputs(g: dict[str, torch.nn.Module], frames: list[np.ndarray],
+                      first_masks: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Realistic inputs for each graph from the PyTorch chain: frame 0 + masks into memory
     (slot 0), frame 1 into the temporary slot, frame 2 queried; the other slots hold garbage
     and are invalid."""
-    g = torch_graphs
     t = torch.from_numpy
     with torch.no_grad():
         (k0, v0, _), (k1, v1, features) = (
@@ -181,6 +187,18 @@ def max_diffs(export_dir: Path, torch_graphs, chain_inputs, tol: tuple[float, fl
 
 def test_fp32_parity(fp32_dir, torch_graphs, chain_inputs):
     r = max_diffs(fp32_dir, torch_graphs, chain_inputs, FP32_TOL)
+    assert all(x <= 1 for x in r["ratio"].values()), r
+
+
+def test_lite2_fp32_parity(frames, first_masks, tmp_path):
+    """The larger backbone option (other f16/f8 widths) exports with the same parity."""
+    cfg = ModelConfig.from_dict({**ModelConfig.light().to_dict(), "backbone": "efficientnet_lite2"})
+    path = make_ckpt(tmp_path / "lite2.pth", cfg)
+    export_checkpoint(path, tmp_path / "fp32", max_objects=N, memory_size=BETA)
+    graphs = build_graphs(load_model(path)[0], H, W)
+    inputs = make_chain_inputs(graphs, frames, first_masks)
+    assert inputs["decoder"]["f8"].shape[1] == 48  # Lite2's width, not Lite0's 40
+    r = max_diffs(tmp_path / "fp32", graphs, inputs, FP32_TOL)
     assert all(x <= 1 for x in r["ratio"].values()), r
 
 
