@@ -6,6 +6,7 @@ A random-init light model at 64x112 (h x w = 4 x 7), 2 objects, 3 dynamic memory
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -192,7 +193,7 @@ def test_fp32_parity(fp32_dir, torch_graphs, chain_inputs):
 
 def test_lite2_fp32_parity(frames, first_masks, tmp_path):
     """The larger backbone option (other f16/f8 widths) exports with the same parity."""
-    cfg = ModelConfig.from_dict({**ModelConfig.light().to_dict(), "backbone": "efficientnet_lite2"})
+    cfg = dataclasses.replace(ModelConfig.light(), backbone="efficientnet_lite2")
     path = make_ckpt(tmp_path / "lite2.pth", cfg)
     export_checkpoint(path, tmp_path / "fp32", max_objects=N, memory_size=BETA)
     graphs = build_graphs(load_model(path)[0], H, W)

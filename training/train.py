@@ -352,13 +352,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
         tmp = path.with_suffix(".tmp")
-        if optimizer:  # the run's state: the trained weights, their average, the optimizer
-            state = {"model": self.model.state_dict(), **self.checkpoint_meta(),
-                     "optimizer": self.optimizer.state_dict()}
+        # With the optimizer: the run's state (the trained weights, their average, the
+        # optimizer). Without: the weights to use.
+        weights = self.model if optimizer else self.eval_model
+        state = {"model": weights.state_dict(), **self.checkpoint_meta()}
+        if optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
             if self.ema is not None:
                 state["ema"] = self.ema.state_dict()
-        else:  # weights to use
-            state = {"model": self.eval_model.state_dict(), **self.checkpoint_meta()}
         torch.save(state, tmp)
         os.replace(tmp, path)
         return path
