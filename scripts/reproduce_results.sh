@@ -77,3 +77,33 @@ python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj-9x16 --m
     --size 432 240
 python benchmarks/aspect_fit.py --engine-dir engines/light-1obj-9x16 --data "$DAVIS" \
     --sequences $VAL --aspects 9:16 --threads 2 --out $R/aspect_fit_native_9x16
+
+# 7. the second model, EfficientNet-Lite2 (models/README.md; ~1.5 h training on 2 cores): the
+# light model's three stages with the backbone changed; stage 1's best is step 900, stage 2's
+# step 100. It ships exported at 480x864 by default, where it does better than at 240x432.
+python training/train.py --config configs/lite2-stage0.yaml --resume \
+    --export-fp16 runs/lite2-stage0/model_fp16.pth
+python training/train.py --config configs/lite2.yaml --init runs/lite2-stage0/model_fp16.pth \
+    --steps 1200
+python scripts/snapshot_training.py runs/lite2 models/training/lite2 --name lite2
+python training/train.py --config configs/lite2-stage2.yaml --init models/training/lite2/lite2-best.pth \
+    --steps 300
+python scripts/snapshot_training.py runs/lite2-stage2 models/training/lite2-stage2 --name lite2-stage2
+python scripts/ship_model.py models/training/lite2-stage2/lite2-stage2-best.pth models/qdmn-lite2.pth \
+    --size 480 864
+python scripts/model_report.py models/qdmn-lite2.pth --data "$DAVIS" --out models/report-lite2 \
+    --sizes 480x864 240x432
+# the light model's reference (and QAM) at 480x864, for the side-by-side table
+python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report-480x864 \
+    --sizes 480x864
+python demo.py --model lite2 --backend ort-cpu
+python demo.py --model lite2
+python scripts/overlay_grid.py --masks out/demo-lite2 --clips cows+libby --out docs/images/demo_overlay_lite2.jpg
+# both models' speed at both sizes (2-object graphs, beta = 25), one right after the other
+for m in light lite2; do
+  for size in "240 432" "480 864"; do
+    python export/to_onnx.py models/qdmn-$m.pth --out engines/$m-2obj-${size/ /x} --max-objects 2 --size $size
+    python benchmarks/speed.py --engine-dir engines/$m-2obj-${size/ /x} --variants ort-cpu,openvino-bf16 \
+        --frames 40 --warmup 130 --threads 2 --out $R/speed_models/$m-${size/ /x}
+  done
+done

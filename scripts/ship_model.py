@@ -1,0 +1,43 @@
+"""Make a training snapshot a shipped model, exported by default at the size it is shipped for:
+
+    python scripts/ship_model.py models/training/lite2-stage2/lite2-stage2-best.pth \
+        models/qdmn-lite2.pth --size 480 864
+
+Copies the weights, config and step as they are and sets the config's `image_size`: the size
+`export/to_onnx.py`, `demo.py` and the PyTorch reference use when not given one. A model trained
+at 240x432 that does better exported at 480x864 (Lite2, models/README.md) then exports there
+unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from runtime.manifest import STRIDE
+from training.checkpoint import read_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("snapshot", type=Path, help="a checkpoint with weights and config")
+    ap.add_argument("out", type=Path, help="the shipped file, e.g. models/qdmn-lite2.pth")
+    ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
+                    help=f"default export size (multiples of {STRIDE})")
+    args = ap.parse_args(argv)
+    if any(s <= 0 or s % STRIDE for s in args.size):
+        ap.error(f"--size {args.size[0]} {args.size[1]}: expected positive multiples of {STRIDE}")
+    obj = read_checkpoint(args.snapshot)
+    if not isinstance(obj.get("config"), dict) or "model" not in obj:
+        ap.error(f"{args.snapshot}: not a training snapshot (no weights and config)")
+    obj = {k: v for k, v in obj.items() if k != "optimizer"}
+    obj["config"] = {**obj["config"], "image_size": list(args.size)}
+    torch.save(obj, args.out)
+    print(f"{args.out}: step {obj.get('step')}, exports at {args.size[0]}x{args.size[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The checkpoints shipped in models/: what the README promises about each one holds for the
+file in the repository (format, size, export default), and each segments a held-out real clip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import load_model
+from training.data import load_sequence
+from training.reference import ReferenceSegmenter
+from training.validation import _iou
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+FRAMES = 12  # enough for the bank to take frames in (mem_every 5), quick at 480x864 on 2 cores
+
+# name: (backbone, export default size), as models/README.md documents them
+SHIPPED = {
+    "qdmn-light.pth": ("efficientnet_lite0", [240, 432]),
+    "qdmn-lite2.pth": ("efficientnet_lite2", [480, 864]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_is_what_the_readme_says(name):
+    path = MODELS / name
+    model, meta = load_model(path)  # strict: a missing or extra tensor raises
+    backbone, size = SHIPPED[name]
+    assert model.cfg.backbone == backbone
+    assert meta["config"]["image_size"] == size
+    assert {v.dtype for v in torch.load(path, map_location="cpu", weights_only=False)["model"].values()
+            if v.is_floating_point()} == {torch.float16}
+    assert path.stat().st_size < 20e6
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_model_follows_a_held_out_clip(name, davis_root):
+    """blackswan was never trained on: at the model's own export size the reference keeps the
+    swan (per-frame IoU) over the first frames, including after the bank takes a frame in."""
+    seq = load_sequence(davis_root, "blackswan")
+    labels = (seq.labels[:FRAMES] > 0).astype(np.uint8)
+    torch.set_num_threads(2)
+    seg = ReferenceSegmenter.from_checkpoint(MODELS / name)
+    preds = [seg.start(seq.frames[0], labels[0])]
+    preds += [seg.step(seq.frames[t], last=t == FRAMES - 1) for t in range(1, FRAMES)]
+    ious = [_iou(p == 1, lab == 1) for p, lab in zip(preds[1:], labels[1:])]
+    assert min(ious) > 0.7, ious
+
+
+def ship(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MODELS.parent / "scripts" / "ship_model.py"), *args],
+                          check=False, capture_output=True, text=True)
+
+
+def test_ship_model_sets_the_export_size_and_keeps_the_weights(tmp_path):
+    """scripts/ship_model.py, which made qdmn-lite2.pth from its training snapshot."""
+    src = MODELS / "qdmn-light.pth"
+    out = tmp_path / "shipped.pth"
+    assert ship(str(src), str(out), "--size", "480", "864").returncode == 0
+    (a, meta_a), (b, meta_b) = load_model(src), load_model(out)
+    assert meta_b["config"]["image_size"] == [480, 864]
+    assert meta_a["config"]["image_size"] == [240, 432]  # the source is left as it was
+    assert meta_b["step"] == meta_a["step"]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    bad = ship(str(src), str(tmp_path / "bad.pth"), "--size", "480", "860")
+    assert bad.returncode == 2 and "multiples of 16" in bad.stderr
+    assert not (tmp_path / "bad.pth").exists()
