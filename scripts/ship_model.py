@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from runtime.manifest import STRIDE
-from training.checkpoint import read_checkpoint
+from training.checkpoint import CheckpointError, read_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,12 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if any(s <= 0 or s % STRIDE for s in args.size):
         ap.error(f"--size {args.size[0]} {args.size[1]}: expected positive multiples of {STRIDE}")
-    obj = read_checkpoint(args.snapshot)
+    try:
+        obj = read_checkpoint(args.snapshot)
+    except CheckpointError as e:
+        ap.error(str(e))
     if not isinstance(obj.get("config"), dict) or "model" not in obj:
         ap.error(f"{args.snapshot}: not a training snapshot (no weights and config)")
     obj = {k: v for k, v in obj.items() if k != "optimizer"}
     obj["config"] = {**obj["config"], "image_size": list(args.size)}
-    torch.save(obj, args.out)
+    tmp = args.out.with_suffix(".tmp")  # a failed write leaves no half-written model
+    torch.save(obj, tmp)
+    tmp.replace(args.out)
     print(f"{args.out}: step {obj.get('step')}, exports at {args.size[0]}x{args.size[1]}")
     return 0
 
