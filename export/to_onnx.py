@@ -103,7 +103,7 @@ def export_checkpoint(
     if memory_size < 1:
         raise ExportError(f"memory_size must be >= 1, got {memory_size}")
     if size is not None:
-        _check_size(size)
+        check_size(size)
     if precision == "int8":
         if calib_frames is None:
             raise ExportError("int8 needs calibration frames (--calib DIR_OF_FRAMES)")
@@ -114,7 +114,7 @@ def export_checkpoint(
     model, meta = load_model(ckpt_path)
     if size is None:
         size = _checkpoint_size(meta)
-    height, width = _check_size(size)
+    height, width = check_size(size)
     try:
         staged = StagedFolder(out_dir, index=MANIFEST_NAME, owned=_owned(Path(out_dir)),
                               reserved=lambda name: name in _GRAPH_FILES)
@@ -259,7 +259,8 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         seen.add(n.name)
 
 
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
+def check_size(size: Sequence[int]) -> tuple[int, int]:
+    """(H, W) as ints, or an ExportError: the sizes graphs can be exported at."""
     try:
         height, width = (int(s) for s in size)
     except (TypeError, ValueError):

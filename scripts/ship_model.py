@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from export.errors import ExportError
+from export.to_onnx import check_size
 from runtime.manifest import STRIDE
 from training.checkpoint import CheckpointError, read_checkpoint
 
@@ -27,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
                     help=f"default export size (multiples of {STRIDE})")
     args = ap.parse_args(argv)
-    if any(s <= 0 or s % STRIDE for s in args.size):
-        ap.error(f"--size {args.size[0]} {args.size[1]}: expected positive multiples of {STRIDE}")
+    try:
+        check_size(args.size)  # the exporter's rule: the size is where it will export
+    except ExportError as e:
+        ap.error(str(e))
     try:
         obj = read_checkpoint(args.snapshot)
     except CheckpointError as e:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_model
+from training.checkpoint import load_model, read_checkpoint
 from training.data import load_sequence
 from training.reference import ReferenceSegmenter
 from training.validation import _iou
@@ -33,7 +33,7 @@ def test_shipped_checkpoint_is_what_the_readme_says(name):
     backbone, size = SHIPPED[name]
     assert model.cfg.backbone == backbone
     assert meta["config"]["image_size"] == size
-    assert {v.dtype for v in torch.load(path, map_location="cpu", weights_only=False)["model"].values()
+    assert {v.dtype for v in read_checkpoint(path)["model"].values()
             if v.is_floating_point()} == {torch.float16}
     assert path.stat().st_size < 20e6
 
