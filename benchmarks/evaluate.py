@@ -111,6 +111,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         threads=args.threads,
         device=args.device,
         fit=args.fit,
+        locality=args.locality,
     )
 
 
@@ -179,6 +180,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
     p.add_argument("--fit", choices=FITS, default=None,
                    help="frames of another aspect ratio than the engine's (runtime.geometry)")
+    p.add_argument("--locality", type=float, default=None,
+                   help="width of each object's window around its previous mask (runtime.locality)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:

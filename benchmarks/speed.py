@@ -59,6 +59,7 @@ from benchmarks.common import (
     write_json,
 )
 from runtime.config import default_threads
+from runtime.segmenter import STAGES
 
 VARIANTS: dict[str, str] = {
     "torch-fp32": "PyTorch eager FP32 (reference)",
@@ -73,7 +74,6 @@ VARIANTS: dict[str, str] = {
 }
 BASELINE = "torch-fp32"
 TORCH_VARIANTS = ("torch-fp32", "torch-bf16")
-STAGE_ORDER = ("pre", "encoder", "memory_read", "decoder", "qam", "quality", "bank", "post")
 LABEL_STRIDE = 4  # labels kept for the agreement check are subsampled (memory)
 
 
@@ -311,11 +311,11 @@ def _ratios(results: list[dict[str, Any]]) -> None:
 
 def format_results(results: Sequence[dict[str, Any]]) -> str:
     ran = [r for r in results if "fps" in r]
-    headers = ["variant", "precision", "mem", "FPS", "ms/frame", *STAGE_ORDER, "CPU ms",
+    headers = ["variant", "precision", "mem", "FPS", "ms/frame", *STAGES, "CPU ms",
                "x fp32 torch", "x best torch", "IoU vs torch"]
     rows = [[r["variant"], r["precision"], r["memory_frames_at_start"], r["fps"],
              r["mean_ms"].get("total"),
-             *(r["mean_ms"].get(s) for s in STAGE_ORDER), r["cpu_ms_per_frame"],
+             *(r["mean_ms"].get(s) for s in STAGES), r["cpu_ms_per_frame"],
              r.get("speedup_vs_torch_fp32"),
              r.get("speedup_vs_best_torch"), r.get("iou_vs_torch_fp32")] for r in ran]
     text = table(headers, rows)
@@ -336,7 +336,7 @@ def plot_results(results: Sequence[dict[str, Any]], title: str, path: Path) -> P
     y = np.arange(len(ran))[::-1]
     left = np.zeros(len(ran))
     colors = plt.get_cmap("tab10").colors
-    for i, stage in enumerate(STAGE_ORDER):
+    for i, stage in enumerate(STAGES):
         ms = np.array([r["mean_ms"].get(stage, 0.0) for r in ran])
         ax.barh(y, ms, left=left, color=colors[i % len(colors)], label=stage)
         left += ms
@@ -345,7 +345,7 @@ def plot_results(results: Sequence[dict[str, Any]], title: str, path: Path) -> P
     ax.set_yticks(y, [f"{r['variant']}" for r in ran])
     ax.set_xlabel("ms per frame")
     ax.set_xlim(0, left.max() * 1.18 if left.max() > 0 else 1)
-    ax.legend(ncol=len(STAGE_ORDER), fontsize=7, loc="upper center",
+    ax.legend(ncol=len(STAGES), fontsize=7, loc="upper center",
               bbox_to_anchor=(0.5, -0.12 - 0.3 / len(ran)))
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)

@@ -3,7 +3,8 @@
     python runtime/batch.py --engine-dir DIR --videos ROOT|LIST.csv|LIST.json --output OUT \\
         [--address auto|HOST:PORT|ray://HOST:PORT] [--workers N] [--threads-per-worker T] \\
         [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] [--memory-size B] \\
-        [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--max-frames N] \\
+        [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--locality R]
+        [--max-frames N] \\
         [--overlay] [--quiet]
 
 Each worker is a Ray actor holding one `Segmenter` (graphs loaded once) that segments one video
@@ -53,6 +54,7 @@ from runtime.corpus import (
 from runtime.errors import QDMNRuntimeError
 from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import check_outputs, segment_video
+from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest, ManifestError
 from runtime.outputs import (
     Terminated,
@@ -92,6 +94,7 @@ class Settings:
     mem_every: int
     quality_threshold: float
     fit: str
+    locality: float
     max_frames: int | None
     overlay: bool
 
@@ -439,6 +442,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fit", choices=FITS, default=None,
                    help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
                         "padded, masks cropped back; stretch: resized, distorted)")
+    p.add_argument("--locality", type=float, default=None,
+                   help=f"width of each object's window around its previous mask, per sqrt of "
+                        f"its area (default {DEFAULT_LOCALITY}; 0: off)")
     p.add_argument("--max-frames", type=int, help="stop each video after this many frames")
     p.add_argument("--overlay", action="store_true", help=f"also write OUT/<video>/{OVERLAY}")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-video lines")
@@ -471,7 +477,7 @@ def _main(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
                            quality_threshold=args.quality_threshold, fit=args.fit,
-                           threads=args.threads_per_worker or 1).resolve(manifest)
+                           locality=args.locality, threads=args.threads_per_worker or 1).resolve(manifest)
     videos = list_videos(args.videos)
     output = args.output.absolute()
     check_writable_dir(output)
@@ -480,7 +486,8 @@ def _main(args: argparse.Namespace) -> int:
     check_summary_target(output)
     fingerprint = engine_fingerprint(manifest)
     settings = Settings(args.backend, config.memory_size, config.mem_every,
-                        config.quality_threshold, config.fit, args.max_frames, args.overlay)
+                        config.quality_threshold, config.fit, config.locality, args.max_frames,
+                        args.overlay)
     t_ray = time.perf_counter()
     started = connect(args.address)
     ray_start_s = round(time.perf_counter() - t_ray, 3)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from runtime.errors import RuntimeConfigError
 from runtime.geometry import DEFAULT_FIT, FITS
+from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
 
@@ -42,6 +43,9 @@ class RuntimeConfig:
     # How frames of another aspect ratio than the graphs' enter them (runtime.geometry):
     # "letterbox" or "stretch"; None: DEFAULT_FIT.
     fit: str | None = None
+    # Width of each object's window around its previous mask, per sqrt(object area)
+    # (runtime.locality); 0 switches the prior off; None: DEFAULT_LOCALITY.
+    locality: float | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -63,6 +67,11 @@ class RuntimeConfig:
             raise RuntimeConfigError(f"device={self.device!r}: expected an integer >= 0")
         if not isinstance(self.spin, bool):
             raise RuntimeConfigError(f"spin={self.spin!r}: expected True or False")
+        loc = self.locality
+        if loc is not None and (isinstance(loc, bool) or not isinstance(loc, (int, float))
+                                or not math.isfinite(loc) or loc < 0):
+            raise RuntimeConfigError(f"locality={loc!r}: expected a number >= 0 (0: off; "
+                                     f"default {DEFAULT_LOCALITY})")
         if self.fit is not None and self.fit not in FITS:
             raise RuntimeConfigError(f"fit={self.fit!r}: expected one of {', '.join(FITS)}")
 
@@ -81,4 +90,5 @@ class RuntimeConfig:
                                else float(manifest.quality_threshold)),
             threads=self.threads if self.threads is not None else default_threads(),
             fit=self.fit or DEFAULT_FIT,
+            locality=float(self.locality) if self.locality is not None else DEFAULT_LOCALITY,
         )

@@ -29,6 +29,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import QDMNRuntimeError
 from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import RUN_LOG, JobInterrupted, check_outputs, segment_video
+from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest, ManifestError
 from runtime.masks import read_mask
 from runtime.outputs import Terminated, terminate_as_interrupt
@@ -55,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fit", choices=FITS, default=None,
                    help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
                         "padded, masks cropped back; stretch: resized, distorted)")
+    p.add_argument("--locality", type=float, default=None,
+                   help=f"width of each object's window around its previous mask, per sqrt of "
+                        f"its area (default {DEFAULT_LOCALITY}; 0: off)")
     p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
                            quality_threshold=args.quality_threshold, threads=args.threads,
-                           device=args.device, spin=args.spin, fit=args.fit).resolve(manifest)
+                           device=args.device, spin=args.spin, fit=args.fit,
+                           locality=args.locality).resolve(manifest)
     read_mask(args.mask)
     source = open_source(args.input)
     backend = create_backend(args.backend, manifest, args.engine_dir, config)

@@ -4,6 +4,7 @@ Frame 0: the given mask (one-hot, padded objects zero) is encoded by qam into sl
 mean quality over the real objects with a positive score becomes the normaliser. Frame t > 0:
 
     encoder(image_t, prev_prob) -> memory_read(query_key, bank) -> decoder -> prob (N+1, H, W)
+    locality window around each object's previous mask (runtime.locality) -> prob
     qam(image_t, prob[1:]) -> the frame's memory keys/values  (skipped on a known last frame)
     quality(qam features) -> scores, only if the policy counts frame t as a candidate
     policy.decide(t, mean quality / first score) -> slot; bank.write(slot)
@@ -33,12 +34,14 @@ from runtime.backends.base import Backend
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, MaskError, TooManyObjectsError
 from runtime.geometry import DEFAULT_FIT, Placement, export_size
+from runtime.locality import apply_locality
 from runtime.manifest import Manifest
 from runtime.masks import fit_mask, object_ids
 from runtime.memory_policy import Decision, MemoryPolicy
 from runtime.sources import with_last
 
-STAGES = ("pre", "encoder", "memory_read", "decoder", "qam", "quality", "bank", "post")
+STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "quality", "bank",
+          "post")
 
 
 @dataclass
@@ -206,6 +209,9 @@ class Segmenter:
         prob = be.run("decoder", {"object_valid": self._object_valid}, fetch=("prob",))["prob"]
         lap("decoder")
         k = len(self.object_ids)
+        prob = np.concatenate([apply_locality(prob[: k + 1], self._prev_prob[:k],
+                                              self.config.locality), prob[k + 1:]])
+        lap("locality")
         probs = np.ascontiguousarray(prob[1:])
         probs[k:] = 0.0  # padded objects stay exactly empty, as on the first frame
         place.clear_padding(probs)  # and no object lives in a letterbox's bars

@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from runtime.config import RuntimeConfig
+from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest, ManifestError, file_sha256
 from runtime.segmenter import Segmenter
 from training.checkpoint import load_model
@@ -94,14 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", default=["240x432", "480x864"])
     ap.add_argument("--engines", type=Path, default=REPO / "engines" / "report")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--locality", type=float, default=DEFAULT_LOCALITY,
+                    help="the runtime's locality prior (runtime.locality; 0: off)")
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     args.out.mkdir(parents=True, exist_ok=True)
     videos = load_val_videos(args.data, args.names)
     model, _ = load_model(args.checkpoint)
-    result: dict[str, object] = {"checkpoint": args.checkpoint.name, "videos": [v.name for v in videos]}
+    result: dict[str, object] = {"checkpoint": args.checkpoint.name, "videos": [v.name for v in videos],
+                                 "locality": args.locality}
 
-    ref = ReferenceSegmenter(model, size=sizes[0], threads=args.threads)
+    ref = ReferenceSegmenter(model, size=sizes[0], threads=args.threads, locality=args.locality)
     report, _ = validate(model, videos, sizes[0], lambda: ref, progress=True)
     result[f"reference_{args.sizes[0]}"] = summary(report)
     assert report.quality is not None
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for size, name in zip(sizes, args.sizes):
         engine = export(args.checkpoint, size, args.engines / f"{args.checkpoint.stem}-{name}")
-        seg = Segmenter(engine, backend="ort-cpu")
+        seg = Segmenter(engine, backend="ort-cpu", config=RuntimeConfig(locality=args.locality))
         try:
             rep, _ = validate(model, videos, size, lambda s=seg: s, with_quality=False,
                               progress=True)

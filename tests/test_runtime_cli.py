@@ -254,7 +254,8 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     ("quality_threshold", -0.1, "quality_threshold=-0.1"),
     ("quality_threshold", "nan", "quality_threshold=nan"),
     ("threads", 0, "threads=0"), ("device", -1, "device=-1"), ("memory_size", 0, "memory_size=0"),
-    ("max_frames", 0, "--max-frames 0"),
+    ("max_frames", 0, "--max-frames 0"), ("locality", -1, "locality=-1.0: expected a number >= 0"),
+    ("locality", "nan", "locality=nan"),
 ])
 def test_numeric_ranges(ok, tmp_path, capsys, option, value, message):
     """Before, --quality-threshold 2 was accepted and silently memorised nothing."""

@@ -199,14 +199,14 @@ class ReferenceSegmenter:
                  max_objects: int | None = None, memory_size: int | None = None,
                  unbounded: bool = False, mem_every: int | None = None,
                  quality_threshold: float | None = None, threads: int | None = None,
-                 checkpoint_sha256: str = ""):
+                 locality: float | None = None, checkpoint_sha256: str = ""):
         self.model = model.eval()
         self.size = size
         self.max_objects = max_objects
         self.memory_size = memory_size
         self.unbounded = unbounded
         self.config = RuntimeConfig(mem_every=mem_every, quality_threshold=quality_threshold,
-                                    threads=threads)
+                                    threads=threads, locality=locality)
         self.checkpoint_sha256 = checkpoint_sha256
         self.segmenter: Segmenter | None = None
 
