@@ -62,10 +62,10 @@ def apply_locality(prob: np.ndarray, previous: np.ndarray, locality: float) -> n
     """Objects' windows applied to `prob` (1 + k, H, W: background, then the k objects) given
     the objects' probabilities in the previous frame `previous` (k, H, W). Only how the objects
     share each pixel's foreground changes: the background keeps its probability, and one object
-    alone is left as it is. Returns a new array."""
+    alone is left as it is (`prob` itself is returned); otherwise a new array."""
+    if locality <= 0 or prob.shape[0] < 3:
+        return prob
     out = np.array(prob, dtype=np.float32, copy=True)
-    if locality <= 0 or out.shape[0] < 3:
-        return out
     h, w = out.shape[1:]
     labels = owners(previous[:, ::GRID, ::GRID])
     for obj in range(1, out.shape[0]):

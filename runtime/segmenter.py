@@ -209,6 +209,8 @@ class Segmenter:
         prob = be.run("decoder", {"object_valid": self._object_valid}, fetch=("prob",))["prob"]
         lap("decoder")
         k = len(self.object_ids)
+        # A new array, not the backend's output buffer (which a backend may reuse): the masks kept
+        # as `_prev_prob` must survive the next frame's decoder run, which the prior follows.
         prob = np.concatenate([apply_locality(prob[: k + 1], self._prev_prob[:k],
                                               self.config.locality), prob[k + 1:]])
         lap("locality")
