@@ -10,12 +10,11 @@ Objects move little between consecutive frames, so how the objects share a pixel
 is weighted by a window around each object's previous mask: 1 on it, a Gaussian of the distance
 from it beyond, never below `WINDOW_FLOOR`, as wide as `locality` x sqrt(the object's area) and
 at least one feature cell. The background's probability is left as it is: the prior decides
-which object a foreground pixel belongs to, never how much is foreground, so a mask that is
-already too small is not shrunk further frame after frame (an earlier version that renormalised
-the background too did exactly that to a small object passing in front of a large one), and a
-video with one object is untouched. An object absent from the previous frame gets no window and
-may be found anywhere. Pure numpy + OpenCV on the decoder's output, before the masks reach the
-memory, the prior and the user, so the correction propagates.
+which object a foreground pixel belongs to, never how much is foreground, so it cannot shrink a
+mask against the background, and a video with one object is exactly what the model gives. An
+object absent from the previous frame gets no window and may be found anywhere. Pure numpy +
+OpenCV on the decoder's output, before the masks reach the memory, the prior and the user, so
+the correction propagates.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ import numpy as np
 from runtime.manifest import STRIDE
 
 # Window width per sqrt(object area); 0 switches the prior off. Chosen on four two-object clips
-# built from training videos (light model, 240x432): J&F 0.367 without the prior, 0.517 at 0.35
-# and 0.5, 0.509 at 1.0; tried at 0.5 and dropped: windows also around the mask moved by the
-# object's last motion (no change), windows flat out to 1-2 widths (0.435-0.502).
+# built from training videos (scripts/locality_sweep.py, light model, 240x432): J&F 0.367
+# without the prior, 0.517 at 0.35 and 0.5, 0.509 at 1.0. Tried at 0.5 and dropped: windows
+# also around the mask moved by the object's last motion (no change), windows flat out to 1-2
+# widths (0.435-0.502).
 DEFAULT_LOCALITY = 0.5
 WINDOW_FLOOR = 0.05  # far from its last mask an object keeps 5 % of its weight, not none
 MIN_SIGMA = float(STRIDE)  # pixels at the graphs' size: below a feature cell nothing is located

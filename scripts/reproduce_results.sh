@@ -41,6 +41,9 @@ python demo.py --backend ort-cpu
 python demo.py
 python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report
+# the runtime's locality width, chosen on two-object clips of training videos (runtime/locality.py)
+python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" \
+    --out models/report/locality_sweep.json
 python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out models/report/key_matching.json
 python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
     --out models/report/key_matching_stage1.json
