@@ -3,9 +3,8 @@
     python runtime/batch.py --engine-dir DIR --videos ROOT|LIST.csv|LIST.json --output OUT \\
         [--address auto|HOST:PORT|ray://HOST:PORT] [--workers N] [--threads-per-worker T] \\
         [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] [--memory-size B] \\
-        [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--locality R]
-        [--max-frames N] \\
-        [--overlay] [--quiet]
+        [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--locality R] \\
+        [--max-frames N] [--overlay] [--quiet]
 
 Each worker is a Ray actor holding one `Segmenter` (graphs loaded once) that segments one video
 after another with `runtime.job.segment_video`, the code path of `runtime/run.py`: OUT/<video>/
@@ -477,7 +476,8 @@ def _main(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
                            quality_threshold=args.quality_threshold, fit=args.fit,
-                           locality=args.locality, threads=args.threads_per_worker or 1).resolve(manifest)
+                           locality=args.locality,
+                           threads=args.threads_per_worker or 1).resolve(manifest)
     videos = list_videos(args.videos)
     output = args.output.absolute()
     check_writable_dir(output)
