@@ -26,9 +26,11 @@ from runtime.manifest import STRIDE
 
 # Window width per sqrt(object area); 0 switches the prior off. Chosen on four two-object clips
 # built from training videos (scripts/locality_sweep.py, light model, 240x432): J&F 0.367
-# without the prior, 0.517 at 0.35 and 0.5, 0.509 at 1.0. Tried at 0.5 and dropped: windows
-# also around the mask moved by the object's last motion (no change), windows flat out to 1-2
-# widths (0.435-0.502).
+# without the prior, 0.528 / 0.526 / 0.517 / 0.517 / 0.509 at 0.1 / 0.2 / 0.35 / 0.5 / 1.0; at
+# 480x864 0.494 at 0.1 and 0.491 at 0.5. Flat from 0.1 to 0.5, but at 0.1-0.2 the one-cell
+# floor sets the small objects' widths, which then no longer scale with them: 0.5. Tried at 0.5
+# and dropped: windows also around the mask moved by the object's last motion (no change),
+# windows flat out to 1-2 widths (0.435-0.502).
 DEFAULT_LOCALITY = 0.5
 WINDOW_FLOOR = 0.05  # far from its last mask an object keeps 5 % of its weight, not none
 MIN_SIGMA = float(STRIDE)  # pixels at the graphs' size: below a feature cell nothing is located

@@ -43,7 +43,9 @@ python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report
 # the runtime's locality width, chosen on two-object clips of training videos (runtime/locality.py)
 python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" \
-    --out models/report/locality_sweep.json
+    --widths 0 0.1 0.2 0.35 0.5 1 --out models/report/locality_sweep.json
+python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" --size 480 864 \
+    --widths 0.1 0.5 --out models/report/locality_sweep_480x864.json
 python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out models/report/key_matching.json
 python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
     --out models/report/key_matching_stage1.json
