@@ -46,6 +46,10 @@ python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" \
     --widths 0 0.1 0.2 0.35 0.5 1 --out models/report/locality_sweep.json
 python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" --size 480 864 \
     --widths 0.1 0.5 --out models/report/locality_sweep_480x864.json
+# issue 13's absent-object case: another scene spliced into blackswan (what the gate keeps)
+python scripts/scene_cut_check.py models/qdmn-light.pth --data "$DAVIS" > models/report/scene_cut.txt
+python scripts/scene_cut_check.py models/qdmn-lite2.pth --data "$DAVIS" \
+    > models/report-lite2/scene_cut.txt
 python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out models/report/key_matching.json
 python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
     --out models/report/key_matching_stage1.json
