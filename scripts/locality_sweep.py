@@ -5,7 +5,8 @@
         --widths 0 0.35 0.5 1 --out models/report/locality_sweep.json
 
 Clips: two pairs of training sequences side by side and two with one pasted, moving, over the
-other (the validation recipes, `training/validation.py`). PyTorch reference, 2 threads.
+other (the validation recipes, `training/validation.py`), through its `validate`. PyTorch
+reference, 2 threads.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from evaluation.metrics import evaluate_sequence
+from training.checkpoint import load_model
 from training.reference import ReferenceSegmenter
-from training.validation import pasted_video, read_video, run_video, side_by_side_video
+from training.validation import pasted_video, read_video, side_by_side_video, validate
 
 SIDE_BY_SIDE = (("bmx-trees", "car-shadow"), ("dance-twirl", "kite-surf"))
 PASTED = (("paragliding-launch", "scooter-black"), ("horsejump-high", "soapbox"))
@@ -39,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
                for a, b in SIDE_BY_SIDE]
               + [pasted_video(read_video(args.data, a), read_video(args.data, b))
                  for a, b in PASTED])
-    size = tuple(args.size) if args.size else None
+    model, meta = load_model(args.checkpoint)
+    size = tuple(args.size) if args.size else tuple(meta["config"]["image_size"])
     results = {}
     for width in args.widths:
-        per_clip = {}
-        for v in tqdm(videos, desc=f"locality {width}", leave=False):
-            seg = ReferenceSegmenter.from_checkpoint(args.checkpoint, size=size, locality=width)
-            objs = evaluate_sequence(v.name, v.labels, run_video(seg, v))
-            per_clip[v.name] = [round(float(o.jf_mean), 4) for o in objs]
-        mean = float(np.mean([j for js in per_clip.values() for j in js]))
-        results[str(width)] = {"jf_two_objects": round(mean, 4), "per_clip_object": per_clip}
-        print(f"locality {width}: two-object J&F {mean:.3f}", flush=True)
+        seg = ReferenceSegmenter(model, size=size, locality=width)
+        report, _ = validate(model, videos, size, lambda s=seg: s, with_quality=False,
+                             progress=True)
+        results[str(width)] = {"jf_two_objects": round(report.jf_multi, 4),
+                               "per_clip": {k: round(v, 4) for k, v in report.jf.items()}}
+        print(f"locality {width}: two-object J&F {report.jf_multi:.3f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"checkpoint": args.checkpoint.name, "size": size,
