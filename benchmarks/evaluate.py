@@ -103,16 +103,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     from runtime.config import RuntimeConfig
+    from runtime.options import runtime_settings
 
-    return RuntimeConfig(
-        memory_size=args.memory_size,
-        mem_every=args.mem_every,
-        quality_threshold=args.quality_threshold,
-        threads=args.threads,
-        device=args.device,
-        fit=args.fit,
-        locality=args.locality,
-    )
+    return RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device)
 
 
 def build_runtime(args: argparse.Namespace) -> Segmenter:
@@ -148,7 +141,7 @@ def build_reference(args: argparse.Namespace, manifest: Manifest) -> Segmenter:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from runtime.backends import BACKENDS
-    from runtime.geometry import FITS
+    from runtime.options import add_runtime_options
 
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
@@ -173,15 +166,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="folder for the CSV files")
     p.add_argument("--set", default=None, help="name in the CSV file names (default: split stem)")
     p.add_argument("--save-masks", action="store_true", help="also write predicted PNGs to --out")
-    p.add_argument("--memory-size", type=int, default=None, help="dynamic slots used (<= engine's)")
-    p.add_argument("--mem-every", type=int, default=None)
-    p.add_argument("--quality-threshold", type=float, default=None)
+    add_runtime_options(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of CPU backends")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
-    p.add_argument("--fit", choices=FITS, default=None,
-                   help="frames of another aspect ratio than the engine's (runtime.geometry)")
-    p.add_argument("--locality", type=float, default=None,
-                   help="width of each object's window around its previous mask (runtime.locality)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:

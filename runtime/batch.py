@@ -51,10 +51,9 @@ from runtime.corpus import (
     write_summary,
 )
 from runtime.errors import QDMNRuntimeError
-from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import check_outputs, segment_video
-from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest, ManifestError
+from runtime.options import add_runtime_options, runtime_settings
 from runtime.outputs import (
     Terminated,
     check_writable_dir,
@@ -435,15 +434,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the GPU count for trt/ort-cuda)")
     p.add_argument("--threads-per-worker", type=int, help="CPU threads per worker (default 1)")
     p.add_argument("--backend", default="auto", help=f"one of {', '.join(BACKENDS)}")
-    p.add_argument("--memory-size", type=int, help="dynamic memory slots (<= the manifest's)")
-    p.add_argument("--mem-every", type=int, help="min frames between long-term insertions")
-    p.add_argument("--quality-threshold", type=float, help="sigma: min normalised quality")
-    p.add_argument("--fit", choices=FITS, default=None,
-                   help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
-                        "padded, masks cropped back; stretch: resized, distorted)")
-    p.add_argument("--locality", type=float, default=None,
-                   help=f"width of each object's window around its previous mask, per sqrt of "
-                        f"its area (default {DEFAULT_LOCALITY}; 0: off)")
+    add_runtime_options(p)
     p.add_argument("--max-frames", type=int, help="stop each video after this many frames")
     p.add_argument("--overlay", action="store_true", help=f"also write OUT/<video>/{OVERLAY}")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-video lines")
@@ -474,9 +465,7 @@ def _main(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise BatchError(f"--{name.replace('_', '-')} {value}: expected >= 1")
     manifest = Manifest.load(args.engine_dir)
-    config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
-                           quality_threshold=args.quality_threshold, fit=args.fit,
-                           locality=args.locality,
+    config = RuntimeConfig(**runtime_settings(args),
                            threads=args.threads_per_worker or 1).resolve(manifest)
     videos = list_videos(args.videos)
     output = args.output.absolute()

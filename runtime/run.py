@@ -27,11 +27,10 @@ from typing import Any
 from runtime.backends import BACKENDS, create_backend
 from runtime.config import RuntimeConfig
 from runtime.errors import QDMNRuntimeError
-from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.job import RUN_LOG, JobInterrupted, check_outputs, segment_video
-from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest, ManifestError
 from runtime.masks import read_mask
+from runtime.options import add_runtime_options, runtime_settings
 from runtime.outputs import Terminated, terminate_as_interrupt
 from runtime.segmenter import Segmenter
 from runtime.sources import open_source
@@ -46,19 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--mask", required=True, type=Path, help="first-frame mask (palette PNG)")
     p.add_argument("--output", required=True, type=Path, help="output folder")
     p.add_argument("--backend", default="auto", help=f"one of {', '.join(BACKENDS)}")
-    p.add_argument("--memory-size", type=int, help="dynamic memory slots (<= the manifest's)")
-    p.add_argument("--mem-every", type=int, help="min frames between long-term insertions")
-    p.add_argument("--quality-threshold", type=float, help="sigma: min normalised quality")
+    add_runtime_options(p)
     p.add_argument("--threads", type=int, help="CPU threads (CPU backends)")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal (GPU backends)")
     p.add_argument("--spin", action="store_true",
                    help="ORT CPU threads busy-wait (only on an idle, dedicated machine)")
-    p.add_argument("--fit", choices=FITS, default=None,
-                   help=f"frames of another aspect ratio than the graphs' (default {DEFAULT_FIT}: "
-                        "padded, masks cropped back; stretch: resized, distorted)")
-    p.add_argument("--locality", type=float, default=None,
-                   help=f"width of each object's window around its previous mask, per sqrt of "
-                        f"its area (default {DEFAULT_LOCALITY}; 0: off)")
     p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -77,10 +68,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise _Fail(f"--max-frames {args.max_frames}: expected >= 1")
     check_outputs(args.output, args.overlay)
     manifest = Manifest.load(args.engine_dir)
-    config = RuntimeConfig(memory_size=args.memory_size, mem_every=args.mem_every,
-                           quality_threshold=args.quality_threshold, threads=args.threads,
-                           device=args.device, spin=args.spin, fit=args.fit,
-                           locality=args.locality).resolve(manifest)
+    config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
+                           spin=args.spin).resolve(manifest)
     read_mask(args.mask)
     source = open_source(args.input)
     backend = create_backend(args.backend, manifest, args.engine_dir, config)

@@ -23,8 +23,10 @@ from conftest import interruptible, script_env
 from PIL import Image
 
 from runtime import run as cli
+from runtime.config import RuntimeConfig
 from runtime.manifest import Manifest, graph_specs
 from runtime.masks import read_mask
+from runtime.options import runtime_settings
 from runtime.palette import save_palette_png
 
 
@@ -246,6 +248,29 @@ def test_backend_and_config_refusals(ok, tmp_path, capsys):
     assert "exceeds the 2 dynamic slots" in refuse(capsys, tmp_path,
                                                    **{**ok, "memory_size": 5})
     assert "mem_every=0" in refuse(capsys, tmp_path, **{**ok, "mem_every": 0})
+
+
+
+def test_every_command_reads_the_runtime_settings_alike():
+    """run.py, batch.py and evaluate.py declare the settings once (runtime.options): the same
+    flags give the same RuntimeConfig, and leaving them out gives the manifest's values."""
+    from benchmarks import evaluate
+    from runtime import batch
+
+    flags = ["--memory-size", "3", "--mem-every", "4", "--quality-threshold", "0.7",
+             "--fit", "stretch", "--locality", "0.25"]
+    run_args = cli.parse_args(["--engine-dir", "e", "--input", "i", "--mask", "m.png",
+                               "--output", "o", *flags])
+    batch_args = batch.parse_args(["--engine-dir", "e", "--videos", "v", "--output", "o", *flags])
+    eval_args = evaluate.parse_args(["--engine-dir", "e", "--data", "d", "--out", "o", *flags])
+    want = RuntimeConfig(memory_size=3, mem_every=4, quality_threshold=0.7, fit="stretch",
+                         locality=0.25)
+    for args in (run_args, batch_args, eval_args):
+        assert RuntimeConfig(**runtime_settings(args)) == want
+    assert evaluate.runtime_config(eval_args) == dataclasses.replace(want, threads=None)
+    bare = cli.parse_args(["--engine-dir", "e", "--input", "i", "--mask", "m.png",
+                           "--output", "o"])
+    assert RuntimeConfig(**runtime_settings(bare)) == RuntimeConfig()
 
 
 
