@@ -50,6 +50,10 @@ python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" --size 48
 python scripts/scene_cut_check.py models/qdmn-light.pth --data "$DAVIS" > models/report/scene_cut.txt
 python scripts/scene_cut_check.py models/qdmn-lite2.pth --data "$DAVIS" \
     > models/report-lite2/scene_cut.txt
+# would a perfect quality score change J&F? (the gate fed the true IoU, all, none)
+python scripts/gate_oracle.py models/qdmn-light.pth --data "$DAVIS" --out models/report/gate_oracle.json
+python scripts/gate_oracle.py models/qdmn-lite2.pth --data "$DAVIS" --size 480 864 \
+    --out models/report-lite2/gate_oracle.json
 python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out models/report/key_matching.json
 python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
     --out models/report/key_matching_stage1.json

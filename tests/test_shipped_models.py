@@ -88,3 +88,30 @@ def test_ship_model_sets_the_export_size_and_keeps_the_weights(tmp_path):
     bad = ship(str(src), str(tmp_path / "bad.pth"), "--size", "480", "860")
     assert bad.returncode == 2 and "multiples of 16" in bad.stderr
     assert not (tmp_path / "bad.pth").exists()
+
+
+def test_gate_oracle_scores_candidates_by_their_true_iou(davis_root):
+    """training.gate_oracle (scripts/gate_oracle.py): with the oracle gate a candidate frame's
+    score is its masks' real IoU, so the gate memorises a frame exactly when that IoU reaches
+    sigma; accept_all / reject_all memorise every candidate / none."""
+    from training.gate_oracle import GatedReference
+    from training.validation import ValVideo
+
+    seq = load_sequence(davis_root, "blackswan")
+    video = ValVideo("blackswan", seq.frames[:FRAMES], (seq.labels[:FRAMES] > 0).astype(np.uint8))
+    model, _ = load_model(MODELS / "qdmn-light.pth")
+    torch.set_num_threads(2)
+    inserted = {}
+    for gate in ("oracle", "accept_all", "reject_all"):
+        seg = GatedReference(model, video, gate, size=(240, 432), quality_threshold=0.8)
+        seg.start(video.frames[0], video.labels[0])
+        for t in range(1, FRAMES):
+            pred = seg.step(video.frames[t], last=t == FRAMES - 1)
+            record = seg.last_record
+            if gate == "oracle" and record.quality is not None:
+                iou = _iou(pred == 1, video.labels[t] == 1)
+                assert abs(record.score - iou) < 0.03, (t, record.score, iou)
+                assert record.decision["accepted"] == (record.score >= 0.8)
+        inserted[gate] = seg.insertions
+    assert inserted["reject_all"] == 0 and inserted["accept_all"] == 2  # frames 5 and 10
+    assert 0 <= inserted["oracle"] <= 2

@@ -1,0 +1,79 @@
+"""The memory gate against a perfect one: the reference segmenter with the QAM score of each
+candidate frame replaced by the truth (`scripts/gate_oracle.py` runs it on validation videos).
+
+Gates: `qam` (the model's own score, what ships); `oracle` (a candidate's score is the true IoU
+of its masks, mean over objects, and the first frame's is 1: the gate keeps exactly the frames
+whose masks are at least sigma good, what a perfect QAM would do); `accept_all` / `reject_all`
+(every candidate enters the long-term memory / none does: it then holds the first frame and
+the previous frame only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from training.model import QDMN
+from training.reference import ReferenceSegmenter
+from training.validation import ValVideo, _iou
+
+GATES = ("qam", "oracle", "accept_all", "reject_all")
+
+
+class _ScoredBackend:
+    """The reference backend with the `quality` graph's output replaced by `score(masks)`."""
+
+    def __init__(self, backend: Any, score: Callable[[np.ndarray], np.ndarray]):
+        self._backend, self._score, self._masks = backend, score, None
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray] | None = None,
+            fetch: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        if graph == "qam" and feeds is not None and "masks" in feeds:
+            self._masks = feeds["masks"].copy()
+        if graph == "quality":
+            return {"quality": self._score(self._masks)}
+        return self._backend.run(graph, feeds, fetch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+class GatedReference(ReferenceSegmenter):
+    """The reference on one video, its candidates scored by `gate` instead of the QAM."""
+
+    def __init__(self, model: QDMN, video: ValVideo, gate: str, **kwargs: Any):
+        super().__init__(model, **kwargs)
+        self.video, self.gate = video, gate
+        self.insertions = 0  # frames the gate let into the long-term memory
+
+    def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        labels = super().start(frame, mask)
+        seg = self.segmenter
+        assert seg is not None
+        if self.gate != "qam":
+            if not isinstance(seg.backend, _ScoredBackend):
+                seg.backend = _ScoredBackend(seg.backend, self._score)
+            seg.first_score = 1.0  # the given mask's IoU with itself
+        return labels
+
+    def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:
+        labels = super().step(frame, last=last)
+        decision = self.last_record.decision
+        self.insertions += bool(decision and decision["accepted"])
+        return labels
+
+    def _score(self, masks: np.ndarray) -> np.ndarray:
+        seg = self.segmenter
+        assert seg is not None
+        n, k = masks.shape[0], len(seg.object_ids)
+        if self.gate in ("accept_all", "reject_all"):
+            return np.full(n, 1.0 if self.gate == "accept_all" else 0.0, np.float32)
+        h, w = masks.shape[1:]
+        truth = cv2.resize(self.video.labels[seg.frame_index], (w, h),
+                           interpolation=cv2.INTER_NEAREST)
+        pred = np.concatenate([1.0 - masks[:k].sum(0, keepdims=True), masks[:k]]).argmax(0)
+        iou = [_iou(pred == i + 1, truth == i + 1) for i in range(k)]
+        return np.array(iou + [0.0] * (n - k), np.float32)
