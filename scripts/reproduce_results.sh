@@ -109,6 +109,12 @@ python scripts/model_report.py models/qdmn-lite2.pth --data "$DAVIS" --out model
 # the light model's reference (and QAM) at 480x864, for the side-by-side table
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report-480x864 \
     --sizes 480x864
+# the light model at 304x544, the middle of its training scales (models/README.md, "Export size")
+python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report-304x544 \
+    --sizes 304x544
+python export/to_onnx.py models/qdmn-light.pth --out engines/light-2obj-304x544 --max-objects 2 --size 304 544
+python benchmarks/speed.py --engine-dir engines/light-2obj-304x544 --variants ort-cpu,openvino-bf16 \
+    --frames 40 --warmup 130 --threads 2 --out $R/speed_models/light-304x544
 python demo.py --model lite2 --backend ort-cpu
 python demo.py --model lite2
 python scripts/overlay_grid.py --masks out/demo-lite2 --clips cows+libby --out docs/images/demo_overlay_lite2.jpg
