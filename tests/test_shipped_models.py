@@ -115,3 +115,5 @@ def test_gate_oracle_scores_candidates_by_their_true_iou(davis_root):
         inserted[gate] = seg.insertions
     assert inserted["reject_all"] == 0 and inserted["accept_all"] == 2  # frames 5 and 10
     assert 0 <= inserted["oracle"] <= 2
+    with pytest.raises(ValueError, match="unknown gate 'perfect'"):
+        GatedReference(model, video, "perfect")

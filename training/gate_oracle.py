@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
+from runtime.geometry import DEFAULT_FIT, Placement
 from training.model import QDMN
 from training.reference import ReferenceSegmenter
 from training.validation import ValVideo, _iou
@@ -45,6 +45,8 @@ class GatedReference(ReferenceSegmenter):
     """The reference on one video, its candidates scored by `gate` instead of the QAM."""
 
     def __init__(self, model: QDMN, video: ValVideo, gate: str, **kwargs: Any):
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}: choose one of {', '.join(GATES)}")
         super().__init__(model, **kwargs)
         self.video, self.gate = video, gate
         self.insertions = 0  # frames the gate let into the long-term memory
@@ -71,9 +73,11 @@ class GatedReference(ReferenceSegmenter):
         n, k = masks.shape[0], len(seg.object_ids)
         if self.gate in ("accept_all", "reject_all"):
             return np.full(n, 1.0 if self.gate == "accept_all" else 0.0, np.float32)
-        h, w = masks.shape[1:]
-        truth = cv2.resize(self.video.labels[seg.frame_index], (w, h),
-                           interpolation=cv2.INTER_NEAREST)
+        t, m = seg.frame_index, seg.manifest
+        # the truth placed into the graphs' size as the frame was (resized or letterboxed)
+        place = Placement.of(self.video.frames[t].shape[:2], (m.height, m.width),
+                             seg.config.fit or DEFAULT_FIT)
+        truth = place.masks(self.video.labels[t], seg.object_ids, n) > 0.5
         pred = np.concatenate([1.0 - masks[:k].sum(0, keepdims=True), masks[:k]]).argmax(0)
-        iou = [_iou(pred == i + 1, truth == i + 1) for i in range(k)]
+        iou = [_iou(pred == i + 1, truth[i]) for i in range(k)]
         return np.array(iou + [0.0] * (n - k), np.float32)
