@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from training.checkpoint import load_model
@@ -41,21 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"checkpoint": args.checkpoint.name, "size": list(size),
                               "sigma": args.sigma}
     for gate in GATES:
-        jf: dict[str, float] = {}
-        inserted: dict[str, int] = {}
-        single, multi = [], []
-        for v in videos:
-            seg = GatedReference(model, v, gate, size=size, quality_threshold=args.sigma)
-            report, _ = validate(model, [v], size, lambda s=seg: s, with_quality=False)
-            jf[v.name] = round(report.jf[v.name], 4)
-            inserted[v.name] = seg.insertions
-            # per object, as validation averages: a video's J&F is its objects' mean
-            (single if v.num_objects == 1 else multi).extend([report.jf[v.name]] * v.num_objects)
-        result[gate] = {"jf_single": round(float(np.mean(single)), 4),
-                        "jf_multi": round(float(np.mean(multi)), 4), "per_video": jf,
+        segs = [GatedReference(model, v, gate, size=size, quality_threshold=args.sigma)
+                for v in videos]
+        order = iter(segs)  # validate asks for one segmenter per video, in the videos' order
+        report, _ = validate(model, videos, size, order.__next__, with_quality=False)
+        inserted = {v.name: s.insertions for v, s in zip(videos, segs)}
+        jf = {name: round(value, 4) for name, value in report.jf.items()}
+        result[gate] = {"jf_single": round(report.jf_single, 4),
+                        "jf_multi": round(report.jf_multi, 4), "per_video": jf,
                         "insertions": inserted}
-        print(f"{gate:>10}: one object {result[gate]['jf_single']:.3f}, "
-              f"two objects {result[gate]['jf_multi']:.3f}  {jf}, insertions {inserted}", flush=True)
+        print(f"{gate:>10}: one object {report.jf_single:.3f}, two objects "
+              f"{report.jf_multi:.3f}  {jf}, insertions {inserted}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

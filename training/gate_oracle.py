@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime.geometry import DEFAULT_FIT, Placement
+from runtime.locality import owners
 from training.model import QDMN
 from training.reference import ReferenceSegmenter
 from training.validation import ValVideo, _iou
@@ -78,6 +79,6 @@ class GatedReference(ReferenceSegmenter):
         place = Placement.of(self.video.frames[t].shape[:2], (m.height, m.width),
                              seg.config.fit or DEFAULT_FIT)
         truth = place.masks(self.video.labels[t], seg.object_ids, n) > 0.5
-        pred = np.concatenate([1.0 - masks[:k].sum(0, keepdims=True), masks[:k]]).argmax(0)
+        pred = owners(masks[:k])
         iou = [_iou(pred == i + 1, truth[i]) for i in range(k)]
         return np.array(iou + [0.0] * (n - k), np.float32)
