@@ -113,6 +113,26 @@ def test_overfits_one_real_sequence(davis_root, tmp_path):
     assert after > 0.7 and after > before + 0.3, (before, after)
 
 
+def test_batch_workers_train_the_same_run_and_a_time_limit_stops_it_cleanly(davis_root, tmp_path):
+    seqs = load_sequences(davis_root, ["blackswan", "cows+libby"], SIZE)
+    extra = {"multi_object_fraction": 0.5, "corrupt_quality_weight": 1.0, "steps": 3,
+             "pretrained_backbone": False}
+    runs = []
+    for workers in (0, 2):
+        cfg = _tiny(tmp_path, davis_root, workers=workers, out_dir=str(tmp_path / f"w{workers}"),
+                    **extra)
+        torch.manual_seed(0)
+        runs.append([h["loss"] for h in Trainer(cfg, torch.device("cpu")).fit(seqs, quiet=True)])
+    assert len(runs[0]) == 3
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6)  # batches built elsewhere, same run
+
+    cfg = _tiny(tmp_path, davis_root, workers=1, out_dir=str(tmp_path / "timed"), **extra)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    assert len(trainer.fit(seqs, quiet=True, time_limit=0.0)) == 1  # one step, then out of time
+    saved = torch.load(Path(cfg.out_dir) / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 1  # saved as at the last step, so --resume continues from there
+
+
 def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     seqs = load_sequences(davis_root, ["blackswan"], SIZE)
     # With every random part on: distractors, corrupted QAM masks, the correspondence warp (and
@@ -245,3 +265,11 @@ def test_lr_scale_acts_only_on_its_parameters(davis_root, tmp_path, option, pref
     assert any(n.startswith(prefixes) for n in moved[1.0])
     assert moved[0.0] and not any(n.startswith(prefixes) for n in moved[0.0])
     assert {n for n in moved[1.0] if not n.startswith(prefixes)} == moved[0.0]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)  # unknown fields and invalid values fail here
+    assert cfg.model.backbone.startswith("efficientnet_lite") and cfg.val_sequences
+    assert not set(cfg.val_sequences) & set(cfg.train_sequences)

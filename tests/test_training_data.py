@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from training.copy_paste import Cutout, paste
 from training.data import SampleSpec, copy_paste_sample, load_sequences, static_sample, video_sample
 from training.mask_corruption import KINDS, corrupt, corrupt_masks
-from training.train import TrainConfig, make_batch, split_sequences
+from training.train import TrainConfig, Trainer, load_config, make_batch, split_sequences
 from training.validation import load_val_videos, pasted_video, side_by_side_video
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -226,3 +228,34 @@ def test_gate_score_correlation_is_the_papers_normalised_score():
     assert stats.pearson_gate == pytest.approx(np.corrcoef(iou, score)[0, 1], abs=1e-6)
     assert stats.reject_bad == pytest.approx(np.mean(score[iou < 0.5] < 0.8))
     assert stats.accept_good == pytest.approx(np.mean(score[iou > 0.8] >= 0.8))
+
+
+def test_burst_data_keeps_every_frame_and_object_id(davis_root, tmp_path):
+    from scripts.burst_data import SIZE, reduce
+
+    reduce(davis_root, tmp_path, "ImageSets/demo.txt")
+    for name in ("blackswan", "cows+libby"):
+        src = sorted((davis_root / "Annotations/480p" / name).glob("*.png"))
+        dst = sorted((tmp_path / "Annotations/480p" / name).glob("*.png"))
+        assert [f.name for f in dst] == [f.name for f in src]
+        for a, b in ((src[0], dst[0]), (src[-1], dst[-1])):
+            small = np.array(Image.open(b))
+            assert small.shape == (SIZE[1], SIZE[0])
+            assert set(np.unique(small)) == set(np.unique(np.array(Image.open(a))))
+    seqs = load_sequences(tmp_path, ["blackswan", "cows+libby"], (240, 432))  # trains as it is
+    assert [s.num_objects for s in seqs] == [1, 2]
+
+
+def test_burst_init_holds_the_imagenet_encoders(tmp_path):
+    from scripts.burst_data import write_imagenet_init
+    from training.backbones import lite_weights_path
+
+    config = Path(__file__).resolve().parents[1] / "configs/gpu/light-scratch.yaml"
+    write_imagenet_init(config, tmp_path / "init.pth")
+    trainer = Trainer(load_config(config, {"out_dir": str(tmp_path / "run"), "workers": 0}),
+                      torch.device("cpu"))
+    trainer.load_weights(tmp_path / "init.pth", continue_run=False)  # as gpu_burst.sh's --init
+    imagenet = torch.load(lite_weights_path("efficientnet_lite0"), weights_only=True)
+    own = trainer.model.rgb_encoder.state_dict()
+    for name in ("_conv_stem.weight", "_blocks.5._project_conv.weight"):
+        torch.testing.assert_close(own[name], imagenet[name], atol=2e-3, rtol=1e-3)  # FP16

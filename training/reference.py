@@ -77,8 +77,9 @@ class SparseBank(Bank):
 
 class TorchBackend(HostBackend):
     """Runs QDMN.encode_query / encode_memory (memory_kv, assess_quality) / read_memory /
-    decode in FP32 on the CPU; tensors cross in the manifest's layouts (views, no extra work:
-    memory_readout copies its inputs into its own layout anyway)."""
+    decode in FP32 on the model's device (the CPU, or the GPU that trains it); tensors cross in
+    the manifest's layouts (views, no extra work: memory_readout copies its inputs into its own
+    layout anyway)."""
 
     name = "torch"
 
@@ -96,7 +97,8 @@ class TorchBackend(HostBackend):
 
     @torch.inference_mode()
     def _execute(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        device = next(self.model.parameters()).device  # validation during GPU training
+        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         m = self.model
         if graph == "encoder":
             k, v, f8, f4 = m.encode_query(normalize_uint8(t["image"]), t["prev_prob"][None])
@@ -119,7 +121,7 @@ class TorchBackend(HostBackend):
             out = {"prob": prob[0]}
         else:
             raise KeyError(graph)
-        return {k: v.numpy().copy() for k, v in out.items()}
+        return {k: v.cpu().numpy().copy() for k, v in out.items()}
 
     def run(self, graph: str, feeds: Mapping[str, np.ndarray] | None = None,
             fetch: Sequence[str] = ()) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -113,6 +114,9 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     threads: int = 0  # 0: all cores
+    # Processes that build batches ahead of the training step (0: in the training process). A
+    # batch depends only on (seed, step), so the run is the same with any number of workers.
+    workers: int = 0
     amp: bool = True  # mixed precision on CUDA
     cpu_bf16: bool = False  # bf16 autocast on CPU (FP32 master weights)
     val_every: int = 0  # validate (and keep the best checkpoint) every N steps; 0: never
@@ -274,10 +278,47 @@ def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample
     return [one() for _ in range(cfg.batch_size)]
 
 
-def collate(samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """-> frames, masks, object_valid, qam_masks as tensors on `device`."""
-    return tuple(torch.from_numpy(np.stack([getattr(s, k) for s in samples])).to(device)
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # frames, masks, valid, qam_masks
+
+
+def stack_batch(samples: list[Sample]) -> Batch:
+    """Samples -> frames, masks, object_valid, qam_masks, each stacked over the batch."""
+    return tuple(np.stack([getattr(s, k) for s in samples])  # type: ignore[return-value]
                  for k in ("frames", "masks", "object_valid", "qam_masks"))
+
+
+class BatchStream(torch.utils.data.Dataset):
+    """Batches `start` .. `end` - 1 of a run, for a DataLoader whose workers build them ahead of
+    the training step (on a GPU, building clips is slower than training on them)."""
+
+    def __init__(self, cfg: TrainConfig, seqs: list[Sequence], start: int, end: int):
+        self.cfg, self.seqs, self.start, self.end = cfg, seqs, start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __getitem__(self, i: int) -> Batch:
+        return stack_batch(make_batch(self.cfg, self.seqs, self.start + i))
+
+
+def _one_thread(_: int) -> None:
+    """One torch thread per batch worker: the workers are the parallelism."""
+    torch.set_num_threads(1)
+
+
+def batch_loader(cfg: TrainConfig, seqs: list[Sequence], start: int, end: int,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches start .. end - 1 in order, built by cfg.workers processes (or in this one).
+
+    With workers, OpenCV is set to one thread here, process-wide, before they fork: they inherit
+    it (setting it in a forked worker hangs on the parent's thread pool)."""
+    if cfg.workers:
+        cv2.setNumThreads(1)
+    return torch.utils.data.DataLoader(
+        BatchStream(cfg, seqs, start, end), batch_size=None, shuffle=False,
+        num_workers=cfg.workers, pin_memory=pin_memory,
+        worker_init_fn=_one_thread if cfg.workers else None,
+        prefetch_factor=4 if cfg.workers else None)
 
 
 # ---------------------------------------------------------------- the loop
@@ -421,10 +462,13 @@ class Trainer:
                                     if int(ln.split(",", 1)[0]) <= self.step]
                 path.write_text("".join(keep))
 
-    def train_step(self, seqs: list[Sequence]) -> dict[str, float]:
+    def train_step(self, batch: Batch | tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """One update on batch `self.step` (stack_batch(make_batch(cfg, seqs, self.step)))."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout, exactly resumable
-        frames, masks, valid, qam_masks = collate(make_batch(cfg, seqs, self.step), self.device)
+        frames, masks, valid, qam_masks = (
+            (torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(
+                self.device, non_blocking=True) for x in batch)
         use_corrupt = cfg.corrupt_quality_weight > 0
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
@@ -461,9 +505,13 @@ class Trainer:
             raise FloatingPointError(f"loss is {stats['loss']} at step {self.step}")
         return stats
 
-    def fit(self, seqs: list[Sequence], steps: int | None = None, quiet: bool = False) -> list[dict]:
-        """Train until `steps` (default cfg.steps); returns the per-step stats of this call."""
+    def fit(self, seqs: list[Sequence], steps: int | None = None, quiet: bool = False,
+            time_limit: float | None = None) -> list[dict]:
+        """Train until `steps` (default cfg.steps), or until `time_limit` seconds have passed
+        (then validated and saved as at the last step); returns the per-step stats of this call.
+        """
         end = self.cfg.steps if steps is None else steps
+        deadline = None if time_limit is None else time.monotonic() + time_limit
         log_path = self.out_dir / LOG_NAME
         self.out_dir.mkdir(parents=True, exist_ok=True)
         history = []
@@ -478,10 +526,15 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_log:
                 writer.writeheader()
+            batches = iter(batch_loader(self.cfg, seqs, self.step, end,
+                                        pin_memory=self.device.type == "cuda")
+                           if self.step < end else ())
             while self.step < end:
                 t0 = time.perf_counter()
-                stats = self.train_step(seqs)
+                stats = self.train_step(next(batches))
                 stats.update(step=self.step, sec=time.perf_counter() - t0)
+                if deadline is not None and time.monotonic() >= deadline:
+                    end = self.step  # out of time: finish as at the last step
                 history.append(stats)
                 writer.writerow(stats)
                 if self.step % self.cfg.log_every == 0:
@@ -579,13 +632,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="when out_dir has no checkpoint: initialise from these weights, step 0")
     ap.add_argument("--steps", type=int, help="stop at this step (default: config steps)")
     ap.add_argument("--out-dir", help="override the config's out_dir")
+    ap.add_argument("--data-root", help="override the config's data_root (a copy of the data "
+                                        "on another machine)")
+    ap.add_argument("--time-limit", type=float, metavar="SEC",
+                    help="stop after this many seconds of training (validated and saved as at "
+                         "the last step); for a machine lent for a fixed time")
     ap.add_argument("--validate", action="store_true",
                     help="after training, report validation J&F on the config's val_sequences")
     ap.add_argument("--export-fp16", metavar="PATH",
                     help="after training, write FP16 weights + config (no optimizer) here")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
+        overrides = {k: v for k, v in (("out_dir", args.out_dir), ("data_root", args.data_root))
+                     if v}
+        cfg = load_config(args.config, overrides)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         train_names, val_names = split_sequences(cfg)
@@ -610,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             from training.validation import load_val_videos
 
             trainer.val_videos = load_val_videos(cfg.data_root, val_names)
-        trainer.fit(seqs, args.steps)
+        trainer.fit(seqs, args.steps, time_limit=args.time_limit)
         if args.validate and trainer.val_videos:
             row = validate(trainer)
             print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "

@@ -142,11 +142,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def frame_scores(model: QDMN, frame: np.ndarray, labels: np.ndarray, n: int,
                  size: tuple[int, int]) -> np.ndarray:
     """QAM scores (n,) of the masks in `labels` (ids 1..n) on `frame`, at the model's size."""
+    device = next(model.parameters()).device
     onehot = np.stack([(labels == i + 1) for i in range(n)]).astype(np.float32)
-    masks = F.interpolate(torch.from_numpy(onehot)[None], size=size, mode="bilinear",
+    masks = F.interpolate(torch.from_numpy(onehot)[None].to(device), size=size, mode="bilinear",
                           align_corners=False)
-    _, _, q = model.encode_memory(model_image(frame, size), masks)
-    return q[0].numpy()
+    _, _, q = model.encode_memory(model_image(frame, size).to(device), masks)
+    return q[0].cpu().numpy()
 
 
 def model_image(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
