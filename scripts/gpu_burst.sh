@@ -19,18 +19,19 @@ nproc
 pids=()
 for cfg in "$@"; do
     name=$(basename "$cfg" .yaml)
+    mkdir -p "runs/gpu/$name"
     python training/train.py --config "$cfg" --data-root "$data" --init "$init" \
-        --out-dir "runs/gpu/$name" --time-limit "$secs" >"runs-$name.txt" 2>&1 &
+        --out-dir "runs/gpu/$name" --time-limit "$secs" >"runs/gpu/$name/console.txt" 2>&1 &
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || echo "a run failed (pid $pid): see its console log"; done
 for cfg in "$@"; do
     name=$(basename "$cfg" .yaml)
-    tail -c 1500 "runs-$name.txt" | tr '\r' '\n' | tail -n 4
+    tail -c 1500 "runs/gpu/$name/console.txt" | tr '\r' '\n' | tail -n 4
     tail -n 3 "runs/gpu/$name/val.csv" 2>/dev/null
     [ -f "runs/gpu/$name/best.pt" ] && python -c "
 import sys; from pathlib import Path; from scripts.snapshot_training import half_copy
 print('best step', half_copy(Path(sys.argv[1]), Path(sys.argv[2])))" \
         "runs/gpu/$name/best.pt" "$out/$name-best.pth"
 done
-tar czf "$out/logs.tgz" runs-*.txt runs/gpu/*/log.csv runs/gpu/*/val.csv runs/gpu/*/segments.txt
+tar czf "$out/logs.tgz" runs/gpu/*/console.txt runs/gpu/*/log.csv runs/gpu/*/val.csv runs/gpu/*/segments.txt
