@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluation.metrics import jaccard
 from training.data import load_sequence
 from training.reference import ReferenceSegmenter
-from training.validation import _iou
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if record.score is None and not inserted:
             continue
         target = other.labels[t - cut.start] > 0 if inserted else truth[t]
-        iou = f"{_iou(pred, target):.2f}"
+        iou = f"{float(jaccard(target, pred)):.2f}"
         iou = f"- / {iou}" if inserted else f"{iou} / -"
         score = "-" if record.score is None else f"{record.score:.2f}"
         kept = bool(record.decision and record.decision["accepted"])

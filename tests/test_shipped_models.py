@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.metrics import jaccard
 from training.checkpoint import load_model, read_checkpoint
 from training.data import load_sequence
 from training.reference import ReferenceSegmenter
-from training.validation import _iou
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 FRAMES = 12  # enough for the bank to take frames in (mem_every 5), quick at 480x864 on 2 cores
@@ -48,7 +48,7 @@ def test_shipped_model_follows_a_held_out_clip(name, davis_root):
     seg = ReferenceSegmenter.from_checkpoint(MODELS / name)
     preds = [seg.start(seq.frames[0], labels[0])]
     preds += [seg.step(seq.frames[t], last=t == FRAMES - 1) for t in range(1, FRAMES)]
-    ious = [_iou(p == 1, lab == 1) for p, lab in zip(preds[1:], labels[1:])]
+    ious = [float(jaccard(lab == 1, p == 1)) for p, lab in zip(preds[1:], labels[1:])]
     assert min(ious) > 0.7, ious
 
 
@@ -63,7 +63,7 @@ def test_locality_prior_keeps_two_objects_apart(davis_root):
         seg = ReferenceSegmenter.from_checkpoint(MODELS / "qdmn-light.pth", locality=locality)
         preds = [seg.start(seq.frames[0], seq.labels[0])]
         preds += [seg.step(seq.frames[t], last=t == FRAMES - 1) for t in range(1, FRAMES)]
-        ious[locality] = np.array([[_iou(p == k, lab == k) for k in (1, 2)]
+        ious[locality] = np.array([[float(jaccard(lab == k, p == k)) for k in (1, 2)]
                                    for p, lab in zip(preds[2:], seq.labels[2:FRAMES])])
     assert ious[0.0][:, 1].mean() < 0.2, ious[0.0]  # the failure the prior is for
     assert ious[None][:, 1].min() > 0.5 and ious[None][:, 0].min() > 0.7, ious[None]
@@ -109,7 +109,7 @@ def test_gate_oracle_scores_candidates_by_their_true_iou(davis_root):
             pred = seg.step(video.frames[t], last=t == FRAMES - 1)
             record = seg.last_record
             if gate == "oracle" and record.quality is not None:
-                iou = _iou(pred == 1, video.labels[t] == 1)
+                iou = float(jaccard(video.labels[t] == 1, pred == 1))
                 assert abs(record.score - iou) < 0.03, (t, record.score, iou)
                 assert record.decision["accepted"] == (record.score >= 0.8)
         inserted[gate] = seg.insertions

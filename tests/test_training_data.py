@@ -207,9 +207,10 @@ def test_pearson_needs_something_to_rank():
 def test_gate_score_correlation_is_the_papers_normalised_score():
     """pearson_gate correlates eq. 3's score (mean over objects / the first frame's), which is
     what the gate thresholds, with each frame's mean IoU; the gate shares follow from it."""
+    from evaluation.metrics import jaccard
     from training.checkpoint import load_model
     from training.data import load_sequence
-    from training.validation import ValVideo, _iou, frame_scores, quality_stats
+    from training.validation import ValVideo, frame_scores, quality_stats
 
     model, _ = load_model(Path(__file__).resolve().parents[1] / "models" / "qdmn-light.pth")
     seq = load_sequence(DEMO, "cows+libby")  # the cow as id 1, the dog as id 2
@@ -221,7 +222,7 @@ def test_gate_score_correlation_is_the_papers_normalised_score():
     size = (240, 432)
     stats = quality_stats(model, [v], [pred], size)
     first = frame_scores(model, v.frames[0], v.labels[0], 2, size).mean()
-    rows = [(np.mean([_iou(pred[t] == i, v.labels[t] == i) for i in (1, 2)]),
+    rows = [(np.mean([float(jaccard(v.labels[t] == i, pred[t] == i)) for i in (1, 2)]),
              frame_scores(model, v.frames[t], pred[t], 2, size).mean() / first) for t in range(1, 7)]
     iou, score = np.array(rows).T
     assert stats.n_frames == 6 and len(stats.points) == 12

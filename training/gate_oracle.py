@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.metrics import jaccard
 from runtime.geometry import DEFAULT_FIT, Placement
 from runtime.locality import owners
 from training.model import QDMN
 from training.reference import ReferenceSegmenter
-from training.validation import ValVideo, _iou
+from training.validation import ValVideo
 
 GATES = ("qam", "oracle", "accept_all", "reject_all")
 
@@ -80,5 +81,5 @@ class GatedReference(ReferenceSegmenter):
                              seg.config.fit or DEFAULT_FIT)
         truth = place.masks(self.video.labels[t], seg.object_ids, n) > 0.5
         pred = owners(masks[:k])
-        iou = [_iou(pred == i + 1, truth[i]) for i in range(k)]
+        iou = [float(jaccard(truth[i], pred == i + 1)) for i in range(k)]
         return np.array(iou + [0.0] * (n - k), np.float32)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evaluation.davis import DavisLayout
-from evaluation.metrics import evaluate_sequence
+from evaluation.metrics import evaluate_sequence, jaccard
 from runtime.manifest import STRIDE
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
 from runtime.palette import save_palette_png
@@ -133,11 +133,6 @@ class ValReport:
         return (self.jf_single + multi) / 2
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 @torch.inference_mode()
 def frame_scores(model: QDMN, frame: np.ndarray, labels: np.ndarray, n: int,
                  size: tuple[int, int]) -> np.ndarray:
@@ -167,7 +162,7 @@ def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.nd
         video_points = []
         for t in range(1, len(v.frames)):
             q = frame_scores(model, v.frames[t], pred[t], n, size)
-            ious = [_iou(pred[t] == i + 1, v.labels[t] == i + 1) for i in range(n)]
+            ious = [float(jaccard(v.labels[t] == i + 1, pred[t] == i + 1)) for i in range(n)]
             video_points += [(iou, float(s)) for iou, s in zip(ious, q)]
             gate.append((float(np.mean(ious)), float(q.mean() / first) if first > 0 else 0.0))
         points += video_points
