@@ -462,13 +462,12 @@ class Trainer:
                                     if int(ln.split(",", 1)[0]) <= self.step]
                 path.write_text("".join(keep))
 
-    def train_step(self, batch: Batch | tuple[torch.Tensor, ...]) -> dict[str, float]:
-        """One update on batch `self.step` (stack_batch(make_batch(cfg, seqs, self.step)))."""
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """One update on batch `self.step`, as `batch_loader` yields it (stack_batch's arrays as
+        tensors)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout, exactly resumable
-        frames, masks, valid, qam_masks = (
-            (torch.from_numpy(x) if isinstance(x, np.ndarray) else x).to(
-                self.device, non_blocking=True) for x in batch)
+        frames, masks, valid, qam_masks = (x.to(self.device, non_blocking=True) for x in batch)
         use_corrupt = cfg.corrupt_quality_weight > 0
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
