@@ -1,16 +1,14 @@
 """Demo: segment the shipped real clips with the shipped QDMN model on the fastest backend here.
 
-    python demo.py [--model light|lite2] [--backend auto|ort-cpu|openvino-bf16|...] [--out DIR]
+    python demo.py [--backend auto|ort-cpu|openvino-bf16|...] [--out DIR]
 
 `auto` picks OpenVINO bf16 on CPUs with native bf16 (AMX or AVX-512 BF16), else ONNX Runtime CPU
 (a GPU backend where one is installed).
 
-1. exports the model (`light`: `models/qdmn-light.pth`, the default, at 240x432; `lite2`:
-   `models/qdmn-lite2.pth` at 480x864) to ONNX graphs in `engines/qdmn-<model>/` (once; redone
-   when the checkpoint changes),
+1. exports the model (`models/qdmn-light.pth`, at its 240x432) to ONNX graphs in
+   `engines/qdmn-light/` (once; redone when the checkpoint changes),
 2. runs `runtime/run.py` on each clip of `assets/demo` (one single-object, one two-object
-   video), writing palette PNGs, an overlay mp4 and run.json under `out/demo/<clip>/`
-   (`out/demo-lite2/` for lite2),
+   video), writing palette PNGs, an overlay mp4 and run.json under `out/demo/<clip>/`,
 3. prints FPS and J&F against the clips' ground truth (the same numbers
    `benchmarks/evaluate.py --data assets/demo` gives).
 """
@@ -31,7 +29,7 @@ from runtime.manifest import Manifest, ManifestError, file_sha256
 from runtime.masks import MaskMode, read_labels
 
 REPO = Path(__file__).resolve().parent
-MODELS = ("light", "lite2")  # models/qdmn-<name>.pth; each exports at its own default size
+MODEL = REPO / "models" / "qdmn-light.pth"  # exported at its own default size
 CLIPS = REPO / "assets" / "demo"
 MAX_OBJECTS = 2  # the demo clips hold at most two objects; graphs cost grows with this
 
@@ -52,16 +50,13 @@ def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=MODELS, default="light",
-                    help="light (default: Lite0, 240x432) or lite2 (Lite2, 480x864)")
     ap.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
-    ap.add_argument("--out", type=Path, help="output folder (default: out/demo, out/demo-lite2)")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "demo",
+                    help="output folder (default: out/demo)")
     args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = REPO / "out" / ("demo" if args.model == "light" else f"demo-{args.model}")
 
-    engines = REPO / "engines" / f"qdmn-{args.model}"
-    ensure_engines(REPO / "models" / f"qdmn-{args.model}.pth", engines)
+    engines = REPO / "engines" / MODEL.stem
+    ensure_engines(MODEL, engines)
     rows = []
     layout = DavisLayout(CLIPS)
     for name in list_sequences(CLIPS, layout.split_file("demo")):

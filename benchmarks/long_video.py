@@ -63,11 +63,9 @@ from benchmarks.common import (
     write_json,
 )
 from runtime.config import default_threads
+from runtime.memory_policy import ACCEPT_ALL
 
 DEFAULT_MEMORY_SIZES = (5, 10, 25, 50)
-# Normalised QAM scores are >= 0 (sigmoid or ReLU head over a positive first-frame score), so
-# sigma = 0 accepts every candidate frame: the predecessors' "every mem_every-th frame".
-ACCEPT_ALL = 0.0
 RunKind = Literal["qdmn", "reference", "unbounded"]
 
 

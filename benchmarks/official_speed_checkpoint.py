@@ -7,8 +7,8 @@ the official parameter names, so it loads and exports exactly as an official `ck
 Its masks mean nothing; it exists to time what users of the official weights deploy. Two
 choices keep the timing representative: convolutions get He-normal weights (PyTorch's default
 init shrinks activations layer by layer into denormals, which slows CPU kernels ~100x), and the
-quality head outputs a constant 1.0 (zero fc2 weights, bias 1) so every candidate frame enters
-the memory and the bank fills as with trained weights.
+quality head outputs a constant 1.0 (zero fc2 weights, bias 1); `benchmarks/speed.py` accepts
+every candidate frame whatever its score, so the bank fills as with trained weights.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ beforehand) at the engine's resolution, object count and memory bank, with the s
 threads, through the runtime's Segmenter, so pre/post-processing and the memory policy are
 shared and only graph execution differs. The first --warmup frames are not timed (default:
 enough for the bank to fill, as in any long video: the PyTorch reference reads only the filled
-slots, the exported graphs always read all of them); then --frames frames are timed.
+slots, the exported graphs always read all of them); then --frames frames are timed. Every
+candidate frame enters the memory (sigma 0), so the bank is full when timing starts whatever
+the weights' quality scores (a random-weights checkpoint's masks are not ones the gate keeps).
 
     torch-fp32     PyTorch eager FP32: the reference (training/reference.py) on --checkpoint
     torch-bf16     the best a PyTorch user gets on a CPU: bf16 autocast + channels_last
@@ -59,6 +61,7 @@ from benchmarks.common import (
     write_json,
 )
 from runtime.config import default_threads
+from runtime.memory_policy import ACCEPT_ALL
 from runtime.segmenter import STAGES
 
 VARIANTS: dict[str, str] = {
@@ -150,7 +153,8 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
                              checkpoint_sha256=m.checkpoint_sha256)
     backend = TorchBackend(bf16_model(model) if bf16 else model, ref)
     backend.name = "torch-bf16" if bf16 else "torch"
-    return Segmenter.from_backend(ref, backend, RuntimeConfig(threads=ctx.threads))
+    return Segmenter.from_backend(ref, backend, RuntimeConfig(threads=ctx.threads,
+                                                              quality_threshold=ACCEPT_ALL))
 
 
 # ----------------------------------------------------------------------------- runtime ones
@@ -163,8 +167,8 @@ def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path) -> Any:
     from runtime.segmenter import Segmenter
 
     manifest = Manifest.load(engine_dir)
-    config = RuntimeConfig(threads=ctx.threads, device=ctx.device,
-                           spin=ctx.spin).resolve(manifest)
+    config = RuntimeConfig(threads=ctx.threads, device=ctx.device, spin=ctx.spin,
+                           quality_threshold=ACCEPT_ALL).resolve(manifest)
     try:
         be = create_backend(backend, manifest, engine_dir, config)
     except BackendUnavailableError as e:

@@ -4,7 +4,7 @@
         [--address auto|HOST:PORT|ray://HOST:PORT] [--workers N] [--threads-per-worker T] \\
         [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] [--memory-size B] \\
         [--mem-every K] [--quality-threshold S] [--fit letterbox|stretch] [--locality R] \\
-        [--max-frames N] [--overlay] [--quiet]
+        [--quality-score qam*confidence|qam] [--max-frames N] [--overlay] [--quiet]
 
 Each worker is a Ray actor holding one `Segmenter` (graphs loaded once) that segments one video
 after another with `runtime.job.segment_video`, the code path of `runtime/run.py`: OUT/<video>/
@@ -93,6 +93,7 @@ class Settings:
     quality_threshold: float
     fit: str
     locality: float
+    quality_score: str
     max_frames: int | None
     overlay: bool
 
@@ -475,8 +476,8 @@ def _main(args: argparse.Namespace) -> int:
     check_summary_target(output)
     fingerprint = engine_fingerprint(manifest)
     settings = Settings(args.backend, config.memory_size, config.mem_every,
-                        config.quality_threshold, config.fit, config.locality, args.max_frames,
-                        args.overlay)
+                        config.quality_threshold, config.fit, config.locality,
+                        config.quality_score, args.max_frames, args.overlay)
     t_ray = time.perf_counter()
     started = connect(args.address)
     ray_start_s = round(time.perf_counter() - t_ray, 3)

@@ -12,6 +12,7 @@ from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
+from runtime.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
 
 
 def default_threads() -> int:
@@ -46,6 +47,9 @@ class RuntimeConfig:
     # Width of each object's window around its previous mask, per sqrt(object area)
     # (runtime.locality); 0 switches the prior off; None: DEFAULT_LOCALITY.
     locality: float | None = None
+    # What the gate scores a mask by (runtime.quality): "qam*confidence" or the paper's "qam";
+    # None: DEFAULT_QUALITY_SCORE.
+    quality_score: str | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -74,6 +78,9 @@ class RuntimeConfig:
                                      f"default {DEFAULT_LOCALITY})")
         if self.fit is not None and self.fit not in FITS:
             raise RuntimeConfigError(f"fit={self.fit!r}: expected one of {', '.join(FITS)}")
+        if self.quality_score is not None and self.quality_score not in QUALITY_SCORES:
+            raise RuntimeConfigError(f"quality_score={self.quality_score!r}: expected one of "
+                                     f"{', '.join(QUALITY_SCORES)}")
 
     def resolve(self, manifest: Manifest) -> RuntimeConfig:
         """Fill every `None` from the manifest and reject values the graphs cannot honour."""
@@ -91,4 +98,5 @@ class RuntimeConfig:
             threads=self.threads if self.threads is not None else default_threads(),
             fit=self.fit or DEFAULT_FIT,
             locality=float(self.locality) if self.locality is not None else DEFAULT_LOCALITY,
+            quality_score=self.quality_score or DEFAULT_QUALITY_SCORE,
         )

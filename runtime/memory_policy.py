@@ -26,6 +26,10 @@ from typing import Any
 DEFAULT_MEMORY_SIZE = 25  # beta: dynamic (long-term) slots
 DEFAULT_MEM_EVERY = 5  # min frames between two long-term insertions
 DEFAULT_QUALITY_THRESHOLD = 0.8  # sigma: min normalised quality score of an inserted frame
+# Normalised scores are >= 0 (sigmoid or ReLU head over a positive first-frame score, times a
+# confidence in [0, 1]), so sigma = 0 accepts every candidate frame: the predecessors' (STM,
+# STCN) "every mem_every-th frame", and a full bank whatever the weights' scores.
+ACCEPT_ALL = 0.0
 FIXED_SLOTS = 2  # besides the dynamic slots: the first frame's and the temp (previous) slot
 
 

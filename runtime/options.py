@@ -9,6 +9,7 @@ from typing import Any
 
 from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.locality import DEFAULT_LOCALITY
+from runtime.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
 
 # RuntimeConfig field -> how it is asked for; None defaults mean "the manifest's value".
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -21,12 +22,16 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "locality": {"type": float,
                  "help": "width of each object's window around its previous mask, per sqrt of "
                          f"its area (default {DEFAULT_LOCALITY}; 0: off)"},
+    "quality_score": {"choices": QUALITY_SCORES,
+                      "help": "what the memory gate scores a mask by (default "
+                              f"{DEFAULT_QUALITY_SCORE}: the QAM score times the decoder's "
+                              "confidence in the mask; qam: the paper's score alone)"},
 }
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """--memory-size, --mem-every, --quality-threshold, --fit, --locality (all default None:
-    the manifest's or the runtime's default)."""
+    """--memory-size, --mem-every, --quality-threshold, --fit, --locality, --quality-score (all
+    default None: the manifest's or the runtime's default)."""
     for field, spec in _OPTIONS.items():
         parser.add_argument("--" + field.replace("_", "-"), default=None, **spec)
 

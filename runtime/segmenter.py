@@ -7,7 +7,10 @@ mean quality over the real objects with a positive score becomes the normaliser.
     locality window around each object's previous mask (runtime.locality) -> prob
     qam(image_t, prob[1:]) -> the frame's memory keys/values  (skipped on a known last frame)
     quality(qam features) -> scores, only if the policy counts frame t as a candidate
-    policy.decide(t, mean quality / first score) -> slot; bank.write(slot)
+    policy.decide(t, mean score / first score) -> slot; bank.write(slot)
+
+A candidate's per-object score is its QAM score times the decoder's confidence in the mask
+(runtime.quality; the paper's QAM score alone with quality_score="qam"); run.json records both.
 
 The frame goes into the temp slot as the previous-frame memory, or into a dynamic slot when the
 policy accepts it (the temp slot is then emptied, the official code's `prev_in_mem`). Every
@@ -38,6 +41,7 @@ from runtime.locality import apply_locality
 from runtime.manifest import Manifest
 from runtime.masks import fit_mask, object_ids
 from runtime.memory_policy import Decision, MemoryPolicy
+from runtime.quality import mask_confidence, object_scores
 from runtime.sources import with_last
 
 STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "quality", "bank",
@@ -50,7 +54,9 @@ class FrameRecord:
 
     frame: int
     quality: list[float] | None  # raw QAM scores of the real objects; None: not a candidate
-    score: float | None  # normalised frame score (mean quality / first frame's)
+    # the decoder's confidence in each object's mask (runtime.quality; 1 for the given mask)
+    confidence: list[float] | None
+    score: float | None  # normalised frame score (mean object score / first frame's)
     decision: dict[str, Any] | None
     slots: dict[int, int]  # slot -> frame held, after this frame
     ms: dict[str, float] = field(default_factory=dict)
@@ -164,7 +170,7 @@ class Segmenter:
         self.last_prob = np.concatenate([bg, probs], 0)
         ms.update(pre=(t1 - t0) * 1e3, qam=(t2 - t1) * 1e3, bank=(t3 - t2) * 1e3,
                   post=(time.perf_counter() - t3) * 1e3)
-        self._record(decision, quality, 1.0, ms, t0)
+        self._record(decision, quality, 1.0, ms, t0, np.ones(len(ids), np.float32))
         return labels
 
     def _warn_aspect(self, place: Placement, frame_hw: tuple[int, int]) -> None:
@@ -218,7 +224,7 @@ class Segmenter:
         probs[k:] = 0.0  # padded objects stay exactly empty, as on the first frame
         place.clear_padding(probs)  # and no object lives in a letterbox's bars
         self.frame_index += 1
-        decision, quality, score = None, None, None
+        decision, quality, confidence, score = None, None, None, None
         if last:
             self._ended = True
         else:
@@ -228,7 +234,9 @@ class Segmenter:
             score = math.nan  # never used for a frame that is not a candidate
             if self.policy.is_candidate(self.frame_index):
                 quality = be.run("quality", fetch=("quality",))["quality"][:k]
-                score = float(quality.mean()) / self.first_score
+                confidence = mask_confidence(prob, k)
+                scores = object_scores(quality, confidence, self.config.quality_score)
+                score = float(scores.mean()) / self.first_score
                 lap("quality")
             decision = self.policy.decide(self.frame_index, score)
             be.bank.write(decision.slot)
@@ -237,7 +245,7 @@ class Segmenter:
         self.last_prob = prob
         labels = place.labels(prob, self.object_ids, h0, w0)
         lap("post")
-        self._record(decision, quality, score, ms, t0)
+        self._record(decision, quality, score, ms, t0, confidence)
         return labels
 
     def segment(self, frames: Iterable[np.ndarray], mask: np.ndarray, *,
@@ -258,11 +266,13 @@ class Segmenter:
             yield self.step(frame, last=is_last)
 
     def _record(self, decision: Decision | None, quality: np.ndarray | None,
-                score: float | None, ms: dict[str, float], t0: float) -> None:
+                score: float | None, ms: dict[str, float], t0: float,
+                confidence: np.ndarray | None) -> None:
         ms["total"] = (time.perf_counter() - t0) * 1e3
         self.last_record = FrameRecord(
             frame=self.frame_index,
             quality=None if quality is None else [round(float(q), 6) for q in quality],
+            confidence=None if confidence is None else [round(float(c), 6) for c in confidence],
             score=None if score is None or not math.isfinite(score) else round(score, 6),
             decision=None if decision is None else decision.to_dict(),
             slots=self.policy.contents(),

@@ -65,6 +65,8 @@ def summary(report: ValReport) -> dict[str, object]:
     if q is not None:
         out["qam"] = {"pearson": round(q.pearson, 4),
                       "pearson_within_video": round(q.pearson_within, 4),
+                      "quality_score": q.mode,
+                      "pearson_quality_score": round(q.pearson_score, 4),
                       "pearson_gate_score": round(q.pearson_gate, 4),
                       "gate_rejects_iou_below_0.5":
                       round(q.reject_bad, 4), "gate_accepts_iou_above_0.8": round(q.accept_good, 4),
@@ -73,15 +75,29 @@ def summary(report: ValReport) -> dict[str, object]:
 
 
 def scatter(stats: QualityStats, path: Path, title: str) -> None:
-    pts = np.array(stats.points)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
-    ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.5)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("true IoU of the predicted mask")
-    ax.set_ylabel("QAM score")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{title}\nPearson r = {stats.pearson:.2f} over {len(pts)} object-frames")
+    """Per object-frame, the QAM head's score and the gate's (stats.mode) against the IoU; per
+    frame, the gate's final score (/ the first frame's) against the mean IoU, with sigma."""
+    pts, gate = np.array(stats.points), np.array(stats.gate_points)
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.5), dpi=110)
+    for ax, col, name, r in ((axes[0], 1, "QAM score", stats.pearson),
+                             (axes[1], 2, f"gate's object score ({stats.mode})",
+                              stats.pearson_score)):
+        ax.scatter(pts[:, 0], pts[:, col], s=6, alpha=0.5)
+        ax.set_xlabel("true IoU of the predicted mask")
+        ax.set_ylabel(name)
+        ax.set_title(f"per object-frame: r = {r:.2f}")
+    ax = axes[2]
+    ax.scatter(gate[:, 0], gate[:, 1], s=6, alpha=0.5)
+    ax.axhline(GATE_SIGMA, color="r", lw=0.8)
+    ax.set_xlabel("mean true IoU of the frame's masks")
+    ax.set_ylabel("gate's score / the first frame's")
+    ax.set_title(f"per frame: r = {stats.pearson_gate:.2f}; sigma {GATE_SIGMA} rejects "
+                 f"{stats.reject_bad:.0%} of IoU < 0.5,\naccepts {stats.accept_good:.0%} of "
+                 "IoU > 0.8", fontsize=9)
+    for ax in axes:
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(bottom=-0.02)
+    fig.suptitle(f"{title}: {len(pts)} object-frames, {len(gate)} frames")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,12 +1,11 @@
 """Make a training snapshot a shipped model, exported by default at the size it is shipped for:
 
-    python scripts/ship_model.py models/training/lite2-stage2/lite2-stage2-best.pth \
-        models/qdmn-lite2.pth --size 480 864
+    python scripts/ship_model.py models/qdmn-light.pth qdmn-light-304x544.pth --size 304 544
 
 Copies the weights, config and step as they are and sets the config's `image_size`: the size
 `export/to_onnx.py`, `demo.py` and the PyTorch reference use when not given one. A model trained
-at 240x432 that does better exported at 480x864 (Lite2, models/README.md) then exports there
-unless told otherwise.
+at 240x432 that does better exported at another size (the light model at 304x544,
+models/README.md "Export size") then exports there unless told otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from training.checkpoint import CheckpointError, read_checkpoint
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("snapshot", type=Path, help="a checkpoint with weights and config")
-    ap.add_argument("out", type=Path, help="the shipped file, e.g. models/qdmn-lite2.pth")
+    ap.add_argument("out", type=Path, help="the shipped file")
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
                     help=f"default export size (multiples of {STRIDE})")
     args = ap.parse_args(argv)

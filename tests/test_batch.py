@@ -169,8 +169,8 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     manifest = Manifest.load(engine)
     config = RuntimeConfig(threads=1).resolve(manifest)
     settings = cli.Settings("ort-cpu", config.memory_size, config.mem_every,
-                            config.quality_threshold, config.fit, config.locality, None,
-                            overlay=True)
+                            config.quality_threshold, config.fit, config.locality,
+                            config.quality_score, None, overlay=True)
     videos = [v for v in list_videos(corpus) if v.name != "bad"]
     out = tmp_path / "out"
     result = cli.run_corpus(engine, videos, out, settings, cli.Plan(1, 1, 0), config,

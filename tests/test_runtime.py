@@ -17,10 +17,13 @@ from runtime.masks import read_mask
 from runtime.segmenter import Segmenter, summarize
 from runtime.sources import read_frame
 
-# mem_every 1 and sigma 1 (the top of its range) on this model: normalised scores vary
-# 0.95..1.39 (two below 1, the nearest 0.983), so frames are accepted and rejected and the 2
-# dynamic slots overflow; runtime and reference scores agree to 1e-4, far inside that margin.
-POLICY = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=1.0, threads=1)
+# mem_every 1 and sigma 1 (the top of its range) on this model with the paper's score (QAM
+# alone): normalised scores vary 0.95..1.39 (two below 1, the nearest 0.983), so frames are
+# accepted and rejected and the 2 dynamic slots overflow; runtime and reference scores agree to
+# 1e-4, far inside that margin. The default score (x the decoder's confidence) is compared in
+# test_default_score_is_qam_times_confidence.
+POLICY = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=1.0, threads=1,
+                       quality_score="qam")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,33 @@ def test_ort_cpu_matches_reference_single_object(engine):
     assert set(np.flatnonzero(valid)) == set(ra[-1].slots)
     # Every stage was timed.
     assert set(ra[5].ms) >= {"pre", "encoder", "memory_read", "decoder", "qam", "bank", "post"}
+
+
+def test_default_score_is_qam_times_confidence(engine):
+    """The gate's default per-object score (runtime.quality): the QAM score times the decoder's
+    confidence in the frame's mask (recorded), normalised by the first frame's QAM score, the
+    same in the runtime and the reference."""
+    from runtime.quality import mask_confidence
+
+    paths, mask_path = rs.davis_clip("blackswan", 6)
+    frames, mask = [read_frame(p) for p in paths], read_mask(mask_path)
+    config = RuntimeConfig(memory_size=2, mem_every=1, threads=1)
+    seg = Segmenter(engine[1], "ort-cpu", config)
+    assert seg.config.quality_score == "qam*confidence"
+    seen = 0
+    for t, _ in enumerate(seg.segment(frames, mask, finite=True)):
+        r = seg.last_record
+        if t == 0 or r.quality is None:
+            continue
+        conf = mask_confidence(seg.last_prob, 1)
+        assert 0.5 < conf[0] < 1.0  # the swan is followed, not certain
+        np.testing.assert_allclose(r.confidence, conf, rtol=1e-5)
+        assert r.score == pytest.approx(r.quality[0] * conf[0] / seg.first_score, rel=1e-5)
+        seen += 1
+    assert seen == len(frames) - 2  # every frame but the first and the last is a candidate
+    _, _, ((_, ra), (_, rb)) = run_both(engine, frames, mask, config)
+    assert decisions(ra) == decisions(rb)
+    np.testing.assert_allclose([r.score or 0 for r in ra], [r.score or 0 for r in rb], atol=1e-4)
 
 
 def test_two_objects_side_by_side(engine):

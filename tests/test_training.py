@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from training.config import ConfigError
-from training.data import DatasetError, load_sequence, load_sequences
+from training.data import DatasetError, SampleSpec, _scale, load_sequence, load_sequences
 from training.losses import BootstrapSchedule, bootstrapped_ce
 from training.train import TrainConfig, Trainer, forward_clip, load_config
 
@@ -68,6 +69,18 @@ def test_config_typo_is_named(tmp_path):
     cfg.write_text("model:\n  key_dimm: 4\n")
     with pytest.raises(ConfigError, match=r"model.*key_dimm"):
         load_config(cfg)
+
+
+def test_a_scale_the_crop_cannot_reach_is_refused():
+    """Below crop / image_size the sampler would clamp every clip up to that scale, silently."""
+    with pytest.raises(ConfigError, match=r"smallest reachable scale is 0\.800"):
+        TrainConfig(image_size=(240, 432), crop_size=(192, 320), scale_range=(0.6, 2.0))
+    cfg = TrainConfig(image_size=(240, 432), crop_size=(144, 256), scale_range=(0.6, 2.0))
+    spec = SampleSpec(cfg.crop_size, 1, cfg.image_size, cfg.scale_range)
+    seq = SimpleNamespace(labels=np.zeros((1, *cfg.load_size), np.uint8))
+    rng = np.random.default_rng(0)
+    heights = [_scale(rng, seq, spec)[0] for _ in range(400)]
+    assert min(heights) >= 144 and min(heights) < 0.65 * 240 and max(heights) > 1.9 * 240
 
 
 def _tiny(tmp_path: Path, davis: Path, **kw) -> TrainConfig:

@@ -206,7 +206,8 @@ def test_pearson_needs_something_to_rank():
 
 def test_gate_score_correlation_is_the_papers_normalised_score():
     """pearson_gate correlates eq. 3's score (mean over objects / the first frame's), which is
-    what the gate thresholds, with each frame's mean IoU; the gate shares follow from it."""
+    what the gate thresholds, with each frame's mean IoU; the gate shares follow from it. With
+    the default score each object's QAM score is weighted by the decoder's confidence."""
     from evaluation.metrics import jaccard
     from training.checkpoint import load_model
     from training.data import load_sequence
@@ -220,15 +221,20 @@ def test_gate_score_correlation_is_the_papers_normalised_score():
     pred[4] = np.roll(v.labels[4], 40, axis=1)  # shifted
     pred[5][pred[5] == 2] = 0  # one object lost
     size = (240, 432)
-    stats = quality_stats(model, [v], [pred], size)
+    conf = np.linspace(1.0, 0.4, 7)[:, None].repeat(2, 1).astype(np.float32)  # falling
     first = frame_scores(model, v.frames[0], v.labels[0], 2, size).mean()
-    rows = [(np.mean([float(jaccard(v.labels[t] == i, pred[t] == i)) for i in (1, 2)]),
-             frame_scores(model, v.frames[t], pred[t], 2, size).mean() / first) for t in range(1, 7)]
-    iou, score = np.array(rows).T
-    assert stats.n_frames == 6 and len(stats.points) == 12
-    assert stats.pearson_gate == pytest.approx(np.corrcoef(iou, score)[0, 1], abs=1e-6)
-    assert stats.reject_bad == pytest.approx(np.mean(score[iou < 0.5] < 0.8))
-    assert stats.accept_good == pytest.approx(np.mean(score[iou > 0.8] >= 0.8))
+    for mode, weight in (("qam", np.ones_like(conf)), ("qam*confidence", conf)):
+        stats = quality_stats(model, [v], [pred], [conf], size, mode=mode)
+        rows = [(np.mean([float(jaccard(v.labels[t] == i, pred[t] == i)) for i in (1, 2)]),
+                 (frame_scores(model, v.frames[t], pred[t], 2, size) * weight[t]).mean() / first)
+                for t in range(1, 7)]
+        iou, score = np.array(rows).T
+        assert stats.n_frames == 6 and len(stats.points) == 12 and stats.mode == mode
+        assert stats.pearson_gate == pytest.approx(np.corrcoef(iou, score)[0, 1], abs=1e-6)
+        assert stats.reject_bad == pytest.approx(np.mean(score[iou < 0.5] < 0.8))
+        assert stats.accept_good == pytest.approx(np.mean(score[iou > 0.8] >= 0.8))
+        qam, gated = np.array([p[1:] for p in stats.points]).T
+        np.testing.assert_allclose(gated, qam * weight[1:].reshape(-1), rtol=1e-6)
 
 
 def test_burst_data_keeps_every_frame_and_object_id(davis_root, tmp_path):

@@ -1,7 +1,8 @@
 """The memory gate against a perfect one: the reference segmenter with the QAM score of each
 candidate frame replaced by the truth (`scripts/gate_oracle.py` runs it on validation videos).
 
-Gates: `qam` (the model's own score, what ships); `oracle` (a candidate's score is the true IoU
+Gates: `model` (the model's own score as the runtime computes it, what ships: by default the
+QAM score times the decoder's confidence, runtime.quality); `oracle` (a candidate's score is the true IoU
 of its masks, mean over objects, and the first frame's is 1: the gate keeps exactly the frames
 whose masks are at least sigma good, what a perfect QAM would do); `accept_all` / `reject_all`
 (every candidate enters the long-term memory / none does: it then holds the first frame and
@@ -22,7 +23,7 @@ from training.model import QDMN
 from training.reference import ReferenceSegmenter
 from training.validation import ValVideo
 
-GATES = ("qam", "oracle", "accept_all", "reject_all")
+GATES = ("model", "oracle", "accept_all", "reject_all")
 
 
 class _ScoredBackend:
@@ -49,6 +50,8 @@ class GatedReference(ReferenceSegmenter):
     def __init__(self, model: QDMN, video: ValVideo, gate: str, **kwargs: Any):
         if gate not in GATES:
             raise ValueError(f"unknown gate {gate!r}: choose one of {', '.join(GATES)}")
+        if gate != "model":  # the replaced score is the whole score, not discounted further
+            kwargs["quality_score"] = "qam"
         super().__init__(model, **kwargs)
         self.video, self.gate = video, gate
         self.insertions = 0  # frames the gate let into the long-term memory
@@ -57,7 +60,7 @@ class GatedReference(ReferenceSegmenter):
         labels = super().start(frame, mask)
         seg = self.segmenter
         assert seg is not None
-        if self.gate != "qam":
+        if self.gate != "model":
             if not isinstance(seg.backend, _ScoredBackend):
                 seg.backend = _ScoredBackend(seg.backend, self._score)
             seg.first_score = 1.0  # the given mask's IoU with itself

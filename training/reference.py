@@ -201,14 +201,16 @@ class ReferenceSegmenter:
                  max_objects: int | None = None, memory_size: int | None = None,
                  unbounded: bool = False, mem_every: int | None = None,
                  quality_threshold: float | None = None, threads: int | None = None,
-                 locality: float | None = None, checkpoint_sha256: str = ""):
+                 locality: float | None = None, quality_score: str | None = None,
+                 checkpoint_sha256: str = ""):
         self.model = model.eval()
         self.size = size
         self.max_objects = max_objects
         self.memory_size = memory_size
         self.unbounded = unbounded
         self.config = RuntimeConfig(mem_every=mem_every, quality_threshold=quality_threshold,
-                                    threads=threads, locality=locality)
+                                    threads=threads, locality=locality,
+                                    quality_score=quality_score)
         self.checkpoint_sha256 = checkpoint_sha256
         self.segmenter: Segmenter | None = None
 
@@ -238,6 +240,11 @@ class ReferenceSegmenter:
     @property
     def last_record(self) -> Any:
         return None if self.segmenter is None else self.segmenter.last_record
+
+    @property
+    def last_prob(self) -> np.ndarray | None:
+        """(N+1, H, W) probabilities of the last frame, background first."""
+        return None if self.segmenter is None else self.segmenter.last_prob
 
 
 __all__ = [

@@ -138,6 +138,15 @@ class TrainConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"train.scale_range={self.scale_range}: expected 0 < min <= max")
+        # A clip's frame is never smaller than the crop (training.data clamps the scale up), so a
+        # smaller minimum would silently pile those clips onto the crop's scale.
+        floor = max(c / s for c, s in zip(self.crop_size, self.image_size))
+        if lo < floor - 1e-6:
+            raise ConfigError(
+                f"train.scale_range={self.scale_range}: at scale {lo:g} a {self.image_size[0]}x"
+                f"{self.image_size[1]} frame is smaller than the {self.crop_size[0]}x"
+                f"{self.crop_size[1]} crop; the smallest reachable scale is {floor:.3f}: raise the "
+                "minimum or lower crop_size")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay={self.ema_decay}: expected 0 <= decay < 1")
 
@@ -603,6 +612,7 @@ def validate(trainer: Trainer) -> dict[str, Any]:
                            "jf_multi": round(report.jf_multi, 4)}
     if q is not None:
         row.update(qam_pearson=round(q.pearson, 4), qam_pearson_within=round(q.pearson_within, 4),
+                   score_pearson=round(q.pearson_score, 4),
                    qam_pearson_gate=round(q.pearson_gate, 4),
                    gate_reject_bad=round(q.reject_bad, 4),
                    gate_accept_good=round(q.accept_good, 4))

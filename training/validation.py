@@ -28,6 +28,7 @@ from evaluation.metrics import evaluate_sequence, jaccard
 from runtime.manifest import STRIDE
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
 from runtime.palette import save_palette_png
+from runtime.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
 from training.copy_paste import Cutout, paste
 from training.data import Sequence as ValVideo  # one video held in memory
 from training.data import load_sequence
@@ -106,17 +107,22 @@ def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
 
 @dataclass
 class QualityStats:
-    """QAM score against the true IoU of the model's own masks, over validation frames."""
+    """Quality scores against the true IoU of the model's own masks, over validation frames:
+    the QAM head's, and the gate's (runtime.quality: by default QAM x the decoder's confidence)."""
 
-    pearson: float  # pooled over all object-frames
-    pearson_within: float  # mean of the per-video correlations: ranking inside one video,
-    # which is what the gate (score / the first frame's) relies on
-    pearson_gate: float  # per frame, the paper's final score (eq. 3: mean over objects / the
-    # first frame's, what the gate thresholds) against the mean IoU, pooled over videos
+    pearson: float  # the QAM score, pooled over all object-frames
+    pearson_within: float  # the QAM score, mean of the per-video correlations
+    pearson_score: float  # the gate's per-object score, pooled over all object-frames
+    pearson_gate: float  # per frame, the gate's final score (eq. 3: mean over objects / the
+    # first frame's, what it thresholds) against the mean IoU, pooled over videos
     reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
     accept_good: float  # share of frames with IoU > 0.8 the gate accepts
     n_frames: int
-    points: list[tuple[float, float]] = field(default_factory=list)  # (IoU, score) per object
+    mode: str = DEFAULT_QUALITY_SCORE  # the gate's score (runtime.quality.QUALITY_SCORES)
+    # (IoU, QAM score, the gate's score) per object-frame
+    points: list[tuple[float, float, float]] = field(default_factory=list)
+    # (mean IoU, the gate's final score) per frame: what it thresholds at sigma
+    gate_points: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -152,28 +158,33 @@ def model_image(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.ndarray],
-                  size: tuple[int, int], sigma: float = GATE_SIGMA) -> QualityStats:
-    """Scores of every frame's predicted masks vs their IoU; the gate is the runtime's: mean
-    score over objects / the first frame's >= sigma."""
+                  confidences: Sequence[np.ndarray], size: tuple[int, int],
+                  sigma: float = GATE_SIGMA, mode: str = DEFAULT_QUALITY_SCORE) -> QualityStats:
+    """Scores of every frame's predicted masks vs their IoU. confidences: per video (T, n), the
+    decoder's confidence in each mask (`run_video`). The gate is the runtime's: the mean of the
+    objects' scores (`mode`) / the first frame's QAM score >= sigma."""
     points, gate, within = [], [], []
-    for v, pred in zip(videos, preds):
+    for v, pred, conf in zip(videos, preds, confidences):
         n = v.num_objects
         first = frame_scores(model, v.frames[0], v.labels[0], n, size).mean()
         video_points = []
         for t in range(1, len(v.frames)):
             q = frame_scores(model, v.frames[t], pred[t], n, size)
+            scores = object_scores(q, conf[t], mode)
             ious = [float(jaccard(v.labels[t] == i + 1, pred[t] == i + 1)) for i in range(n)]
-            video_points += [(iou, float(s)) for iou, s in zip(ious, q)]
-            gate.append((float(np.mean(ious)), float(q.mean() / first) if first > 0 else 0.0))
+            video_points += [(iou, float(a), float(b)) for iou, a, b in zip(ious, q, scores)]
+            gate.append((float(np.mean(ious)), float(scores.mean() / first) if first > 0 else 0.0))
         points += video_points
-        within.append(_pearson(video_points))
+        within.append(_pearson([p[:2] for p in video_points]))
     bad = [score >= sigma for iou, score in gate if iou < 0.5]
     good = [score >= sigma for iou, score in gate if iou > 0.8]
     finite = [r for r in within if np.isfinite(r)]
-    return QualityStats(_pearson(points), float(np.mean(finite)) if finite else float("nan"),
-                        _pearson(gate),
+    return QualityStats(_pearson([p[:2] for p in points]),
+                        float(np.mean(finite)) if finite else float("nan"),
+                        _pearson([(p[0], p[2]) for p in points]), _pearson(gate),
                         float(np.mean([not a for a in bad])) if bad else float("nan"),
-                        float(np.mean(good)) if good else float("nan"), len(gate), points)
+                        float(np.mean(good)) if good else float("nan"), len(gate), mode, points,
+                        gate)
 
 
 def _pearson(points: Sequence[tuple[float, float]]) -> float:
@@ -184,27 +195,37 @@ def _pearson(points: Sequence[tuple[float, float]]) -> float:
     return float(np.corrcoef(arr[:, 0], arr[:, 1])[0, 1])
 
 
-def run_video(segmenter: object, video: ValVideo) -> np.ndarray:
+def run_video(segmenter: object, video: ValVideo) -> tuple[np.ndarray, np.ndarray]:
+    """The segmenter's label maps of every frame, and (T, n) the decoder's confidence in each
+    object's mask (runtime.quality; 1 for the given first mask)."""
     preds = np.zeros_like(video.labels)
+    conf = np.ones((len(video.frames), video.num_objects), np.float32)
     preds[0] = segmenter.start(video.frames[0], video.labels[0])  # type: ignore[attr-defined]
     for t in range(1, len(video.frames)):
         preds[t] = segmenter.step(video.frames[t],  # type: ignore[attr-defined]
                                   last=t == len(video.frames) - 1)
-    return preds
+        conf[t] = mask_confidence(segmenter.last_prob,  # type: ignore[attr-defined]
+                                  video.num_objects)
+    return preds, conf
 
 
 def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
              segmenter_factory: Callable[[], object], *, with_quality: bool = True,
              progress: bool = False) -> tuple[ValReport, list[np.ndarray]]:
     """J&F per video (DAVIS toolkit rules) + QAM statistics of the model on `videos`."""
-    jf, single, multi, preds = {}, [], [], []
+    jf, single, multi, preds, confidences = {}, [], [], [], []
+    mode = DEFAULT_QUALITY_SCORE
     for v in tqdm(videos, desc="validate", leave=False, disable=not progress):
-        pred = run_video(segmenter_factory(), v)
+        segmenter = segmenter_factory()
+        pred, conf = run_video(segmenter, v)
+        mode = segmenter.config.quality_score or mode  # type: ignore[attr-defined]
         preds.append(pred)
+        confidences.append(conf)
         objs = evaluate_sequence(v.name, v.labels, pred)
         jf[v.name] = float(np.mean([o.jf_mean for o in objs]))
         (single if v.num_objects == 1 else multi).extend(o.jf_mean for o in objs)
-    quality = quality_stats(model, videos, preds, size) if with_quality else None
+    quality = (quality_stats(model, videos, preds, confidences, size, mode=mode)
+               if with_quality else None)
     report = ValReport(jf, float(np.mean(single)) if single else float("nan"),
                        float(np.mean(multi)) if multi else float("nan"), quality)
     return report, preds
@@ -249,8 +270,8 @@ def key_match_shares(model: QDMN, video: ValVideo, size: tuple[int, int], frames
 def write_quality_points(stats: QualityStats, path: str | Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["iou", "score"])
-        w.writerows((round(i, 5), round(s, 5)) for i, s in stats.points)
+        w.writerow(["iou", "qam", "score"])
+        w.writerows([round(x, 5) for x in p] for p in stats.points)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,60 @@
+"""The memory gate's score (runtime.quality): unit and property tests, no backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from runtime.config import RuntimeConfig
+from runtime.errors import RuntimeConfigError
+from runtime.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
+
+
+def test_a_given_mask_is_certain_and_a_lost_object_scores_zero() -> None:
+    prob = np.zeros((3, 4, 6), np.float32)  # background, object 1, object 2 (never wins)
+    prob[0, :, :3] = 1.0
+    prob[1, :, 3:] = 1.0
+    conf = mask_confidence(prob, 2)
+    assert conf.tolist() == [1.0, 0.0]
+    assert object_scores(np.array([0.7, 0.6], np.float32), conf, "qam*confidence").tolist() == \
+        pytest.approx([0.7, 0.0])
+
+
+def test_confidence_is_the_mean_probability_over_the_pixels_the_object_wins() -> None:
+    # One object: it wins the pixels at 0.9 and 0.6; those at 0.3 go to the background.
+    fg = np.array([[0.9, 0.6, 0.3]], np.float32)
+    prob = np.stack([1 - fg, fg])
+    assert mask_confidence(prob, 1)[0] == pytest.approx(0.75)
+    # Two objects share a pixel the background also wants: the most probable one owns it.
+    prob = np.array([[[0.2, 0.1]], [[0.45, 0.8]], [[0.35, 0.1]]], np.float32)
+    assert mask_confidence(prob, 2).tolist() == pytest.approx([(0.45 + 0.8) / 2, 0.0])
+
+
+def test_the_papers_score_is_the_qam_score_unchanged() -> None:
+    prob = np.stack([np.full((2, 2), 0.4), np.full((2, 2), 0.6)]).astype(np.float32)
+    q, conf = np.array([0.55], np.float32), mask_confidence(prob, 1)
+    assert object_scores(q, conf, "qam") is q
+    assert object_scores(q, conf, DEFAULT_QUALITY_SCORE)[0] == pytest.approx(0.55 * 0.6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, (3, 5, 7), elements=st.floats(0.0625, 1.0, width=32)))
+def test_confidence_lies_between_a_tie_and_certainty(raw: np.ndarray) -> None:
+    prob = raw / raw.sum(0, keepdims=True)  # a distribution per pixel, as the decoder gives
+    conf = mask_confidence(prob, 2)
+    for i in (1, 2):
+        mine = prob[i] > np.delete(prob, i, 0).max(0)
+        if mine.any():
+            assert 1 / 3 - 1e-6 <= conf[i - 1] <= 1 + 1e-6
+            assert conf[i - 1] == pytest.approx(prob[i][mine].mean(), rel=1e-5)
+        else:
+            assert conf[i - 1] == 0.0
+
+
+def test_unknown_quality_score_is_refused() -> None:
+    with pytest.raises(RuntimeConfigError, match="quality_score='iou'"):
+        RuntimeConfig(quality_score="iou")
+    assert RuntimeConfig(quality_score="qam").quality_score == "qam"
