@@ -62,7 +62,7 @@ from runtime.manifest import (
 from runtime.masks import VOID_ID
 from runtime.memory_policy import DEFAULT_MEMORY_SIZE
 from runtime.outputs import StagedFolder
-from training.checkpoint import CheckpointError, load_model
+from training.checkpoint import CheckpointError, checkpoint_quality_score, load_model
 from training.config import ConfigError
 from training.model import IMAGENET_MEAN, IMAGENET_STD, QDMN
 
@@ -157,6 +157,7 @@ def _export_into(model: QDMN, meta: dict, ckpt: Path, tmp: Path, height: int, wi
         top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim, precision=precision,
         graphs=specs, opset=opset,
         checkpoint_sha256=sha, model_config=cfg.to_dict(),
+        quality_score=checkpoint_quality_score(meta),
         normalisation={"input": "uint8 RGB NHWC", "mean": list(IMAGENET_MEAN),
                        "std": list(IMAGENET_STD), "scale": 1 / 255},
     )

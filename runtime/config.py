@@ -12,7 +12,7 @@ from runtime.geometry import DEFAULT_FIT, FITS
 from runtime.locality import DEFAULT_LOCALITY
 from runtime.manifest import Manifest
 from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
-from runtime.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
+from runtime.quality import QUALITY_SCORES
 
 
 def default_threads() -> int:
@@ -48,7 +48,7 @@ class RuntimeConfig:
     # (runtime.locality); 0 switches the prior off; None: DEFAULT_LOCALITY.
     locality: float | None = None
     # What the gate scores a mask by (runtime.quality): "qam*confidence" or the paper's "qam";
-    # None: DEFAULT_QUALITY_SCORE.
+    # None: the manifest's (the paper's for an official checkpoint, else DEFAULT_QUALITY_SCORE).
     quality_score: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,5 +98,5 @@ class RuntimeConfig:
             threads=self.threads if self.threads is not None else default_threads(),
             fit=self.fit or DEFAULT_FIT,
             locality=float(self.locality) if self.locality is not None else DEFAULT_LOCALITY,
-            quality_score=self.quality_score or DEFAULT_QUALITY_SCORE,
+            quality_score=self.quality_score or manifest.quality_score,
         )

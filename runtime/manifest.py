@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.memory_policy import DEFAULT_MEM_EVERY, DEFAULT_QUALITY_THRESHOLD, bank_capacity
+from runtime.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
 
 STRIDE = 16  # keys/values are at 1/16 of the input: H and W must be multiples of it
 # 2: sha256 per graph (and per built engine); 3: bank (object, slot, position, channel), QAM
@@ -178,6 +179,9 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     mem_every: int = DEFAULT_MEM_EVERY
     quality_threshold: float = DEFAULT_QUALITY_THRESHOLD
+    # the gate's score (runtime.quality): "qam" for an official checkpoint, whose QAM head the
+    # paper trained and evaluated alone; DEFAULT_QUALITY_SCORE for this project's models
+    quality_score: str = DEFAULT_QUALITY_SCORE
     opset: int = 17
     checkpoint_sha256: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -222,6 +226,8 @@ class Manifest:
                                 f"{BANK_AXES}: re-export the graphs")
         if self.precision not in PRECISIONS:
             raise ManifestError(f"precision {self.precision!r} not in {PRECISIONS}")
+        if self.quality_score not in QUALITY_SCORES:
+            raise ManifestError(f"quality_score {self.quality_score!r} not in {QUALITY_SCORES}")
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]
         if missing:
             raise ManifestError(f"manifest lacks graphs {missing}")

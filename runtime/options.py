@@ -23,9 +23,10 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                  "help": "width of each object's window around its previous mask, per sqrt of "
                          f"its area (default {DEFAULT_LOCALITY}; 0: off)"},
     "quality_score": {"choices": QUALITY_SCORES,
-                      "help": "what the memory gate scores a mask by (default "
-                              f"{DEFAULT_QUALITY_SCORE}: the QAM score times the decoder's "
-                              "confidence in the mask; qam: the paper's score alone)"},
+                      "help": "what the memory gate scores a mask by: "
+                              f"{DEFAULT_QUALITY_SCORE} (the QAM score times the decoder's "
+                              "confidence in the mask) or qam (the paper's score alone); "
+                              "default the manifest's: qam for an official checkpoint"},
 }
 
 

@@ -29,9 +29,10 @@ from export.trt_check import check_model, errors_of
 from runtime.backends.ort import session_options
 from runtime.manifest import GRAPH_NAMES, Manifest, file_sha256
 from runtime.masks import MaskMode, read_labels
-from training.checkpoint import CheckpointError, load_model, save_weights
+from training.checkpoint import CheckpointError, checkpoint_quality_score, load_model, save_weights
 from training.config import ModelConfig
 from training.model import QDMN, memory_readout
+from training.reference import ReferenceSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = DavisLayout(REPO / "assets" / "demo")  # real DAVIS clips shipped in the repo
@@ -244,6 +245,7 @@ def test_manifest_and_static_graphs(fp32_dir, ckpt):
     assert (m.top_k, m.key_dim, m.value_dim, m.precision) == (cfg.top_k, cfg.key_dim,
                                                                cfg.value_dim, "fp32")
     assert m.mem_every == 5 and m.quality_threshold == 0.8 and m.opset >= 17
+    assert m.quality_score == "qam*confidence"  # this project's checkpoint (runtime.quality)
     assert m.checkpoint_sha256 == file_sha256(ckpt)
     assert ModelConfig.from_dict(m.model_config) == cfg
     assert m.normalisation["input"] == "uint8 RGB NHWC" and len(m.normalisation["mean"]) == 3
@@ -462,6 +464,9 @@ def test_official_state_dict_loads_and_declares_graphs(official_ckpt, tmp_path):
     memory_read graph depends only on the dims, so it is exported for real."""
     model, meta = load_model(official_ckpt)
     assert meta["official"] and model.cfg.backbone == "resnet50"
+    # the paper's gate for the paper's weights, exported and in the reference alike
+    assert checkpoint_quality_score(meta) == "qam"
+    assert ReferenceSegmenter.from_checkpoint(official_ckpt).config.quality_score == "qam"
     specs = specs_for(model, 64, 64, 1, 1)
     assert specs["memory_read"].input("mem_values").shape == (1, 3, 16, 512)
     assert specs["encoder"].output("f8").shape == (1, 512, 8, 8)
@@ -474,6 +479,7 @@ def test_official_export_tiny(official_ckpt, tmp_path):
     m = export_checkpoint(official_ckpt, tmp_path / "out", size=(64, 64), max_objects=1,
                           memory_size=1)
     assert m.model_config["backbone"] == "resnet50" and m.value_dim == 512
+    assert m.quality_score == "qam"
     for name in GRAPH_NAMES:
         assert not errors_of(check_model(tmp_path / "out" / f"{name}.onnx"))
 

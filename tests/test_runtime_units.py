@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from runtime.backends import create_backend
 from runtime.backends.base import HostBank
 from runtime.config import RuntimeConfig, default_threads
 from runtime.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
-from runtime.manifest import STRIDE, Manifest, graph_specs
+from runtime.manifest import STRIDE, Manifest, ManifestError, graph_specs
 from runtime.masks import fit_mask, read_mask
 from runtime.memory_policy import (
     DEFAULT_MEM_EVERY,
@@ -131,6 +132,19 @@ def test_runtime_config():
             RuntimeConfig(**bad)
     with pytest.raises(AttributeError):
         r.memory_size = 1  # frozen
+
+
+def test_gate_score_comes_from_the_manifest_unless_overridden():
+    """The exporter writes the gate's score into the manifest (the paper's for an official
+    checkpoint); a RuntimeConfig (--quality-score) overrides it; an unknown one is refused."""
+    m = manifest()
+    assert RuntimeConfig().resolve(m).quality_score == "qam*confidence"
+    paper = dataclasses.replace(m, quality_score="qam")
+    assert RuntimeConfig().resolve(paper).quality_score == "qam"
+    assert RuntimeConfig(quality_score="qam*confidence").resolve(paper).quality_score == \
+        "qam*confidence"
+    with pytest.raises(ManifestError, match="quality_score 'iou'"):
+        dataclasses.replace(m, quality_score="iou").validate()
 
 
 def test_host_bank_slot_semantics():

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from runtime.quality import DEFAULT_QUALITY_SCORE
 from training.config import ConfigError, ModelConfig
 from training.model import QDMN
 
@@ -161,6 +162,14 @@ def load_model(path: str | Path) -> tuple[QDMN, dict[str, Any]]:
     model = QDMN(cfg)
     load_state(model, state, str(path))
     return model.eval(), meta
+
+
+def checkpoint_quality_score(meta: dict[str, Any]) -> str:
+    """The memory gate's score for a loaded checkpoint (runtime.quality): the paper's QAM score
+    for an official one, whose head the paper trained and evaluated alone; QAM x the decoder's
+    confidence for this project's models, whose heads do not rank their own masks on unseen
+    videos (models/README.md)."""
+    return "qam" if meta.get("official") else DEFAULT_QUALITY_SCORE
 
 
 def save_weights(model: QDMN, path: str | Path, meta: dict[str, Any], half: bool = False) -> None:

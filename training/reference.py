@@ -20,8 +20,9 @@ from runtime.backends.base import Bank, HostBackend
 from runtime.config import RuntimeConfig
 from runtime.manifest import STRIDE, Manifest, file_sha256, graph_specs
 from runtime.memory_policy import DEFAULT_MEMORY_SIZE
+from runtime.quality import DEFAULT_QUALITY_SCORE
 from runtime.segmenter import Segmenter
-from training.checkpoint import load_model
+from training.checkpoint import checkpoint_quality_score, load_model
 from training.config import ModelConfig
 from training.model import QDMN, normalize_uint8
 
@@ -159,16 +160,17 @@ def reference_segmenter(
     """
     if unbounded and memory_size is not None:
         raise ValueError("reference_segmenter: memory_size and unbounded=True exclude each other")
-    model, sha = _load(model)
+    model, sha, score = _load(model)
     sha = checkpoint_sha256 or sha
     if manifest is not None:
         size = (manifest.height, manifest.width)
         max_objects = manifest.max_objects
         memory_size = manifest.memory_size
         extra = {"mem_every": manifest.mem_every,
-                 "quality_threshold": manifest.quality_threshold}
+                 "quality_threshold": manifest.quality_threshold,
+                 "quality_score": manifest.quality_score}
     else:
-        extra = {}
+        extra = {"quality_score": score}
     if size is None or max_objects is None:
         raise ValueError("reference_segmenter: pass manifest=, or size= and max_objects=")
     if unbounded:
@@ -181,12 +183,14 @@ def reference_segmenter(
     return Segmenter.from_backend(ref, TorchBackend(model, ref, threads=config.threads), config)
 
 
-def _load(model: QDMN | str | Path) -> tuple[QDMN, str]:
+def _load(model: QDMN | str | Path) -> tuple[QDMN, str, str]:
+    """The model, its file's sha256 and its gate score (checkpoint_quality_score; the default
+    for a model given as an object)."""
     if isinstance(model, QDMN):
-        return model.eval(), ""
+        return model.eval(), "", DEFAULT_QUALITY_SCORE
     path = Path(model)
-    loaded, _ = load_model(path)
-    return loaded, file_sha256(path)
+    loaded, meta = load_model(path)
+    return loaded, file_sha256(path), checkpoint_quality_score(meta)
 
 
 class ReferenceSegmenter:
@@ -219,6 +223,8 @@ class ReferenceSegmenter:
         model, meta = load_model(path)
         if kwargs.get("size") is None and (meta.get("config") or {}).get("image_size"):
             kwargs["size"] = tuple(meta["config"]["image_size"])
+        if kwargs.get("quality_score") is None:
+            kwargs["quality_score"] = checkpoint_quality_score(meta)
         return cls(model, checkpoint_sha256=file_sha256(path), **kwargs)
 
     def start(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
