@@ -39,6 +39,7 @@ from evaluation.sequences import (
 if TYPE_CHECKING:
     from runtime.config import RuntimeConfig
     from runtime.manifest import Manifest
+    from runtime.outputs import OutputLock
 
 
 def write_csvs(results: EvaluationResults, out_dir: str | Path, split: str = "val") -> list[Path]:
@@ -184,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             _check_args(args)
+            stack.callback(_lock(args.out).release)  # a second evaluation into OUT is refused
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
             elif args.predictions is not None and args.split_file is None:
@@ -236,6 +238,12 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.out)
     if args.reference is not None:
         check_writable_dir(args.out / "reference")
+
+
+def _lock(out: Path) -> OutputLock:
+    from runtime.outputs import OutputLock
+
+    return OutputLock(out)
 
 
 def _closing(stack: contextlib.ExitStack, segmenter: Segmenter) -> Segmenter:

@@ -140,12 +140,12 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
         import torch
     except ImportError:
         raise Skip("torch is not installed") from None
-    from runtime.config import RuntimeConfig
+    from runtime.config import RuntimeConfig, check_threads
     from runtime.segmenter import Segmenter
     from training.checkpoint import load_model
     from training.reference import TorchBackend, reference_manifest
 
-    torch.set_num_threads(ctx.threads)
+    torch.set_num_threads(check_threads(ctx.threads))
     m = ctx.manifest
     model, _ = load_model(ctx.checkpoint)
     ref = reference_manifest(model.cfg, m.height, m.width, m.max_objects, m.memory_size,

@@ -116,7 +116,7 @@ def export_checkpoint(
         size = _checkpoint_size(meta)
     height, width = check_size(size)
     try:
-        staged = StagedFolder(out_dir, index=MANIFEST_NAME, owned=_owned(Path(out_dir)),
+        staged = StagedFolder(out_dir, index=MANIFEST_NAME, owned=lambda: _owned(Path(out_dir)),
                               reserved=lambda name: name in _GRAPH_FILES)
     except OutputError as e:
         raise ExportError(str(e)) from None
@@ -126,6 +126,9 @@ def export_checkpoint(
         staged.commit()
     except OutputError as e:
         raise ExportError(str(e)) from None
+    except OSError as e:  # e.g. the disk filled up
+        staged.abort()
+        raise ExportError(f"cannot write the export into {out_dir}: {e.strerror or e}") from None
     except BaseException:
         staged.abort()
         raise
@@ -328,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             calib_frames=args.calib)
     except (ExportError, CheckpointError, ConfigError, ManifestError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the temporary folder's disk is full
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
+              file=sys.stderr)
         return 2
     print(json.dumps({"out": str(args.out), "size": [m.height, m.width],
                       "max_objects": m.max_objects, "memory_size": m.memory_size,

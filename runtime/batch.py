@@ -55,6 +55,7 @@ from runtime.job import check_outputs, segment_video
 from runtime.manifest import Manifest, ManifestError
 from runtime.options import add_runtime_options, runtime_settings
 from runtime.outputs import (
+    OutputLock,
     Terminated,
     check_writable_dir,
     deferred_signals,
@@ -69,6 +70,7 @@ except ImportError:  # the optional [cluster] extra
 
 GPU_BACKENDS = ("trt", "ort-cuda")  # each of their workers asks Ray for one GPU
 KILL_WAIT_S = 30.0  # after Ctrl-C: how long to wait for the killed workers to be gone
+PROBE_S = 10.0  # --address: how long the cluster may take to answer a gRPC handshake
 
 
 class BatchError(QDMNRuntimeError):
@@ -180,8 +182,8 @@ def connect(address: str | None) -> bool:
 
 
 def _probe(address: str) -> None:
-    """Fail fast, with one line, when nothing listens at HOST:PORT (Ray would retry for
-    minutes)."""
+    """Fail fast, with one line, when nothing listens at HOST:PORT or what listens does not
+    speak gRPC, as Ray's GCS and client server do (Ray would retry for minutes, or for ever)."""
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     try:
         host, port = parts.hostname, parts.port
@@ -194,6 +196,17 @@ def _probe(address: str) -> None:
     except OSError as e:
         raise BatchError(f"cannot reach Ray at {address}: {e.strerror or e} (is the cluster up? "
                          "`ray start --head` on its head node)") from None
+    import grpc  # a dependency of Ray
+
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=PROBE_S)
+    except grpc.FutureTimeoutError:
+        raise BatchError(f"{address} accepts connections but does not answer as Ray (no gRPC "
+                         f"handshake in {PROBE_S:.0f} s): is it the head node's GCS port "
+                         "(HOST:6379) or its client port (ray://HOST:10001)?") from None
+    finally:
+        channel.close()
 
 
 def plan_workers(backend: str, workers: int | None, threads: int | None, todo: int) -> Plan:
@@ -471,6 +484,15 @@ def _main(args: argparse.Namespace) -> int:
     videos = list_videos(args.videos)
     output = args.output.absolute()
     check_writable_dir(output)
+    lock = OutputLock(output)  # for the whole run: a second corpus run into OUT is refused
+    try:
+        return _run(args, manifest, config, videos, output)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, manifest: Manifest, config: RuntimeConfig,
+         videos: list[Video], output: Path) -> int:
     for v in videos:
         check_outputs(output / v.name, output / v.name / OVERLAY if args.overlay else None)
     check_summary_target(output)

@@ -24,6 +24,17 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def check_threads(threads: int) -> int:
+    """Refuse more CPU threads than this process may use (RuntimeConfigError): every one is an
+    OS thread of each graph's session, and thousands exhaust the machine's process ids. Checked
+    where the threads start (a corpus driver may ask for more than its own machine has)."""
+    cores = default_threads()
+    if threads > cores:
+        raise RuntimeConfigError(f"threads={threads}: more than the {cores} CPU core(s) this "
+                                 f"process may use; choose 1..{cores}")
+    return threads
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Memory policy and execution settings; `None` means "the manifest's value".

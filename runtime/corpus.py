@@ -12,6 +12,7 @@ hash), so a rerun skips the videos already complete for the same key and redoes 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,6 +29,7 @@ from evaluation.davis import DavisLayout
 from runtime.errors import OutputError, QDMNRuntimeError
 from runtime.job import RUN_LOG
 from runtime.manifest import Manifest, file_sha256
+from runtime.outputs import OutputLock
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -177,7 +179,8 @@ def completed_log(output: Path, video: Video, key: Mapping[str, Any]) -> dict[st
 
 def remove_staging(output: Path, name: str) -> None:
     """Remove what a killed worker left of video `name`: its hidden staging folder/overlay
-    (only names runtime.outputs gives them) and `OUT/<name>/` if that is left empty."""
+    and their lock files (only names runtime.outputs gives them) and `OUT/<name>/` if that is
+    left empty."""
     folder = output / name
     overlay = Path(OVERLAY)
     for p in [*output.glob(f".{glob_escape(name)}{STAGING}*"),
@@ -186,6 +189,10 @@ def remove_staging(output: Path, name: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    for target in (folder / OVERLAY, folder):
+        if target.parent.is_dir():
+            with contextlib.suppress(OutputError):  # held: a live run's, not ours to remove
+                OutputLock(target).release()  # a dead holder's file, taken over and removed
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
 

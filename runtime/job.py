@@ -3,14 +3,19 @@
 `segment_video(segmenter, source, mask, output_dir)` takes an already built `Segmenter`, so one
 process loads the graphs once and segments many videos (`Segmenter.start` resets every per-video
 state). It writes `output_dir/00000.png ...` (palette PNGs at the frames' size, index = object
-id), `output_dir/run.json` and optionally an overlay mp4, following `runtime.outputs`' rule:
+id), `output_dir/run.json` and optionally an overlay video, following `runtime.outputs`' rule:
 everything is staged in a hidden folder next to the output and moved in at the end, replacing
-only what an earlier run wrote; a failure leaves nothing behind.
+only what an earlier run wrote; a failure leaves nothing behind; the output is locked for the
+run's life, so a second run into it is refused.
 
 Pipelined: a reader thread decodes and prepares (resizes) the next frames and a writer thread
 saves the previous frames' PNGs and overlay while the calling thread runs the graphs; both
-queues are small and bounded, so memory stays flat however long the video. run.json reports
-the model's FPS (time inside the segmenter) and the end-to-end FPS over the same frames.
+queues are small and bounded, so memory stays flat however long the video (a camera's or
+stream's run.json lists its last LIVE_LOG_FRAMES frames; the summary counts them all). When the
+run ends, however it ends, the reader is stopped and joined before `segment_video` returns.
+run.json reports the model's FPS (time inside the segmenter) and the end-to-end FPS over the
+same frames, and the frames the input declared and those decoded: a video that ends early is
+reported with a warning.
 
 Ctrl-C (or SIGTERM inside `runtime.outputs.terminate_as_interrupt()`) keeps the frames finished
 so far, marks run.json `"interrupted": true` and raises `JobInterrupted`.
@@ -23,6 +28,7 @@ grayscale JPEG among RGB ones) is converted to RGB with a warning.
 
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import re
@@ -42,13 +48,14 @@ from runtime.errors import InputError, MaskError, OutputError, QDMNRuntimeError
 from runtime.manifest import Manifest
 from runtime.masks import object_ids, read_mask
 from runtime.outputs import StagedFile, StagedFolder, deferred_signals
-from runtime.palette import OverlayWriter, save_palette_png
+from runtime.palette import OverlayWriter, check_overlay_name, save_palette_png
 from runtime.resize import resize_frame
-from runtime.segmenter import FrameRecord, Segmenter, summarize
+from runtime.segmenter import FrameRecord, RunTotals, Segmenter
 from runtime.sources import FolderSource, FrameSource, open_source, with_last
 
 RUN_LOG = "run.json"
 QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be written: enough to hide jitter
+LIVE_LOG_FRAMES = 10_000  # run.json of a camera or stream lists its last frames only
 _FRAME_PNG = re.compile(r"\d{5,}\.png")
 
 
@@ -69,6 +76,8 @@ class JobInterrupted(KeyboardInterrupt):
 def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> None:
     """Refuse unusable output paths (OutputError) without writing anything: what
     `segment_video` does first, for callers that want to know before loading the graphs."""
+    if overlay is not None:
+        check_overlay_name(overlay)
     targets: list[StagedFolder | StagedFile] = [_staged_folder(Path(output_dir))]
     try:
         if overlay is not None:
@@ -93,13 +102,16 @@ def segment_video(
 
     source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
     mask: a mask file (see `runtime.masks.read_mask`) or (H0, W0) uint8 object ids.
-    overlay: also write an mp4 of the masks over the frames. extra: more run.json fields.
+    overlay: also write a video of the masks over the frames (.mp4, .avi or .mkv). extra: more
+    run.json fields.
     Raises QDMNRuntimeError subclasses (one-line messages) for bad input or unwritable
     outputs, before the first frame wherever they can be known then; JobInterrupted after a
     Ctrl-C/SIGTERM that came once frames were finished (they are kept).
     """
     if max_frames is not None and (isinstance(max_frames, bool) or max_frames < 1):
         raise InputError(f"max_frames={max_frames}: expected >= 1")
+    if overlay is not None:
+        check_overlay_name(overlay)
     src = source if isinstance(source, FrameSource) else open_source(source)
     if isinstance(mask, np.ndarray):
         labels0, mask_name = np.asarray(mask, np.uint8), "the first mask"
@@ -131,7 +143,7 @@ def segment_video(
 
 
 def _staged_folder(output_dir: Path) -> StagedFolder:
-    return StagedFolder(output_dir, index=RUN_LOG, owned=_owned(output_dir),
+    return StagedFolder(output_dir, index=RUN_LOG, owned=lambda: _owned(output_dir),
                         reserved=lambda name: bool(_FRAME_PNG.fullmatch(name)))
 
 
@@ -141,8 +153,9 @@ def _owned(output_dir: Path) -> set[str]:
     if not log.is_file():
         return set()
     try:
-        frames = json.loads(log.read_text())["frames"]
-        return {RUN_LOG, *(frame_png(int(f["frame"])) for f in frames)}
+        data = json.loads(log.read_text())
+        listed = {int(f["frame"]) for f in data["frames"]}  # a live run lists its last ones
+        return {RUN_LOG, *map(frame_png, listed | set(range(int(data["summary"]["frames"]))))}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{log} is not a run log of runtime/run.py ({e}): refusing to "
                           "overwrite it; choose another output folder") from None
@@ -268,8 +281,9 @@ class _Run:
         self.frames: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
         self.stop = threading.Event()
         self.reader = threading.Thread(target=self._read, name="qdmn-reader", daemon=True)
+        self.decoded = 0  # frames the reader got from the source
         self.writer = _Writer(folder, None if video is None
-                              else OverlayWriter(video.path, source.fps))
+                              else OverlayWriter(video.path, source.fps, video.target))
 
     # -- reader thread
     def _read(self) -> None:
@@ -278,12 +292,24 @@ class _Run:
             for i, frame in enumerate(self.source):
                 if self.max_frames is not None and i >= self.max_frames:
                     break
+                self.decoded = i + 1
                 frame = checks(i, frame)
                 if not self._put((frame, self.seg.prepare(frame))):
                     return
+            else:
+                self._check_length()
             self._put(_END)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             self._put(_Failed(e))
+
+    def _check_length(self) -> None:
+        """A video that ends before the frame count its container declares is damaged or
+        truncated: say so rather than segment part of it silently."""
+        declared = self.source.length
+        if declared is not None and not self.source.live and self.decoded < declared:
+            warnings.warn(f"{self.source.description} declares {declared} frames but only "
+                          f"{self.decoded} could be decoded: the file looks truncated or "
+                          "damaged (both counts are in run.json)", stacklevel=2)
 
     def _put(self, item: object) -> bool:
         """Queue an item unless the main thread stopped the run (then False)."""
@@ -302,10 +328,20 @@ class _Run:
             yield item
 
     # -- main thread
+    def _stop_reader(self) -> None:
+        """Stop the reader and wait for it: a thread still inside native decoding when the
+        interpreter exits aborts the process (SIGABRT) after the error was printed."""
+        self.stop.set()
+        if self.reader.is_alive():
+            self.reader.join()
+
     def run(self) -> tuple[dict[str, Any], KeyboardInterrupt | None]:
         """run.json's content, and the interrupt that stopped the run early (if any)."""
         seg = self.seg
-        records: list[FrameRecord] = []
+        # a live source runs for ever: its log keeps the last frames, the totals count them all
+        records: collections.deque[FrameRecord] = collections.deque(
+            maxlen=LIVE_LOG_FRAMES if self.source.live else None)
+        totals = RunTotals()
         interrupted: KeyboardInterrupt | None = None
         total = self.source.length
         if self.max_frames is not None:
@@ -328,6 +364,7 @@ class _Run:
                 rec = seg.last_record
                 assert rec is not None
                 records.append(rec)
+                totals.add(rec)
                 self.writer.put(i, frame, labels)
                 bar.update(1)
                 if i > 0:
@@ -336,7 +373,7 @@ class _Run:
         except KeyboardInterrupt as e:
             interrupted = e
         except BaseException:
-            self.stop.set()
+            self._stop_reader()
             try:
                 self.writer.finish()  # closes the overlay file before it is removed
             except BaseException:  # noqa: BLE001, S110 - the first error is reported
@@ -344,17 +381,18 @@ class _Run:
             raise
         finally:
             bar.close()
-        self.stop.set()
         with deferred_signals():
+            self._stop_reader()
             self.writer.finish()
-        records = records[: self.writer.written]
+        while records and records[-1].frame >= self.writer.written:  # not on disk: dropped
+            totals.add(records.pop(), -1)
         if not records:
             if interrupted is not None:
                 raise interrupted
             raise InputError(f"{self.source.description}: no frames")
         t_end = time.perf_counter()
-        summary = summarize(records)
-        propagated = len(records) - 1
+        summary = totals.summary()
+        propagated = totals.frames - 1
         summary.update(
             wall_s=round(t_end - t_start, 3),
             # end to end over the frames `fps` counts: from the first frame's result to the
@@ -368,6 +406,8 @@ class _Run:
                 "height", "width", "max_objects", "memory_size", "top_k", "precision",
                 "checkpoint_sha256")},
             "objects": list(seg.object_ids), "first_score": _finite(seg.first_score),
+            # what the container declares (None for live sources) and what was decoded
+            "input_frames": {"declared": self.source.length, "decoded": self.decoded},
             "interrupted": interrupted is not None,
             "summary": summary,
             "frames": [r.to_dict() for r in records],

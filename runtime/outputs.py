@@ -6,14 +6,19 @@ folder already exists, only the files an earlier run of the same tool wrote (lis
 run's index file: `run.json`, `manifest.json`) are replaced or removed; every other file is left
 alone. A file that the new output would overwrite but no earlier run wrote (e.g. the user's own
 `00000.png`) makes the tool refuse before it starts. Every path is checked for writability
-before any work starts.
+before any work starts. One run at a time: a target is locked (`OutputLock`) from the first
+check to the final move, and a second run into it is refused with a line naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -68,10 +73,93 @@ def _remove_if_empty(created: list[Path]) -> None:
             return  # not empty (someone else's files) or not ours to remove: keep it and above
 
 
+def refuse_dangling_link(path: Path) -> None:
+    """A symbolic link to nothing looks absent, passes every check and breaks the final move."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output {path} is a symbolic link to {os.readlink(path)}, which does "
+                          "not exist: remove the link or choose another path")
+
+
+class OutputLock:
+    """Exclusive lock on an output path for a run's life, so that two runs (processes, threads
+    or Ray workers) cannot both write one folder and leave it mixed.
+
+    An flock on a hidden file beside the target, holding the holder's pid and command line: the
+    kernel releases it when the holder dies, however it dies, and a stale file is taken over.
+    Filesystems without flock (some network mounts) run unlocked.
+    """
+
+    def __init__(self, target: str | Path):
+        self.target = Path(target)
+        real = Path(os.path.realpath(self.target))
+        self.path = real.parent / f".{real.name}.lock"
+        self._fd: int | None = None
+        self._created = _make_parents(self.target)
+        try:
+            self._acquire()
+        except BaseException:
+            _remove_if_empty(self._created)
+            raise
+
+    def _acquire(self) -> None:
+        for _ in range(100):  # retried only when a holder unlinked the file we opened
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise OutputError(f"output {self.target} is in use by another run ({holder}): "
+                                  "wait for it to end or choose another output") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    return
+                raise OutputError(f"cannot lock {self.target}: {_reason(e)}") from None
+            if self._same_file(fd):
+                self._fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:500]}".encode())
+                return
+            os.close(fd)
+        raise OutputError(f"cannot lock {self.target}: its lock file keeps changing")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise OutputError(f"cannot write next to {self.target}: {_reason(e)}") from None
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        with contextlib.suppress(OSError):
+            text = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+            if text:
+                return text
+        return "its lock file is held"
+
+    def release(self) -> None:
+        """Unlink, then unlock: a waiting run that opened the old file sees it is gone."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+        _remove_if_empty(self._created)
+
+
 def check_writable_dir(folder: str | Path) -> None:
     """Refuse (OutputError) a folder that cannot be created or written, leaving no trace:
     for tools that write several result files at the end of a long run."""
     folder = Path(folder)
+    refuse_dangling_link(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output {folder} exists and is not a folder")
     created = _make_parents(folder / "probe")
@@ -88,66 +176,91 @@ def check_writable_dir(folder: str | Path) -> None:
 class StagedFolder:
     """A tool's output folder, staged next to the target and moved in by `commit()`.
 
-    owned: names (relative to the target) that an earlier run of this tool wrote there, read
-    from that run's `index` file by the caller. reserved(name): whether the new output may write
-    a file of that name; an existing file it may write but that is not owned is refused.
+    owned(): names (relative to the target) that an earlier run of this tool wrote there, read
+    from that run's `index` file by the caller, once the target is locked. reserved(name):
+    whether the new output may write a file of that name; an existing file it may write but
+    that is not owned is refused. The target stays locked until `commit()` or `abort()`.
     """
 
-    def __init__(self, target: str | Path, *, index: str, owned: Iterable[str] = (),
+    def __init__(self, target: str | Path, *, index: str,
+                 owned: Callable[[], Iterable[str]] = lambda: (),
                  reserved: Callable[[str], bool] = lambda name: False):
         self.target = Path(target)
         self.index = index
-        self.owned = set(owned)
+        refuse_dangling_link(self.target)
         if self.target.exists() and not self.target.is_dir():
             raise OutputError(f"output {self.target} exists and is not a folder")
-        if self.target.is_dir():
-            clash = sorted(p.name for p in self.target.iterdir()
-                           if p.name not in self.owned and (p.name == index or reserved(p.name)))
-            if clash:
-                raise OutputError(
-                    f"output {self.target} holds {', '.join(clash[:3])}"
-                    f"{' ...' if len(clash) > 3 else ''} that no earlier run of this tool wrote: "
-                    "refusing to overwrite it; choose another output folder")
-            if not os.access(self.target, os.W_OK | os.X_OK):
-                raise OutputError(f"output {self.target} is not writable")
         self._created = _make_parents(self.target)
+        try:
+            self._lock = OutputLock(self.target)
+        except OutputError:
+            _remove_if_empty(self._created)
+            raise
+        try:  # what an earlier run left is read under the lock: no run can be committing now
+            self.owned = set(owned())
+            self._check_target(reserved)
+        except BaseException:
+            self._lock.release()
+            _remove_if_empty(self._created)
+            raise
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
                                               dir=self.target.resolve().parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
+            self._lock.release()
             _remove_if_empty(self._created)
             raise OutputError(f"cannot write next to {self.target}: {_reason(e)}") from None
+
+    def _check_target(self, reserved: Callable[[str], bool]) -> None:
+        if not self.target.is_dir():
+            return
+        clash = sorted(p.name for p in self.target.iterdir()
+                       if p.name not in self.owned and (p.name == self.index or reserved(p.name)))
+        if clash:
+            raise OutputError(
+                f"output {self.target} holds {', '.join(clash[:3])}"
+                f"{' ...' if len(clash) > 3 else ''} that no earlier run of this tool wrote: "
+                "refusing to overwrite it; choose another output folder")
+        if not os.access(self.target, os.W_OK | os.X_OK):
+            raise OutputError(f"output {self.target} is not writable")
 
     def commit(self) -> None:
         """Move the staged files into the target (the index file last); drop stale owned ones."""
         with deferred_signals():
-            if not self.target.exists():
-                try:
-                    self.path.rename(self.target)  # atomic: the whole folder appears at once
-                    return
-                except OSError as e:
-                    self.abort()
-                    raise OutputError(f"cannot create {self.target}: {_reason(e)}") from None
-            new = sorted(p.name for p in self.path.iterdir())
             try:
-                for name in sorted(new, key=lambda n: n == self.index):
-                    os.replace(self.path / name, self.target / name)
-                for name in sorted(self.owned - set(new)):
-                    stale = self.target / name
-                    if stale.is_dir() and not stale.is_symlink():
-                        shutil.rmtree(stale, ignore_errors=True)
-                    else:
-                        stale.unlink(missing_ok=True)
-            except OSError as e:
-                raise OutputError(f"cannot move the output into {self.target}: "
-                                  f"{_reason(e)}") from None
+                self._move_in()
             finally:
-                shutil.rmtree(self.path, ignore_errors=True)
+                self._lock.release()
+
+    def _move_in(self) -> None:
+        if not self.target.exists():
+            try:
+                self.path.rename(self.target)  # atomic: the whole folder appears at once
+                return
+            except OSError as e:
+                self.abort()
+                raise OutputError(f"cannot create {self.target}: {_reason(e)}") from None
+        new = sorted(p.name for p in self.path.iterdir())
+        try:
+            for name in sorted(new, key=lambda n: n == self.index):
+                os.replace(self.path / name, self.target / name)
+            for name in sorted(self.owned - set(new)):
+                stale = self.target / name
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot move the output into {self.target}: "
+                              f"{_reason(e)}") from None
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def abort(self) -> None:
         """Remove the staging folder (and the parent folders created for it, if left empty)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.release()
         _remove_if_empty(self._created)
 
 
@@ -157,9 +270,15 @@ class StagedFile:
 
     def __init__(self, target: str | Path):
         self.target = Path(target)
+        refuse_dangling_link(self.target)
         if self.target.is_dir():
             raise OutputError(f"{self.target} is a folder, expected a file path")
         self._created = _make_parents(self.target)
+        try:
+            self._lock = OutputLock(self.target)
+        except OutputError:
+            _remove_if_empty(self._created)
+            raise
         try:
             fd, name = tempfile.mkstemp(prefix=f".{self.target.stem}.partial-",
                                         suffix=self.target.suffix,
@@ -167,6 +286,7 @@ class StagedFile:
             os.close(fd)
             os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:
+            self._lock.release()
             _remove_if_empty(self._created)
             raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
         self.path = Path(name)
@@ -178,10 +298,12 @@ class StagedFile:
             except OSError as e:
                 self.abort()
                 raise OutputError(f"cannot write {self.target}: {_reason(e)}") from None
+            self._lock.release()
 
     def abort(self) -> None:
         """Remove the staged file (and the parent folders created for it, if left empty)."""
         self.path.unlink(missing_ok=True)
+        self._lock.release()
         _remove_if_empty(self._created)
 
 

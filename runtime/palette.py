@@ -46,11 +46,30 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return cv2.cvtColor(mixed, cv2.COLOR_RGB2BGR)
 
 
-class OverlayWriter:
-    """mp4 (mp4v) of the overlays; the size is fixed by the first frame."""
+# Overlay video containers by file extension, each with a codec this OpenCV build writes
+# silently (its FFmpeg has no H.264 encoder; WebM with VP9 works but prints a warning).
+OVERLAY_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "VP90"}
 
-    def __init__(self, path: str | Path, fps: float | None):
+
+def check_overlay_name(path: str | Path) -> None:
+    """Refuse (OutputError) an overlay path whose extension names no video container we write."""
+    if Path(path).is_dir():
+        raise OutputError(f"{path} is a folder, expected a file path")
+    suffix = Path(path).suffix.lower()
+    if suffix not in OVERLAY_CODECS:
+        raise OutputError(f"overlay {path}: {suffix or 'no extension'} is not a video file "
+                          f"type this tool writes; use {', '.join(OVERLAY_CODECS)}")
+
+
+class OverlayWriter:
+    """A video of the overlays (codec by the file's extension, OVERLAY_CODECS); the size is
+    fixed by the first frame. name: the path messages give (the user's, not a staged file's)."""
+
+    def __init__(self, path: str | Path, fps: float | None, name: str | Path | None = None):
         self.path = Path(path)
+        self.name = Path(name) if name is not None else self.path
+        check_overlay_name(self.name)
+        self.codec = OVERLAY_CODECS[self.path.suffix.lower()]
         self.fps = fps if fps and fps > 0 else 24.0
         self._writer: cv2.VideoWriter | None = None
 
@@ -59,10 +78,10 @@ class OverlayWriter:
         h, w = frame.shape[:2]
         if self._writer is None:
             self._size = (w, h)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec),
                                            self.fps, (w, h))
             if not self._writer.isOpened():
-                raise OutputError(f"cannot open {self.path} for writing (mp4v)")
+                raise OutputError(f"cannot open {self.name} for writing ({self.codec})")
         if (w, h) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_LINEAR)
         self._writer.write(frame)

@@ -18,6 +18,7 @@ saying "interrupted".
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from runtime.manifest import Manifest, ManifestError
 from runtime.masks import read_mask
 from runtime.options import add_runtime_options, runtime_settings
 from runtime.outputs import Terminated, terminate_as_interrupt
+from runtime.palette import OVERLAY_CODECS
 from runtime.segmenter import Segmenter
 from runtime.sources import open_source
 
@@ -46,11 +48,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, type=Path, help="output folder")
     p.add_argument("--backend", default="auto", help=f"one of {', '.join(BACKENDS)}")
     add_runtime_options(p)
-    p.add_argument("--threads", type=int, help="CPU threads (CPU backends)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (CPU backends; at most the cores this process may use)")
     p.add_argument("--device", type=int, default=0, help="GPU ordinal (GPU backends)")
     p.add_argument("--spin", action="store_true",
                    help="ORT CPU threads busy-wait (only on an idle, dedicated machine)")
-    p.add_argument("--overlay", type=Path, help="also write an overlay video (mp4)")
+    p.add_argument("--overlay", type=Path,
+                   help=f"also write an overlay video ({', '.join(OVERLAY_CODECS)}), outside "
+                        "the output folder")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -66,6 +71,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise _Fail(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise _Fail(f"--max-frames {args.max_frames}: expected >= 1")
+    if args.overlay is not None and _inside(args.overlay, args.output):
+        raise _Fail(f"--overlay {args.overlay} is inside the output folder {args.output}, "
+                    "which holds the masks (and a name like 00001.png would replace one): "
+                    "write the overlay elsewhere")
     check_outputs(args.output, args.overlay)
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
@@ -77,6 +86,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return segment_video(segmenter, source, args.mask, args.output, overlay=args.overlay,
                              max_frames=args.max_frames, progress=not args.quiet,
                              extra={"engine_dir": str(args.engine_dir)})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

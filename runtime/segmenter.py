@@ -289,17 +289,44 @@ class Segmenter:
         self.close()
 
 
-def summarize(records: list[FrameRecord]) -> dict[str, Any]:
-    """Totals for run.json: frames, fps over the propagated frames, mean ms per stage."""
-    steps = [r for r in records if r.frame > 0]
-    mean = {s: round(float(np.mean([r.ms.get(s, 0.0) for r in steps])), 3)
-            for s in (*STAGES, "total")} if steps else {}
-    decisions = [r.decision for r in records[1:] if r.decision]
-    total_s = sum(r.ms.get("total", 0.0) for r in steps) / 1e3
-    return {
-        "frames": len(records),
-        "fps": round(len(steps) / total_s, 3) if total_s > 0 else None,
-        "mean_ms": mean,
-        "insertions": sum(1 for d in decisions if d["accepted"]),
-        "evictions": sum(1 for d in decisions if d["evicted"] is not None),
-    }
+@dataclass
+class RunTotals:
+    """Running totals behind run.json's summary, so that a log need not keep every frame (a
+    live source runs for ever). `add(record, -1)` takes a record back out."""
+
+    frames: int = 0
+    steps: int = 0  # propagated frames (frame > 0), which the means and fps are over
+    ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*STAGES, "total"), 0.0))
+    insertions: int = 0
+    evictions: int = 0
+
+    def add(self, record: FrameRecord, sign: int = 1) -> None:
+        self.frames += sign
+        if record.frame == 0:
+            return
+        self.steps += sign
+        for stage in self.ms:
+            self.ms[stage] += sign * record.ms.get(stage, 0.0)
+        if record.decision:
+            self.insertions += sign * bool(record.decision["accepted"])
+            self.evictions += sign * (record.decision["evicted"] is not None)
+
+    def summary(self) -> dict[str, Any]:
+        """Frames, fps over the propagated frames, mean ms per stage, memory decisions."""
+        total_s = self.ms["total"] / 1e3
+        return {
+            "frames": self.frames,
+            "fps": round(self.steps / total_s, 3) if self.steps and total_s > 0 else None,
+            "mean_ms": ({s: round(v / self.steps, 3) for s, v in self.ms.items()}
+                        if self.steps else {}),
+            "insertions": self.insertions,
+            "evictions": self.evictions,
+        }
+
+
+def summarize(records: Iterable[FrameRecord]) -> dict[str, Any]:
+    """run.json's summary of these frames (see RunTotals)."""
+    totals = RunTotals()
+    for r in records:
+        totals.add(r)
+    return totals.summary()

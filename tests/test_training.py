@@ -14,7 +14,7 @@ from PIL import Image
 from training.config import ConfigError
 from training.data import DatasetError, SampleSpec, _scale, load_sequence, load_sequences
 from training.losses import BootstrapSchedule, bootstrapped_ce
-from training.train import TrainConfig, Trainer, forward_clip, load_config
+from training.train import TrainConfig, Trainer, forward_clip, load_config, split_sequences
 
 SIZE = (128, 224)
 
@@ -286,3 +286,12 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)  # unknown fields and invalid values fail here
     assert cfg.model.backbone.startswith("efficientnet_lite") and cfg.val_sequences
     assert not set(cfg.val_sequences) & set(cfg.train_sequences)
+
+
+def test_several_split_files_are_trained_on_together(tmp_path):
+    (tmp_path / "ImageSets").mkdir()
+    (tmp_path / "ImageSets/train.txt").write_text("a\nb\n")
+    (tmp_path / "ImageSets/val.txt").write_text("b\nc\nd\n")
+    cfg = TrainConfig(data_root=str(tmp_path), val_sequences=("d",),
+                      split_file=("ImageSets/train.txt", "ImageSets/val.txt"))
+    assert split_sequences(cfg) == (["a", "b", "c"], ["d"])

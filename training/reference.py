@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from runtime.backends.base import Bank, HostBackend
-from runtime.config import RuntimeConfig
+from runtime.config import RuntimeConfig, check_threads
 from runtime.manifest import STRIDE, Manifest, file_sha256, graph_specs
 from runtime.memory_policy import DEFAULT_MEMORY_SIZE
 from runtime.quality import DEFAULT_QUALITY_SCORE
@@ -90,7 +90,7 @@ class TorchBackend(HostBackend):
         if threads is not None:
             # Process-wide in torch. One thread is far faster on a loaded machine: OpenMP
             # workers that wait for a busy core made a 64x96 step 50x slower in our tests.
-            torch.set_num_threads(threads)
+            torch.set_num_threads(check_threads(threads))
         super().__init__(manifest)
 
     def _make_bank(self) -> Bank:

@@ -29,7 +29,10 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from runtime.config import check_threads
+from runtime.errors import OutputError
 from runtime.manifest import STRIDE
+from runtime.outputs import OutputLock
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.correspondence import correspondence_loss, flow_correspondence_loss
@@ -60,7 +63,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig.light)
     pretrained_backbone: bool = True
     data_root: str = "../shared/data/DAVIS2016"
-    split_file: str = "ImageSets/2016/val.txt"
+    # one split file, or several whose sequences are trained on together (e.g. DAVIS-2016's
+    # train and val splits, less the val_sequences)
+    split_file: str | tuple[str, ...] = "ImageSets/2016/val.txt"
     val_sequences: tuple[str, ...] = ()  # never trained on
     train_sequences: tuple[str, ...] = ()  # empty: every sequence of the split not in val
     image_size: tuple[int, int] = (240, 432)  # frames are resized to this (inference size)
@@ -622,7 +627,9 @@ def validate(trainer: Trainer) -> dict[str, Any]:
 
 
 def split_sequences(cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    names = list(cfg.train_sequences) or read_split(cfg.data_root, cfg.split_file)
+    files = (cfg.split_file,) if isinstance(cfg.split_file, str) else cfg.split_file
+    names = list(cfg.train_sequences) or list(dict.fromkeys(
+        n for f in files for n in read_split(cfg.data_root, f)))
     val = list(cfg.val_sequences)
     train = [n for n in names if n not in val]
     if not train:
@@ -656,41 +663,49 @@ def main(argv: list[str] | None = None) -> int:
                      if v}
         cfg = load_config(args.config, overrides)
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        train_names, val_names = split_sequences(cfg)
-        seqs = load_sequences(cfg.data_root, train_names, cfg.load_size)
-        trainer = Trainer(cfg)
-        if args.resume and trainer.resume():
-            print(f"resumed from step {trainer.step}", file=sys.stderr)
-            trainer.note(f"resumed from {trainer.out_dir / CHECKPOINT_NAME} (optimizer included)")
-        elif args.resume_weights:
-            trainer.load_weights(args.resume_weights, continue_run=True)
-            trainer.note(f"continued from weights {args.resume_weights} with a fresh optimizer "
-                         f"({cfg.warmup_steps}-step warm-up)")
-        elif args.init:
-            trainer.load_weights(args.init, continue_run=False)
-            trainer.note(f"initialised from weights {args.init}, fresh optimizer")
-        else:
-            trainer.note("started from the ImageNet backbone")
-        trainer.note(f"train on {len(seqs)} sequences, cpu_bf16={cfg.cpu_bf16}, "
-                     f"threads={cfg.threads or torch.get_num_threads()}, target step "
-                     f"{args.steps or cfg.steps}")
-        if val_names and (cfg.val_every or args.validate):
-            from training.validation import load_val_videos
-
-            trainer.val_videos = load_val_videos(cfg.data_root, val_names)
-        trainer.fit(seqs, args.steps, time_limit=args.time_limit)
-        if args.validate and trainer.val_videos:
-            row = validate(trainer)
-            print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "
-                  f"two objects {row['jf_multi']:.3f}, QAM pearson {row.get('qam_pearson')}")
-        if args.export_fp16:
-            save_weights(trainer.eval_model, args.export_fp16, trainer.checkpoint_meta(),
-                         half=True)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+            torch.set_num_threads(check_threads(cfg.threads))
+        lock = OutputLock(cfg.out_dir)  # two runs in one out_dir would mix checkpoints and logs
+        try:
+            _train(args, cfg)
+        finally:
+            lock.release()
+    except (ConfigError, ValueError, FileNotFoundError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _train(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    train_names, val_names = split_sequences(cfg)
+    seqs = load_sequences(cfg.data_root, train_names, cfg.load_size)
+    trainer = Trainer(cfg)
+    if args.resume and trainer.resume():
+        print(f"resumed from step {trainer.step}", file=sys.stderr)
+        trainer.note(f"resumed from {trainer.out_dir / CHECKPOINT_NAME} (optimizer included)")
+    elif args.resume_weights:
+        trainer.load_weights(args.resume_weights, continue_run=True)
+        trainer.note(f"continued from weights {args.resume_weights} with a fresh optimizer "
+                     f"({cfg.warmup_steps}-step warm-up)")
+    elif args.init:
+        trainer.load_weights(args.init, continue_run=False)
+        trainer.note(f"initialised from weights {args.init}, fresh optimizer")
+    else:
+        trainer.note("started from the ImageNet backbone")
+    trainer.note(f"train on {len(seqs)} sequences, cpu_bf16={cfg.cpu_bf16}, "
+                 f"threads={cfg.threads or torch.get_num_threads()}, target step "
+                 f"{args.steps or cfg.steps}")
+    if val_names and (cfg.val_every or args.validate):
+        from training.validation import load_val_videos
+
+        trainer.val_videos = load_val_videos(cfg.data_root, val_names)
+    trainer.fit(seqs, args.steps, time_limit=args.time_limit)
+    if args.validate and trainer.val_videos:
+        row = validate(trainer)
+        print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "
+              f"two objects {row['jf_multi']:.3f}, QAM pearson {row.get('qam_pearson')}")
+    if args.export_fp16:
+        save_weights(trainer.eval_model, args.export_fp16, trainer.checkpoint_meta(),
+                     half=True)
 
 
 if __name__ == "__main__":

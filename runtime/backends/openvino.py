@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.backends.base import HostBackend
 from runtime.backends.ort import import_ort, session_options
-from runtime.config import default_threads
+from runtime.config import check_threads, default_threads
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -31,7 +31,7 @@ class OpenVinoBackend(HostBackend):
                                           "pip install openvino") from None
         super().__init__(manifest)
         self._ov_version = ov.get_version()
-        self.threads = threads or default_threads()
+        self.threads = check_threads(threads) if threads else default_threads()
         self.device = device
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads,
                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}

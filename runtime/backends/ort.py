@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
-from runtime.config import default_threads
+from runtime.config import check_threads, default_threads
 from runtime.errors import BackendUnavailableError, EngineMismatchError
 from runtime.manifest import GRAPH_NAMES, Manifest
 
@@ -49,7 +49,7 @@ def session_options(threads: int | None = None, *, spin: bool = False) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or default_threads()
+    so.intra_op_num_threads = check_threads(threads) if threads else default_threads()
     so.inter_op_num_threads = 1
     so.enable_mem_pattern = True
     so.log_severity_level = 3

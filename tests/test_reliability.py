@@ -1,0 +1,444 @@
+"""Faults a user meets in real use, each in a real process where the defect needs one: errors on
+the first frame, two runs into one output, unbounded threads, dangling links, overlay names, a
+full disk, truncated videos and a cluster address that is not Ray. Clips are generated here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import runtime_support as rs
+from conftest import interruptible, script_env
+from PIL import Image
+
+from runtime import run as cli
+from runtime.config import default_threads
+from runtime.errors import MaskError, OutputError, RuntimeConfigError
+from runtime.job import segment_video
+from runtime.manifest import Manifest
+from runtime.outputs import OutputLock, StagedFolder, check_writable_dir
+from runtime.palette import save_palette_png
+from runtime.segmenter import Segmenter
+from runtime.sources import FrameSource, open_source
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """n RGB frames of a textured background with a disk moving across, and frame 0's mask."""
+    rng = np.random.default_rng(seed)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (9, 9), 3)
+    yy, xx = np.mgrid[:h, :w]
+    out, mask = [], None
+    for t in range(n):
+        cx, cy, r = w * (0.3 + 0.4 * t / max(n - 1, 1)), h / 2, min(h, w) / 5
+        disk = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        frame = background.copy()
+        frame[disk] = (230, 60, 40)
+        out.append(frame)
+        if t == 0:
+            mask = disk.astype(np.uint8)
+    assert mask is not None
+    return out, mask
+
+
+def write_video(path: Path, rgb: list[np.ndarray], fourcc: str = "mp4v") -> Path:
+    h, w = rgb[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 24.0, (w, h))
+    assert writer.isOpened()
+    for f in rgb:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def write_folder(folder: Path, rgb: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for i, f in enumerate(rgb):
+        Image.fromarray(f).save(folder / f"{i:05d}.jpg", quality=90)
+    return folder
+
+
+def write_mask(path: Path, labels: np.ndarray) -> Path:
+    save_palette_png(labels, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(request) -> Path:
+    return rs.cached_engine(request)[1]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """An 854x480 clip of 120 frames as an mp4 and as a frame folder, and its first mask."""
+    d = tmp_path_factory.mktemp("video")
+    rgb, mask = frames(120, 480, 854)
+    return (write_video(d / "clip.mp4", rgb), write_folder(d / "frames", rgb),
+            write_mask(d / "mask.png", mask))
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
+                          env=script_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------- errors on the first frame
+@pytest.mark.parametrize("fault", ["aspect", "objects"])
+def test_first_frame_error_exits_with_one_line_and_no_abort(engine, video, tmp_path, fault):
+    """Before, the error line was followed by `terminate called without an active exception`
+    and exit 134 in most runs: the frame reader was still decoding when Python exited."""
+    mp4, folder, _ = video
+    if fault == "aspect":
+        mask, expect = np.zeros((500, 500), np.uint8), "another aspect ratio"
+        mask[100:300, 100:300] = 1
+    else:  # three objects on graphs exported for two
+        mask, expect = np.zeros((480, 854), np.uint8), "has 3 objects"
+        for i in range(3):
+            mask[100:200, 100 + 200 * i:250 + 200 * i] = i + 1
+    bad = write_mask(tmp_path / "bad.png", mask)
+    for i, source in enumerate([mp4, folder, mp4, folder]):
+        r = run_cli("--engine-dir", engine, "--input", source, "--mask", bad, "--output",
+                    tmp_path / f"out{i}", "--backend", "ort-cpu", "--quiet")
+        assert r.returncode == 1, r.stderr
+        assert expect in one_error_line(r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
+
+
+class TrackedSource(FrameSource):
+    """A video whose decoder says when it was let go (the capture released)."""
+
+    def __init__(self, path: Path):
+        self.inner = open_source(path)
+        super().__init__(self.inner.description, self.inner.length, self.inner.fps, False)
+        self.closed = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            yield from self.inner
+        finally:
+            self.closed = True
+
+
+def test_reader_is_done_decoding_when_a_failed_run_returns(engine, video, tmp_path):
+    mp4, _, _ = video
+    bad = write_mask(tmp_path / "bad.png", np.ones((500, 500), np.uint8))
+    source = TrackedSource(mp4)
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        with pytest.raises(MaskError, match="another aspect ratio"):
+            segment_video(seg, source, bad, tmp_path / "out")
+        assert source.closed
+        assert [t for t in threading.enumerate() if t.name == "qdmn-reader"] == []
+
+
+# ---------------------------------------------------------------- one run per output
+def test_second_run_into_the_same_output_is_refused(engine, video, tmp_path):
+    """Before, both runs exited 0 and OUT held one video's run.json and the other's masks."""
+    _, folder, mask = video
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        interruptible("runtime/run.py", "--engine-dir", str(engine), "--input", str(folder),
+                      "--mask", str(mask), "--output", str(out), "--backend", "ort-cpu",
+                      "--threads", "1", "--quiet"),
+        cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
+            if list(tmp_path.glob(".out.partial-*/00002.png")):
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                first.wait(timeout=0.1)
+            assert first.poll() is None, first.stderr.read()
+        else:
+            pytest.fail("the first run wrote no frame")
+        other, other_mask = tmp_path / "other", np.zeros((240, 427), np.uint8)
+        other_mask[50:150, 50:200] = 1
+        rgb, _ = frames(5, 240, 427, seed=1)
+        r = run_cli("--engine-dir", engine, "--input", write_folder(other, rgb), "--mask",
+                    write_mask(tmp_path / "other.png", other_mask), "--output", out,
+                    "--backend", "ort-cpu", "--quiet")
+        line = one_error_line(r.stderr)
+        assert r.returncode == 1
+        assert "in use by another run" in line and f"pid {first.pid}" in line, line
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    log = json.loads((out / "run.json").read_text())
+    assert str(folder) in log["input"]
+    assert len(list(out.glob("*.png"))) == len(log["frames"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "other.png", "out"]
+
+
+def test_output_lock_refuses_a_second_holder_and_takes_over_a_stale_file(tmp_path):
+    target = tmp_path / "deep" / "out"
+    first = StagedFolder(target, index="run.json")
+    with pytest.raises(OutputError, match=f"in use by another run \\(pid {os.getpid()}"):
+        StagedFolder(target, index="run.json")
+    with pytest.raises(OutputError, match="in use by another run"):
+        OutputLock(target)
+    first.commit()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]  # lock file gone
+    # a lock file left by a killed run is not held: the next run takes it over
+    (tmp_path / "deep" / ".out.lock").write_text("pid 1: a run killed with SIGKILL")
+    second = StagedFolder(target, index="run.json")
+    second.abort()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]
+
+
+def test_second_corpus_run_into_the_same_output_is_refused(engine, video, tmp_path):
+    pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
+    _, folder, mask = video
+    listing = tmp_path / "videos.csv"
+    listing.write_text(f"{folder},{mask},clip\n")
+    out = tmp_path / "out"
+    held = OutputLock(out)
+    try:
+        r = subprocess.run([sys.executable, "runtime/batch.py", "--engine-dir", str(engine),
+                            "--videos", str(listing), "--output", str(out), "--quiet"],
+                           cwd=rs.REPO, env=script_env(), capture_output=True, text=True,
+                           timeout=300, check=False)
+    finally:
+        held.release()
+    assert r.returncode == 1 and "in use by another run" in one_error_line(r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos.csv"]
+
+
+# ------------------------------------------------------------------------- threads
+def test_threads_above_the_usable_cores_are_refused(engine, video, tmp_path, capsys):
+    _, folder, mask = video
+    n = default_threads() + 1
+    argv = ["--engine-dir", str(engine), "--input", str(folder), "--mask", str(mask),
+            "--output", str(tmp_path / "out"), "--quiet"]
+    for backend in ("ort-cpu", "openvino"):
+        assert cli.main([*argv, "--backend", backend, "--threads", str(n)]) == 1
+        assert f"threads={n}: more than the {n - 1} CPU core(s)" in one_error_line(
+            capsys.readouterr().err)
+    from runtime.backends.ort import OrtBackend
+
+    with pytest.raises(RuntimeConfigError, match=f"threads={n}"):  # the Python API alike
+        OrtBackend(Manifest.load(engine), engine, threads=n)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- output paths
+@pytest.mark.parametrize("which", ["output", "overlay"])
+def test_dangling_symlink_is_refused_before_the_first_frame(engine, video, tmp_path, capsys,
+                                                            which):
+    """Before, a dangling --output failed after the whole video (`Not a directory`)."""
+    _, folder, mask = video
+    link = tmp_path / ("out" if which == "output" else "vis.mp4")
+    link.symlink_to(tmp_path / "nowhere" / "x")
+    out = link if which == "output" else tmp_path / "out"
+    argv = ["--engine-dir", str(engine), "--input", str(folder), "--mask", str(mask),
+            "--output", str(out), "--backend", "ort-cpu", "--quiet"]
+    if which == "overlay":
+        argv += ["--overlay", str(link)]
+    assert cli.main(argv) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{link} is a symbolic link to" in line and "does not exist" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [link.name]
+    with pytest.raises(OutputError, match="symbolic link"):
+        check_writable_dir(link)
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("x.png", "x.png: .png is not a video file type"),
+    ("notes.txt", "notes.txt: .txt is not a video file type"),
+    ("noext", "noext: no extension is not a video file type"),
+    ("out/00001.png", "is inside the output folder"),
+    ("out/vis.mp4", "is inside the output folder"),
+])
+def test_overlay_names_that_are_not_videos_are_refused(engine, video, tmp_path, capsys, name,
+                                                       expect):
+    """Before, x.png wrote a still image and exit 0, out/00001.png replaced a mask."""
+    _, folder, mask = video
+    assert cli.main(["--engine-dir", str(engine), "--input", str(folder), "--mask", str(mask),
+                     "--output", str(tmp_path / "out"), "--overlay", str(tmp_path / name),
+                     "--backend", "ort-cpu", "--quiet"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert expect in line and ".partial" not in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mkv"])
+def test_overlay_in_every_supported_container(engine, video, tmp_path, suffix):
+    _, folder, mask = video
+    vis = tmp_path / f"vis{suffix}"
+    assert cli.main(["--engine-dir", str(engine), "--input", str(folder), "--mask", str(mask),
+                     "--output", str(tmp_path / "out"), "--overlay", str(vis),
+                     "--backend", "ort-cpu", "--max-frames", "6", "--quiet"]) == 0
+    cap = cv2.VideoCapture(str(vis))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 6
+
+
+# ---------------------------------------------------------------------- full disk
+def test_export_on_a_full_disk_is_one_line(request, tmp_path):
+    """The exporter's writes fail as on a full disk (a file-size limit of 1 MB: EFBIG, the
+    same OSError path as ENOSPC). Before: a 17-line traceback."""
+    ckpt = rs.cached_engine(request)[0]
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    r = subprocess.run([sys.executable, "export/to_onnx.py", str(ckpt), "--out",
+                        str(tmp_path / "graphs"), "--size", "64", "128"], cwd=rs.REPO,
+                       env=script_env(), capture_output=True, text=True, timeout=300,
+                       check=False, preexec_fn=limit_file_size)
+    assert r.returncode == 2
+    assert "File too large" in one_error_line(r.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- truncated video
+def test_truncated_video_is_reported(engine, tmp_path, capsys):
+    """Before, an avi whose header says 50 frames but holds half of them gave 25 frames, exit 0,
+    no word."""
+    rgb, mask = frames(50, 240, 432)
+    whole = write_video(tmp_path / "whole.avi", rgb, "MJPG")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    argv = ["--engine-dir", str(engine), "--mask", str(write_mask(tmp_path / "m.png", mask)),
+            "--backend", "ort-cpu", "--quiet"]
+    assert cli.main([*argv, "--input", str(cut), "--output", str(tmp_path / "cut")]) == 0
+    log = json.loads((tmp_path / "cut" / "run.json").read_text())
+    decoded = log["input_frames"]["decoded"]
+    assert log["input_frames"]["declared"] == 50 and 0 < decoded < 50
+    assert len(log["frames"]) == decoded
+    err = capsys.readouterr().err
+    assert f"declares 50 frames but only {decoded} could be decoded" in err, err
+    assert cli.main([*argv, "--input", str(whole), "--output", str(tmp_path / "whole")]) == 0
+    log = json.loads((tmp_path / "whole" / "run.json").read_text())
+    assert log["input_frames"] == {"declared": 50, "decoded": 50}
+    assert "declares" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- a cluster that is not Ray
+def test_batch_address_that_is_not_ray_times_out_with_one_line(engine, video, tmp_path):
+    """A port that accepts TCP but is not Ray. Before: the corpus runner hung (killed after
+    150 s)."""
+    pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
+    _, folder, mask = video
+    listing = tmp_path / "videos.csv"
+    listing.write_text(f"{folder},{mask},clip\n")
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    port = server.getsockname()[1]
+    start = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "runtime/batch.py", "--engine-dir", str(engine),
+                            "--videos", str(listing), "--output", str(tmp_path / "out"),
+                            "--address", f"127.0.0.1:{port}", "--quiet"],
+                           cwd=rs.REPO, env=script_env(), capture_output=True, text=True,
+                           timeout=120, check=False)
+    finally:
+        stop.set()
+        t.join()
+        for c in accepted:
+            c.close()
+        server.close()
+    assert time.monotonic() - start < 60
+    assert r.returncode == 1
+    assert "does not answer as Ray" in one_error_line(r.stderr)
+    assert accepted, "the probe never connected"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos.csv"]
+
+
+# ------------------------------------------------------- one writer elsewhere too
+def test_training_and_evaluation_refuse_an_output_in_use(tmp_path, capsys):
+    """Two training runs in one out_dir would overwrite each other's checkpoints; two
+    evaluations into one folder would mix their CSVs."""
+    from benchmarks import evaluate
+    from training import train
+
+    held = OutputLock(tmp_path / "run")
+    try:
+        assert train.main(["--config", str(rs.REPO / "configs/light.yaml"), "--out-dir",
+                           str(tmp_path / "run")]) == 2
+        assert "in use by another run" in one_error_line(capsys.readouterr().err)
+        assert evaluate.main(["--engine-dir", str(tmp_path / "e"), "--data", str(tmp_path),
+                              "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+        assert "in use by another run" in one_error_line(capsys.readouterr().err)
+    finally:
+        held.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------ a camera that runs for ever
+def test_live_run_log_is_bounded_and_counts_every_frame(engine, tmp_path, monkeypatch):
+    """A camera's run.json listed every frame, so memory grew for as long as it ran."""
+    from runtime import job
+
+    rgb, mask = frames(12, 240, 432)
+
+    class Camera(FrameSource):
+        def __init__(self) -> None:
+            super().__init__("fake camera", None, None, True)
+
+        def __iter__(self) -> Iterator[np.ndarray]:
+            yield from rgb
+
+    monkeypatch.setattr(job, "LIVE_LOG_FRAMES", 4)
+    monkeypatch.setattr(cli, "open_source", lambda src: Camera())
+    out = tmp_path / "out"
+    argv = ["--engine-dir", str(engine), "--input", "0", "--mask",
+            str(write_mask(tmp_path / "m.png", mask)), "--output", str(out),
+            "--backend", "ort-cpu", "--mem-every", "1", "--quality-threshold", "0", "--quiet"]
+    assert cli.main(argv) == 0
+    log = json.loads((out / "run.json").read_text())
+    assert [f["frame"] for f in log["frames"]] == [8, 9, 10, 11]
+    assert log["summary"]["frames"] == 12 and log["summary"]["insertions"] == 11
+    assert log["input_frames"] == {"declared": None, "decoded": 12}
+    assert len(list(out.glob("*.png"))) == 12
+    assert cli.main(argv) == 0  # a rerun owns all 12 PNGs, not only the 4 listed
+
+
+def test_run_totals_take_records_back_out():
+    from runtime.segmenter import FrameRecord, RunTotals, summarize
+
+    def record(i: int) -> FrameRecord:
+        decision = {"accepted": i % 2 == 0, "evicted": 1 if i % 3 == 0 else None}
+        return FrameRecord(i, None, None, None, decision if i else None, {},
+                           {"encoder": float(i), "total": 2.0 * i + 1})
+
+    records = [record(i) for i in range(9)]
+    totals = RunTotals()
+    for r in records:
+        totals.add(r)
+    for r in records[6:]:
+        totals.add(r, -1)
+    assert totals.summary() == summarize(records[:6])
+    assert totals.summary()["insertions"] == 2 and totals.summary()["evictions"] == 1
