@@ -2,13 +2,13 @@
 
     python benchmarks/aspect_fit.py --engine-dir engines/qdmn-light --data DAVIS_ROOT \\
         [--sequences blackswan,cows,libby] [--aspects 9:16,1:1] [--backend ort-cpu] \\
-        [--threads T] [--out benchmarks/results/aspect_fit]
+        [--threads T] [--out results/aspect_fit]
 
 Each sequence is cropped to a fixed window of the given aspect ratio (full height, centred on
 the first-frame objects, as a phone would frame them); frames and ground truth are cropped
-alike, and the runtime segments the crop with each fit (`runtime.geometry`). Scored with the
+alike, and the runtime segments the crop with each fit (`runtime.core.geometry`). Scored with the
 DAVIS 2017 semi-supervised rules (evaluation/metrics.py). Writes aspect_fit.json and prints a
-table; the better fit is `runtime.geometry.DEFAULT_FIT`.
+table; the better fit is `runtime.core.geometry.DEFAULT_FIT`.
 """
 
 from __future__ import annotations
@@ -23,17 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import BenchmarkError, machine_info, table, write_json
-from evaluation.davis import DatasetError, read_sequence
+from evaluation.datasets import PROJECT_ROOT
 from evaluation.metrics import evaluate_sequence, summarize
-from runtime.config import RuntimeConfig, default_threads
-from runtime.errors import QDMNRuntimeError
-from runtime.geometry import FITS
-from runtime.manifest import ManifestError
-from runtime.outputs import check_writable_dir
+from runtime.cli import fail
+from runtime.core.config import RuntimeConfig, default_threads
+from runtime.core.errors import QDMNRuntimeError
+from runtime.core.geometry import FITS
+from runtime.core.manifest import ManifestError
+from runtime.media.davis import DatasetError, read_sequence
+from runtime.media.outputs import check_writable_dir
+from runtime.media.sources import read_frame
+from runtime.options import add_execution_options
 from runtime.segmenter import Segmenter
-from runtime.sources import read_frame
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = PROJECT_ROOT
 
 
 def parse_aspect(text: str) -> tuple[int, int]:
@@ -72,9 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sequences", default="blackswan,cows,libby",
                    help="comma-separated (default: the shipped model's held-out sequences)")
     p.add_argument("--aspects", default="9:16", help="W:H list, e.g. 9:16,1:1")
-    p.add_argument("--backend", default="ort-cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/aspect_fit")
+    add_execution_options(p, ("backend", "threads"), backend_default="ort-cpu")
+    p.add_argument("--out", type=Path, default=REPO / "results/aspect_fit")
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
@@ -113,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seg in segs.values():
             seg.close()
     except (BenchmarkError, DatasetError, QDMNRuntimeError, ManifestError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(table(["aspect", "fit", "J&F", "J", "F"],
                 [[r["aspect"], r["fit"], r["jf"], r["j"], r["f"]] for r in rows]))
     path = write_json(args.out / "aspect_fit.json", {

@@ -2,9 +2,9 @@
 
     python benchmarks/batch_throughput.py --engine-dir engines/qdmn-light \
         [--layouts 1x2,2x1] [--clips 12] [--frames 16] [--repeats 2] [--backend auto] \
-        [--out benchmarks/results/batch_throughput]
+        [--out results/batch_throughput]
 
-The corpus is cut from the shipped demo clips (assets/demo): --clips clips of --frames frames,
+The corpus is cut from the demo clips (evaluation.datasets.demo_root): --clips clips of --frames frames,
 taken in turn from each demo video, each with the ground truth of its first frame as the mask.
 Each layout WORKERS x THREADS runs the real CLI in its own process (a fresh local Ray) over the
 same corpus, --repeats times, in ABBA order so that a drift of the shared machine's load hits
@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, BenchmarkError, machine_info, table, write_json
-from evaluation.davis import DavisLayout
-
-DEMO = DavisLayout(REPO / "assets" / "demo")
+from evaluation.datasets import demo_root
+from runtime.cli import fail
+from runtime.media.davis import DavisLayout
+from runtime.options import add_execution_options
 
 
 def parse_layouts(text: str) -> list[tuple[int, int]]:
@@ -55,8 +56,9 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 
 def make_corpus(root: Path, clips: int, frames: int) -> int:
     """`clips` clips of `frames` frames in the DAVIS layout under `root`; returns total frames."""
-    videos = sorted(p.name for p in DEMO.frames_root.iterdir() if p.is_dir())
-    lengths = {v: len(list(DEMO.frames_dir(v).glob("*.jpg"))) for v in videos}
+    demo = DavisLayout(demo_root()[0])
+    videos = sorted(p.name for p in demo.frames_root.iterdir() if p.is_dir())
+    lengths = {v: len(list(demo.frames_dir(v).glob("*.jpg"))) for v in videos}
     layout = DavisLayout(root)
     starts = {v: 0 for v in videos}
     total = 0
@@ -71,9 +73,9 @@ def make_corpus(root: Path, clips: int, frames: int) -> int:
         layout.annotations_dir(name).mkdir(parents=True)
         for i in range(frames):
             src = starts[v] + i
-            shutil.copy(DEMO.frames_dir(v) / f"{src:05d}.jpg",
+            shutil.copy(demo.frames_dir(v) / f"{src:05d}.jpg",
                         layout.frames_dir(name) / f"{i:05d}.jpg")
-        shutil.copy(DEMO.annotation(v, f"{starts[v]:05d}"),
+        shutil.copy(demo.annotation(v, f"{starts[v]:05d}"),
                     layout.annotation(name, "00000"))
         starts[v] += frames
         total += frames
@@ -111,16 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=12)
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "batch_throughput")
+    add_execution_options(p, ("backend",))
+    p.add_argument("--out", type=Path, default=REPO / "results" / "batch_throughput")
     args = p.parse_args(argv)
     try:
         layouts = parse_layouts(args.layouts)
         for name in ("clips", "frames", "repeats"):
             if getattr(args, name) < 1:
                 raise BenchmarkError(f"--{name} {getattr(args, name)}: expected >= 1")
-        from runtime.manifest import Manifest
-        from runtime.outputs import check_writable_dir
+        from runtime.core.manifest import Manifest
+        from runtime.media.outputs import check_writable_dir
 
         manifest = Manifest.load(args.engine_dir)
         check_writable_dir(args.out)
@@ -138,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"(corpus {r['wall_s']} s, start-up {r['ray_start_s']} + "
                       f"{r['workers_start_s']} s)", flush=True)
     except (BenchmarkError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e)
     median = []
     for w, t in layouts:
         mine = [r for r in runs if (r["workers"], r["threads_per_worker"]) == (w, t)]
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "precision": manifest.precision},
            "backend": args.backend, "backends_used": sorted({b for r in runs for b in r["backends"]}),
            "corpus": {"clips": args.clips, "frames_per_clip": args.frames, "frames": total,
-                      "from": "assets/demo"},
+                      "from": str(demo_root()[0])},
            "order": [f"{w}x{t}" for w, t in order], "runs": runs, "median": median}
     path = write_json(args.out / "batch_throughput.json", doc)
     print(table(["layout (workers x threads)", "frames/s", "(min-max)", "videos/h",

@@ -14,7 +14,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,14 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.davis import DavisLayout
-from runtime.config import default_threads
-from runtime.manifest import file_sha256
+from evaluation.datasets import DEMO_SPLIT, PROJECT_ROOT, demo_root
+from runtime.core.config import default_threads
+from runtime.core.geometry import same_aspect
+from runtime.core.manifest import file_sha256
+from runtime.media.davis import DavisLayout, list_sequences
+from runtime.media.outputs import write_atomic
+from runtime.options import add_execution_options
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT = REPO / "assets/demo/JPEGImages/480p/blackswan"
-DEFAULT_OUT = REPO / "benchmarks/results"
-GPU_BACKENDS = ("ort-cuda", "trt")
+REPO = PROJECT_ROOT
+DEFAULT_OUT = REPO / "results"
 
 
 class BenchmarkError(Exception):
@@ -67,13 +68,10 @@ def parse_ints(text: str, what: str) -> list[int]:
 # ------------------------------------------------------------------------------------ input
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """The options every benchmark shares: execution settings, the clip, the output folder."""
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: the CPUs this process may use)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal")
-    p.add_argument("--spin", action="store_true", help="ORT CPU threads busy-wait (the "
-                   "runtime's --spin; faster only on an otherwise idle machine)")
+    add_execution_options(p, ("threads", "device", "spin"))
     p.add_argument("--input", type=Path, default=None,
-                   help=f"frames folder or video (default: {DEFAULT_INPUT.relative_to(REPO)})")
+                   help="frames folder or video (default: the demo's one-object clip, "
+                        "evaluation.datasets.demo_root)")
     p.add_argument("--mask", type=Path, default=None,
                    help="first-frame mask (default: the DAVIS annotation of --input)")
     p.add_argument("--max-source-frames", type=int, default=200,
@@ -105,6 +103,14 @@ class Clip:
         return [self.ping_pong(t) for t in range(length)]
 
 
+def default_input() -> Path:
+    """The demo's one-object clip (blackswan from the DAVIS data beside the project, else a
+    generated clip)."""
+    root = demo_root()[0]
+    layout = DavisLayout(root)
+    return layout.frames_dir(list_sequences(root, layout.split_file(DEMO_SPLIT))[0])
+
+
 def davis_mask_for(frames_dir: Path) -> Path | None:
     """A DAVIS-layout `.../JPEGImages/<res>/<seq>` folder -> its first annotation, else None."""
     found = DavisLayout.of_frames_dir(Path(frames_dir).resolve())
@@ -119,13 +125,13 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
               max_frames: int) -> Clip:
     """Decode up to `max_frames` frames of a folder or video and read the first-frame mask.
 
-    input_path None: the shipped demo clip. mask_path None: the DAVIS annotation of a
+    input_path None: the demo's one-object clip. mask_path None: the DAVIS annotation of a
     `JPEGImages/<res>/<seq>` folder."""
-    from runtime.errors import QDMNRuntimeError
-    from runtime.masks import object_ids, read_mask
-    from runtime.sources import open_source
+    from runtime.core.errors import QDMNRuntimeError
+    from runtime.media.masks import object_ids, read_mask
+    from runtime.media.sources import open_source
 
-    src = Path(input_path) if input_path is not None else DEFAULT_INPUT
+    src = Path(input_path) if input_path is not None else default_input()
     if not src.exists():
         raise BenchmarkError(f"input {src} not found")
     if mask_path is None:
@@ -149,7 +155,7 @@ def load_clip(input_path: str | Path | None, mask_path: str | Path | None,
     if not frames:
         raise BenchmarkError(f"{src}: no frames")
     (mh, mw), (fh, fw) = mask.shape, frames[0].shape[:2]
-    if abs(mw / mh - fw / fh) > 0.01 * fw / fh:
+    if not same_aspect((mh, mw), (fh, fw)):
         raise BenchmarkError(f"mask {mask_path} is {mw}x{mh} but the frames are {fw}x{fh}")
     if not object_ids(mask):
         raise BenchmarkError(f"mask {mask_path} marks no object")
@@ -316,7 +322,7 @@ def ensure_engine(checkpoint: str | Path, root: str | Path, *, size: tuple[int, 
                   calib_frames: str | Path | None = None, opset: int = 17,
                   sha256: str | None = None) -> Path:
     """An exported engine dir for this configuration, reused from `root` when one matches."""
-    from runtime.manifest import Manifest, ManifestError
+    from runtime.core.manifest import Manifest, ManifestError
 
     sha = sha256 or file_sha256(checkpoint)
     h, w = size
@@ -353,12 +359,7 @@ def calibration_folder(clip: Clip, workdir: Path, count: int = 8) -> Path:
 def write_json(path: Path, obj: Any) -> Path:
     """Write atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluation.davis import DatasetError, list_sequences
 from evaluation.metrics import EvaluationError
 from evaluation.sequences import (
     EvaluationResults,
@@ -35,11 +34,13 @@ from evaluation.sequences import (
     evaluate_sequences,
     predicted_sequences,
 )
+from runtime.cli import fail
+from runtime.media.davis import DatasetError, list_sequences
 
 if TYPE_CHECKING:
-    from runtime.config import RuntimeConfig
-    from runtime.manifest import Manifest
-    from runtime.outputs import OutputLock
+    from runtime.core.config import RuntimeConfig
+    from runtime.core.manifest import Manifest
+    from runtime.media.outputs import OutputLock
 
 
 def write_csvs(results: EvaluationResults, out_dir: str | Path, split: str = "val") -> list[Path]:
@@ -103,7 +104,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
-    from runtime.config import RuntimeConfig
+    from runtime.core.config import RuntimeConfig
     from runtime.options import runtime_settings
 
     return RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device)
@@ -141,8 +142,7 @@ def build_reference(args: argparse.Namespace, manifest: Manifest) -> Segmenter:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from runtime.backends import BACKENDS
-    from runtime.options import add_runtime_options
+    from runtime.options import add_execution_options, add_runtime_options
 
     p = argparse.ArgumentParser(
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
@@ -157,7 +157,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument(
         "--split-file", type=Path, help="one sequence per line (default: ImageSets/*/val.txt)"
     )
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="runtime backend")
+    add_execution_options(p, ("backend", "threads", "device"))
     p.add_argument("--reference", type=Path, help="also evaluate this PyTorch checkpoint")
     p.add_argument(
         "--reference-unbounded",
@@ -168,8 +168,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", default=None, help="name in the CSV file names (default: split stem)")
     p.add_argument("--save-masks", action="store_true", help="also write predicted PNGs to --out")
     add_runtime_options(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of CPU backends")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal for GPU backends")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.reference_unbounded and args.reference is None:
@@ -224,15 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "reference" in evaluated:
                 print(format_comparison(evaluated["runtime"], evaluated["reference"]))
     except _expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Settings in range and every folder the CSVs (and masks) go to writable, before the first
     frame runs."""
-    from runtime.outputs import check_writable_dir
+    from runtime.media.outputs import check_writable_dir
 
     runtime_config(args)  # RuntimeConfig checks its ranges (RuntimeConfigError)
     check_writable_dir(args.out)
@@ -241,7 +238,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _lock(out: Path) -> OutputLock:
-    from runtime.outputs import OutputLock
+    from runtime.media.outputs import OutputLock
 
     return OutputLock(out)
 
@@ -268,7 +265,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors the CLI reports as a message: bad data, bad engines, missing backends."""
     errors: tuple[type[BaseException], ...] = (DatasetError, EvaluationError, ValueError, OSError)
     try:
-        from runtime.errors import QDMNRuntimeError
+        from runtime.core.errors import QDMNRuntimeError
     except ImportError:
         return (*errors, ImportError)
     return (*errors, QDMNRuntimeError, ImportError)

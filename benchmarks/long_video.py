@@ -5,7 +5,7 @@ nothing is evicted).
     python benchmarks/long_video.py --engine-dir DIR [--frames 5000] [--memory-sizes 5,10,25,50]
         [--checkpoint CKPT --unbounded [--unbounded-cap-mb 2048] [--unbounded-max-frames N]]
         [--read-scaling 5,10,25,50,100] [--backend auto|ort-cpu|ort-cuda|openvino|trt]
-        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--threads T] [--out benchmarks/results]
+        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--threads T] [--out results]
 
 The video is the input's frames played forward, backward, forward... (ping-pong, so motion stays
 continuous) up to --frames; the default input is the shipped demo clip. Each memory limit beta
@@ -46,7 +46,6 @@ from typing import Any, Literal
 import numpy as np
 
 from benchmarks.common import (
-    GPU_BACKENDS,
     BenchmarkError,
     DeviceMemory,
     add_common_arguments,
@@ -62,8 +61,11 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from runtime.config import default_threads
-from runtime.memory_policy import ACCEPT_ALL
+from runtime.backends import GPU_BACKENDS
+from runtime.cli import fail
+from runtime.core.config import default_threads
+from runtime.core.memory_policy import ACCEPT_ALL
+from runtime.options import add_execution_options
 
 DEFAULT_MEMORY_SIZES = (5, 10, 25, 50)
 RunKind = Literal["qdmn", "reference", "unbounded"]
@@ -97,8 +99,8 @@ class RunSpec:
 
 # ---------------------------------------------------------------------------------- one run
 def _build(spec: RunSpec) -> Any:
-    from runtime.config import RuntimeConfig
-    from runtime.manifest import Manifest
+    from runtime.core.config import RuntimeConfig
+    from runtime.core.manifest import Manifest
 
     manifest = Manifest.load(spec.engine_dir)
     if spec.kind == "qdmn":
@@ -348,9 +350,9 @@ def read_scaling(manifest: Any, betas: Sequence[int], backend: str, threads: int
     already in place (ORT IO binding), plus the PyTorch function as the reference runs it."""
     import torch
 
-    from export.graphs import build_graphs, specs_for
     from export.to_onnx import export_graph
     from training.config import ModelConfig
+    from training.graphs import build_graphs, specs_for
     from training.model import QDMN, memory_readout
 
     if not manifest.model_config:
@@ -506,7 +508,6 @@ def plot_read_scaling(rs: dict[str, Any], path: Path) -> Path | None:
 
 # -------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from runtime.backends import BACKENDS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
@@ -536,7 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--read-scaling", default=None, metavar="B1,B2,...",
                    help="time memory_read alone for these memory sizes")
     p.add_argument("--read-iters", type=int, default=30)
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    add_execution_options(p, ("backend",))
     add_common_arguments(p)
     p.add_argument("--window", type=int, default=50, help="frames per FPS window")
     p.add_argument("--warmup", type=int, default=100,
@@ -628,9 +629,9 @@ def plan(args: argparse.Namespace, manifest: Any, threads: int) -> list[RunSpec]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.errors import QDMNRuntimeError
-    from runtime.manifest import Manifest, ManifestError
-    from runtime.outputs import check_writable_dir
+    from runtime.core.errors import QDMNRuntimeError
+    from runtime.core.manifest import Manifest, ManifestError
+    from runtime.media.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
@@ -653,8 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rs = read_scaling(manifest, betas, args.backend, threads, args.read_iters,
                               args.device, workdir=args.out, spin=args.spin)
     except (BenchmarkError, ManifestError, QDMNRuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     rows = [summarize_run(r, args.window, args.warmup, report_at) for r in runs]
     result = {
         "benchmark": "long_video",

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.cli import fail
 from training.checkpoint import official_config
 from training.model import QDMN
 
@@ -49,8 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(speed_only_model(args.seed).state_dict(), args.out)
     except OSError as e:
-        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return fail(f"cannot write {args.out}: {e.strerror or e}")
     print(f"wrote {args.out} (official QDMN layout, RANDOM weights: for speed measurements only)")
     return 0
 

@@ -1,7 +1,7 @@
 """Ways to run QDMN's exact top-k memory read, timed on a real full memory bank.
 
     python benchmarks/read_options.py --engine-dir DIR [--threads 2] [--iters 20]
-        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--out benchmarks/results]
+        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--out results]
 
 The bank comes from running the runtime (ORT CPU) on the input until every slot is full; the
 query is the next frame's. Every option below computes the same readout as
@@ -16,7 +16,7 @@ shapes, then timed with its inputs bound in place (wall ms with --threads, CPU m
                         over the S*k candidates
     block-max-topk      deployed layout: the k blocks with the largest maxima, then TopK over
                         their elements (exact: no other block holds a top-k element)
-    deployed            export/memory_read.py: bank (N,S,P,C), one GEMM per object, one TopK,
+    deployed            training/memory_read.py: bank (N,S,P,C), one GEMM per object, one TopK,
                         row gather (ONNX Runtime; also on OpenVINO)
     keys-prescaled      deployed, with 1/sqrt(CK) applied to the keys at insertion instead of
                         to the query per frame (the only per-key term of a dot-product affinity)
@@ -54,6 +54,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
+from runtime.cli import fail
 
 Memory = dict[str, np.ndarray]  # query_key (1,CK,h,w), mem_keys/mem_values (N,S,P,C), mem_valid
 
@@ -61,8 +62,8 @@ Memory = dict[str, np.ndarray]  # query_key (1,CK,h,w), mem_keys/mem_values (N,S
 def real_memory(engine_dir: Path, clip: Any, threads: int) -> Memory:
     """Run the runtime long enough to fill the bank (mem_every x memory_size frames, every
     candidate accepted with a trained QAM); return the next frame's read inputs."""
-    from runtime.config import RuntimeConfig
-    from runtime.resize import resize_frame
+    from runtime.core.config import RuntimeConfig
+    from runtime.core.resize import resize_frame
     from runtime.segmenter import Segmenter
 
     seg = Segmenter(engine_dir, backend="ort-cpu", config=RuntimeConfig(threads=threads))
@@ -91,7 +92,7 @@ def options(top_k: int, slots: int, h: int, w: int
     import torch
     import torch.nn.functional as F
 
-    from export.memory_read import banked_memory_read
+    from training.memory_read import banked_memory_read
     from training.model import INVALID_SLOT_BIAS, memory_readout
 
     def bias_of(valid: Any, s: int, p: int) -> Any:
@@ -261,7 +262,7 @@ def time_parts(mem: Memory, top_k: int, threads: int, iters: int, tmp: Path
     """Median wall ms of the deployed read's parts alone on ONNX Runtime."""
     import torch
 
-    from export.memory_read import affinity, affinity_top_k
+    from training.memory_read import affinity, affinity_top_k
 
     def gemm_top_k(qk, mk, valid):
         return affinity_top_k(qk, mk, valid, top_k)[0]
@@ -286,7 +287,7 @@ def bf16_selection(mem: Memory, top_k: int) -> dict[str, float]:
     """Rows whose top-k set changes when the affinity's inputs are rounded to bf16."""
     import torch
 
-    from export.memory_read import affinity_top_k
+    from training.memory_read import affinity_top_k
 
     t = {n: torch.from_numpy(a) for n, a in mem.items()}
     _, ref = affinity_top_k(t["query_key"], t["mem_keys"], t["mem_valid"], top_k)
@@ -312,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads or default_threads()
     import torch
 
-    from runtime.errors import QDMNRuntimeError
-    from runtime.manifest import Manifest, ManifestError
+    from runtime.core.errors import QDMNRuntimeError
+    from runtime.core.manifest import Manifest, ManifestError
     from training.model import memory_readout
 
     torch.set_num_threads(threads)
@@ -323,8 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("filling the memory bank...", file=sys.stderr, flush=True)
         mem = real_memory(args.engine_dir, clip, threads)
     except (BenchmarkError, ManifestError, QDMNRuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     h, w = manifest.feature_size
     k = manifest.top_k
     t = {n: torch.from_numpy(a) for n, a in in_layout(mem, "slot-5d", h, w).items()}

@@ -4,7 +4,7 @@ with the time of every stage (where the time goes).
     python benchmarks/speed.py --engine-dir DIR --checkpoint CKPT [--frames 100] [--warmup N]
         [--variants all | torch-fp32,torch-bf16,ort-cpu,ort-cpu-int8,openvino,openvino-bf16,...]
         [--int8-engine-dir DIR | --calib FRAMES_DIR] [--threads T]
-        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--out benchmarks/results]
+        [--input FRAMES_DIR|VIDEO --mask FIRST.png] [--out results]
 
 Every variant segments the same frames (the input played forward and backward, decoded
 beforehand) at the engine's resolution, object count and memory bank, with the same number of
@@ -60,8 +60,9 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from runtime.config import default_threads
-from runtime.memory_policy import ACCEPT_ALL
+from runtime.cli import fail
+from runtime.core.config import default_threads
+from runtime.core.memory_policy import ACCEPT_ALL
 from runtime.segmenter import STAGES
 
 VARIANTS: dict[str, str] = {
@@ -97,42 +98,6 @@ class Context:
     spin: bool = False  # ORT CPU threads busy-wait (the runtime's --spin)
 
 
-# ----------------------------------------------------------------------------- PyTorch bf16
-def bf16_model(model: Any) -> Any:
-    """QDMN's four inference methods under bf16 autocast with channels_last weights, FP32
-    outputs (the segmenter and the bank stay FP32, as a PyTorch user's loop would)."""
-    import torch
-
-    class Bf16QDMN(torch.nn.Module):
-        def __init__(self, inner: Any):
-            super().__init__()
-            self.inner = inner.eval().to(memory_format=torch.channels_last)
-            self.cfg = inner.cfg
-
-        def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = fn(*args)
-            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-
-        def encode_query(self, image: Any, prev_prob: Any) -> Any:
-            return self._call(self.inner.encode_query,
-                              image.contiguous(memory_format=torch.channels_last), prev_prob)
-
-        def memory_kv(self, image: Any, masks: Any) -> Any:
-            return self._call(self.inner.memory_kv, image, masks)
-
-        def assess_quality(self, features: Any) -> Any:
-            return self._call(self.inner.assess_quality, features)
-
-        def read_memory(self, *args: Any) -> Any:
-            return self._call(self.inner.read_memory, *args)
-
-        def decode(self, *args: Any) -> Any:
-            return self._call(self.inner.decode, *args)
-
-    return Bf16QDMN(model)
-
-
 def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
     if ctx.checkpoint is None:
         raise Skip("needs --checkpoint")
@@ -140,7 +105,7 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
         import torch
     except ImportError:
         raise Skip("torch is not installed") from None
-    from runtime.config import RuntimeConfig, check_threads
+    from runtime.core.config import RuntimeConfig, check_threads
     from runtime.segmenter import Segmenter
     from training.checkpoint import load_model
     from training.reference import TorchBackend, reference_manifest
@@ -151,8 +116,17 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
     ref = reference_manifest(model.cfg, m.height, m.width, m.max_objects, m.memory_size,
                              mem_every=m.mem_every, quality_threshold=m.quality_threshold,
                              checkpoint_sha256=m.checkpoint_sha256)
-    backend = TorchBackend(bf16_model(model) if bf16 else model, ref)
-    backend.name = "torch-bf16" if bf16 else "torch"
+    if bf16:  # every graph under bf16 autocast, channels_last weights, FP32 outputs
+        class Bf16Backend(TorchBackend):
+            name = "torch-bf16"
+
+            def _execute(self, graph: str, inputs: dict[str, Any]) -> dict[str, Any]:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return super()._execute(graph, inputs)
+
+        backend = Bf16Backend(model.to(memory_format=torch.channels_last), ref)
+    else:
+        backend = TorchBackend(model, ref)
     return Segmenter.from_backend(ref, backend, RuntimeConfig(threads=ctx.threads,
                                                               quality_threshold=ACCEPT_ALL))
 
@@ -161,9 +135,9 @@ def _torch_segmenter(ctx: Context, bf16: bool) -> Any:
 def _runtime_segmenter(ctx: Context, backend: str, engine_dir: Path) -> Any:
     """The runtime's Segmenter on `backend` (a runtime backend name), as `run.py` builds it."""
     from runtime.backends import create_backend
-    from runtime.config import RuntimeConfig
-    from runtime.errors import BackendUnavailableError
-    from runtime.manifest import Manifest
+    from runtime.core.config import RuntimeConfig
+    from runtime.core.errors import BackendUnavailableError
+    from runtime.core.manifest import Manifest
     from runtime.segmenter import Segmenter
 
     manifest = Manifest.load(engine_dir)
@@ -248,7 +222,7 @@ def mean_iou(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
 def run_variants(names: Sequence[str], ctx: Context, clip: Clip, frames: int,
                  warmup: int) -> list[dict[str, Any]]:
     """Measure each variant on the same frames; skipped ones carry `skipped` (the reason)."""
-    from runtime.errors import QDMNRuntimeError
+    from runtime.core.errors import QDMNRuntimeError
 
     video = clip.video(1 + warmup + frames)
     results: list[dict[str, Any]] = []
@@ -404,9 +378,9 @@ def _variant_names(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.errors import QDMNRuntimeError
-    from runtime.manifest import Manifest, ManifestError
-    from runtime.outputs import check_writable_dir
+    from runtime.core.errors import QDMNRuntimeError
+    from runtime.core.manifest import Manifest, ManifestError
+    from runtime.media.outputs import check_writable_dir
 
     threads = args.threads or default_threads()
     try:
@@ -438,8 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       else args.warmup)
             results = run_variants(names, ctx, clip, args.frames, warmup)
     except (BenchmarkError, ManifestError, QDMNRuntimeError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     machine = machine_info(threads)
     result = {
         "benchmark": "speed",
@@ -473,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _int8_engine(args: argparse.Namespace, manifest: Any, clip: Clip, tmp: Path,
                  sha: str | None) -> Path:
-    from runtime.manifest import Manifest, ManifestError
+    from runtime.core.manifest import Manifest, ManifestError
 
     if args.int8_engine_dir is not None:
         try:

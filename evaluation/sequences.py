@@ -20,7 +20,6 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.davis import DatasetError, read_sequence, write_labels
 from evaluation.metrics import (
     EvaluationError,
     GlobalResult,
@@ -29,8 +28,9 @@ from evaluation.metrics import (
     summarize,
 )
 from runtime.job import RUN_LOG, frame_png
-from runtime.masks import MaskMode, read_labels
-from runtime.sources import read_frame
+from runtime.media.davis import DatasetError, read_sequence, write_labels
+from runtime.media.masks import MaskMode, read_labels
+from runtime.media.sources import read_frame
 
 
 class Segmenter(Protocol):

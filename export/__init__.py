@@ -1,4 +1,4 @@
-"""Exporter: QDMN checkpoint -> four static-shape ONNX graphs + manifest (-> TensorRT engines).
+"""Exporter: QDMN checkpoint -> five static-shape ONNX graphs + manifest (-> TensorRT engines).
 
     export.to_onnx.export_checkpoint(ckpt, out_dir, ...)    python export/to_onnx.py
     export.build_engines.build_engines(dir, ...)             python export/build_engines.py

@@ -27,14 +27,15 @@ import argparse
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, GraphSpec, Manifest, ManifestError
+from runtime.cli import fail
+from runtime.core.manifest import GRAPH_NAMES, MANIFEST_NAME, GraphSpec, Manifest, ManifestError
+from runtime.media.outputs import write_atomic
 
 INSTALL_HINT = ('TensorRT is not installed: on a machine with an NVIDIA GPU, pip install ".[trt]" '
                 "(NVIDIA's tensorrt 10.x wheels + pycuda)")
@@ -88,12 +89,12 @@ def build_engines(
         t0 = time.perf_counter()
         plan = _build(builder, logger, config, engine_dir / spec.file, spec, strongly_typed)
         engine_file = f"{name}.engine"
-        _write_atomic(engine_dir / engine_file, plan)
+        write_atomic(engine_dir / engine_file, plan)
         graphs[name] = dataclasses.replace(spec, engine=engine_file,
                                            engine_sha256=hashlib.sha256(plan).hexdigest())
         print(f"{name}: {engine_file} ({len(plan) / 2**20:.1f} MiB, "
               f"{time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    _write_atomic(cache_path, bytes(memoryview(cache.serialize())))
+    write_atomic(cache_path, bytes(memoryview(cache.serialize())))
 
     gpu_name, cc = gpu_info()
     manifest = dataclasses.replace(manifest, graphs=graphs, tensorrt={
@@ -103,7 +104,7 @@ def build_engines(
         "timing_cache": cache_path.name if cache_path.parent == engine_dir else str(cache_path),
     })
     manifest.validate()
-    _write_atomic(engine_dir / MANIFEST_NAME, manifest.to_json().encode())
+    write_atomic(engine_dir / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
 
 
@@ -180,12 +181,6 @@ def _static_check(engine_dir: Path, manifest: Manifest) -> None:
                              + "; ".join(map(str, errors)))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("engine_dir", type=Path, help="folder written by export/to_onnx.py")
@@ -203,15 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
+        return fail(INSTALL_HINT)
     try:
         m = build_engines(args.engine_dir, fp16=args.fp16, int8=args.int8,
                           workspace_gb=args.workspace, timing_cache=args.timing_cache,
                           verbose=args.verbose)
     except (BuildError, ManifestError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        return fail(e)
     built = m.tensorrt or {}
     print(f"TensorRT {built.get('version')} engines for {built.get('gpu_name')} "
           f"(sm {built.get('compute_capability')}) in {args.engine_dir}")

@@ -27,10 +27,11 @@ import numpy as np
 import onnx
 
 from export.errors import ExportError
-from runtime.manifest import GraphSpec
-from runtime.memory_policy import DEFAULT_MEM_EVERY, FIXED_SLOTS
+from runtime.core.errors import InputError
+from runtime.core.manifest import GraphSpec
+from runtime.core.memory_policy import DEFAULT_MEM_EVERY, FIXED_SLOTS
+from runtime.media import sources
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 QUANTISED_GRAPHS = ("encoder", "qam", "quality", "decoder")
 MAX_SEQUENCES = 4
 FRAMES_PER_SEQUENCE = 8
@@ -45,25 +46,24 @@ def find_frames(folder: str | Path, max_sequences: int = MAX_SEQUENCES,
         raise ExportError(f"calibration folder not found: {folder}")
 
     def images(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        return sorted(p for p in d.iterdir() if p.suffix.lower() in sources.FRAME_EXTS)
 
     seqs = [images(folder)] if images(folder) else \
         [images(d) for d in sorted(folder.iterdir()) if d.is_dir()]
     seqs = [s[:frames_per_sequence] for s in seqs if len(s) >= 2][:max_sequences]
     if not seqs:
-        raise ExportError(f"no calibration frames (at least 2 {'/'.join(IMAGE_EXTENSIONS)} "
+        raise ExportError(f"no calibration frames (at least 2 {'/'.join(sources.FRAME_EXTS)} "
                           f"images in a folder) in {folder}")
     return seqs
 
 
-def read_frame(path: Path, height: int, width: int) -> np.ndarray:
+def calibration_frame(path: Path, height: int, width: int) -> np.ndarray:
     """(1, H, W, 3) uint8 RGB, resized like the runtime resizes (INTER_AREA)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ExportError(f"cannot read calibration frame {path}")
-    rgb = cv2.cvtColor(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA),
-                       cv2.COLOR_BGR2RGB)
-    return rgb[None]
+    try:
+        rgb = sources.read_frame(path)
+    except InputError as e:
+        raise ExportError(f"calibration: {e}") from None
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)[None]
 
 
 def synthetic_masks(n: int, height: int, width: int) -> np.ndarray:
@@ -112,13 +112,13 @@ def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, Graph
         keys = np.zeros(key_shape, np.float32)
         values = np.zeros(value_shape, np.float32)
         valid = np.zeros((s,), np.float32)
-        image = read_frame(seq[0], height, width)
+        image = calibration_frame(seq[0], height, width)
         prob = synthetic_masks(n, height, width)
         keys[:, 0], values[:, 0] = memorise(image, prob)
         valid[0] = 1
         next_slot = 1
         for t, path in enumerate(seq[1:], start=1):
-            image = read_frame(path, height, width)
+            image = calibration_frame(path, height, width)
             qk, qv, f8, f4 = run("encoder", {"image": image, "prev_prob": prob})
             (readout,) = run("memory_read", {"query_key": qk, "mem_keys": keys,
                                              "mem_values": values, "mem_valid": valid})

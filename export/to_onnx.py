@@ -1,4 +1,4 @@
-"""Export a QDMN checkpoint to the four static-shape ONNX graphs + manifest the runtime reads.
+"""Export a QDMN checkpoint to the five static-shape ONNX graphs + manifest the runtime reads.
 
     python export/to_onnx.py CKPT --out DIR [--size H W] [--max-objects N] [--memory-size B]
                              [--fp16] [--int8 --calib DIR_OF_FRAMES] [--opset 17]
@@ -19,13 +19,7 @@ file of the user's that the export would overwrite is refused. Precisions (all k
     int8  static QDQ quantisation (see export/quantize.py) of encoder, qam and decoder convs;
           memory_read stays FP32.
 
-Measured parity against the PyTorch FP32 functions (ONNX Runtime CPU, tests/test_export.py:
-light model with ImageNet trunks, 64x112, real DAVIS frames; max |diff| / max |output|):
-    fp32  encoder 8.8e-5/70, qam 2.0e-5/15, memory_read 1.9e-6/12, decoder prob 7.2e-7
-    fp16  encoder 0.12/70,   qam 0.044/15,  memory_read 5.6e-3/12, decoder prob 7.7e-4
-          (tolerance used: 1e-3 + 5e-3 * max|output|)
-    int8  encoder 20/70,     qam 3.5/15,    memory_read exact,     decoder prob 0.05
-See docs/export.md.
+Parity of each precision with the PyTorch FP32 functions, as measured: docs/export.md.
 """
 
 from __future__ import annotations
@@ -46,10 +40,10 @@ import torch
 
 from export.errors import ExportError
 from export.fp16 import convert_to_fp16
-from export.graphs import build_graphs, example_inputs, specs_for
 from export.trt_check import check_model, errors_of
-from runtime.errors import OutputError
-from runtime.manifest import (
+from runtime.cli import fail
+from runtime.core.errors import OutputError
+from runtime.core.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
     PRECISIONS,
@@ -59,18 +53,20 @@ from runtime.manifest import (
     ManifestError,
     file_sha256,
 )
-from runtime.masks import VOID_ID
-from runtime.memory_policy import DEFAULT_MEMORY_SIZE
-from runtime.outputs import StagedFolder
+from runtime.core.memory_policy import DEFAULT_MEMORY_SIZE
+from runtime.media.masks import VOID_ID
+from runtime.media.outputs import StagedFolder, interrupt_exit_code, terminate_as_interrupt
 from training.checkpoint import CheckpointError, checkpoint_quality_score, load_model
 from training.config import ConfigError
+from training.graphs import build_graphs, example_inputs, specs_for
 from training.model import IMAGENET_MEAN, IMAGENET_STD, QDMN
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = (480, 864)
-MIN_OPSET = 17
-MAX_OPSET = 20  # the TorchScript exporter's newest opset (TensorRT 10.16 parses 9..24)
+# Opsets the exporter writes: up to the TorchScript exporter's newest; TensorRT parses all of
+# them (export.trt_ops.MIN_OPSET..MAX_OPSET, which tests/test_trt_check.py holds it to).
+EXPORT_OPSETS = range(17, 21)
 MAX_OBJECT_ID = VOID_ID - 1  # object ids are palette indices: 0 background, 255 void
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
@@ -87,7 +83,7 @@ def export_checkpoint(
     opset: int = 17,
     calib_frames: str | Path | None = None,
 ) -> Manifest:
-    """Export `ckpt_path` to `out_dir` (four ONNX graphs + manifest.json); return the manifest.
+    """Export `ckpt_path` to `out_dir` (five ONNX graphs + manifest.json); return the manifest.
 
     size: (H, W), multiples of STRIDE (16); None = the checkpoint's config["image_size"], else 480x864.
     calib_frames: a folder of frames (or of sequence folders), required for precision="int8".
@@ -95,8 +91,9 @@ def export_checkpoint(
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} not in {PRECISIONS}")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET}")
+    if opset not in EXPORT_OPSETS:
+        raise ExportError(f"opset {opset} not supported: use {EXPORT_OPSETS.start}.."
+                          f"{EXPORT_OPSETS.stop - 1}")
     if not 1 <= max_objects <= MAX_OBJECT_ID:
         raise ExportError(f"max_objects must be in 1..{MAX_OBJECT_ID} (object ids are palette "
                           f"indices, {VOID_ID} is void), got {max_objects}")
@@ -311,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help=f"static input size, multiples of {STRIDE} (default: the checkpoint's "
                         f"image_size, else {DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
-    p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--max-objects", type=int, default=4,
+                   help="objects the graphs hold per video (default 4); each costs compute "
+                        "in the memory read and the decoder, so export no more than you need")
     p.add_argument("--memory-size", type=int, default=DEFAULT_MEMORY_SIZE,
                    help=f"dynamic memory slots (beta, default {DEFAULT_MEMORY_SIZE})")
     prec = p.add_mutually_exclusive_group()
@@ -325,25 +324,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.calib is not None and not args.int8:
         p.error("--calib is only used with --int8")
     try:
-        m = export_checkpoint(
-            args.checkpoint, args.out, size=args.size, max_objects=args.max_objects,
-            memory_size=args.memory_size, precision=precision, opset=args.opset,
-            calib_frames=args.calib)
-    except (ExportError, CheckpointError, ConfigError, ManifestError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the temporary folder's disk is full
-        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
-              file=sys.stderr)
-        return 2
+        with terminate_as_interrupt():  # SIGTERM removes the staging folder as Ctrl-C does
+            m = export_checkpoint(
+                args.checkpoint, args.out, size=args.size, max_objects=args.max_objects,
+                memory_size=args.memory_size, precision=precision, opset=args.opset,
+                calib_frames=args.calib)
+    except KeyboardInterrupt as e:
+        print("interrupted: nothing written", file=sys.stderr)
+        return interrupt_exit_code(e)
+    except (ExportError, CheckpointError, ConfigError, ManifestError, OSError) as e:
+        return fail(e)  # OSError: e.g. the temporary folder's disk is full
     print(json.dumps({"out": str(args.out), "size": [m.height, m.width],
                       "max_objects": m.max_objects, "memory_size": m.memory_size,
                       "precision": m.precision, "graphs": [g.file for g in m.graphs.values()]}))
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -33,11 +33,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from export.fp16 import FP16_MAX
 from export.trt_ops import MAX_OPSET, MIN_OPSET, ONNX_TYPE_NAMES, OPS, TRT_VERSION
+from runtime.cli import fail
 
 TOPK_MAX_K = 3840
 MAX_VOLUME = 2**31 - 1
-FP16_MAX = 65504.0
 RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric",
                      "align_corners")
 RESIZE_NEAREST = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
@@ -386,8 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.paths:
         files = _graph_files(path)
         if not files or not all(f.is_file() for f in files):
-            print(f"error: no ONNX graph at {path}", file=sys.stderr)
-            return 2
+            return fail(f"no ONNX graph at {path}")
         for f in files:
             issues = check_model(f)
             errors = errors_of(issues)

@@ -36,8 +36,11 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from runtime.backends import BACKENDS
-from runtime.config import RuntimeConfig
+from runtime.backends import BACKENDS, GPU_BACKENDS  # each GPU worker asks Ray for one GPU
+from runtime.cli import fail, one_line, warnings_as_lines
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import QDMNRuntimeError
+from runtime.core.manifest import Manifest
 from runtime.corpus import (
     OVERLAY,
     Outcome,
@@ -50,17 +53,15 @@ from runtime.corpus import (
     video_key,
     write_summary,
 )
-from runtime.errors import QDMNRuntimeError
-from runtime.job import check_outputs, segment_video
-from runtime.manifest import Manifest, ManifestError
-from runtime.options import add_runtime_options, runtime_settings
-from runtime.outputs import (
+from runtime.job import check_apart, check_outputs, segment_video
+from runtime.media.outputs import (
     OutputLock,
-    Terminated,
     check_writable_dir,
     deferred_signals,
+    interrupt_exit_code,
     terminate_as_interrupt,
 )
+from runtime.options import add_execution_options, add_runtime_options, runtime_settings
 from runtime.segmenter import Segmenter
 
 try:
@@ -68,21 +69,13 @@ try:
 except ImportError:  # the optional [cluster] extra
     ray = None
 
-GPU_BACKENDS = ("trt", "ort-cuda")  # each of their workers asks Ray for one GPU
 KILL_WAIT_S = 30.0  # after Ctrl-C: how long to wait for the killed workers to be gone
 PROBE_S = 10.0  # --address: how long the cluster may take to answer a gRPC handshake
+RESTART_WAIT_S = 60.0  # how long a dead worker may take to be restarted by Ray
 
 
 class BatchError(QDMNRuntimeError):
     """A problem found before any video starts (printed as one line; nothing written)."""
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line: our errors' own message, others prefixed by their type."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, (QDMNRuntimeError, ManifestError)):
-        return text
-    return f"{type(e).__name__}: {text}"
 
 
 @dataclass(frozen=True)
@@ -327,6 +320,7 @@ def _schedule(actors: list[Any], where: list[str], todo: collections.deque[Video
                 if outcome is not None and outcome.worker:
                     where[i] = outcome.worker
                 if outcome is None:  # its worker died: once, so retry it on the restarted one
+                    where[i] = _restarted(actors[i]) or where[i]
                     submit(i, video, 2)
                     continue
                 outcomes[video.name] = outcome
@@ -361,6 +355,22 @@ def _schedule(actors: list[Any], where: list[str], todo: collections.deque[Video
         return stop
     finally:
         bar.close()
+
+
+def _restarted(actor: Any) -> str | None:
+    """Wait (up to RESTART_WAIT_S) for a worker Ray is restarting; its new "node:pid", or None.
+    A task sent while it restarts fails at once (ActorUnavailableError), which would spend the
+    retry of a video whose worker died once."""
+    deadline = time.monotonic() + RESTART_WAIT_S
+    while True:
+        try:
+            return ray.get(actor.describe.remote(), timeout=RESTART_WAIT_S)["worker"]
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None
 
 
 def _wait_until_exited(where: list[str], deadline: float) -> None:
@@ -447,7 +457,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Ray actors, each with its own graphs (default: CPUs / threads, or "
                         "the GPU count for trt/ort-cuda)")
     p.add_argument("--threads-per-worker", type=int, help="CPU threads per worker (default 1)")
-    p.add_argument("--backend", default="auto", help=f"one of {', '.join(BACKENDS)}")
+    add_execution_options(p, ("backend",))
     add_runtime_options(p)
     p.add_argument("--max-frames", type=int, help="stop each video after this many frames")
     p.add_argument("--overlay", action="store_true", help=f"also write OUT/<video>/{OVERLAY}")
@@ -457,15 +467,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    warnings_as_lines()
     try:
         return _main(args)
-    except (QDMNRuntimeError, ManifestError, OSError) as e:
-        print(f"error: {one_line(e) if not isinstance(e, OSError) else e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except (QDMNRuntimeError, OSError) as e:
+        return fail(e)
+    except KeyboardInterrupt as e:
         print("interrupted before any video started: nothing written", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(e)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -484,7 +493,8 @@ def _main(args: argparse.Namespace) -> int:
     videos = list_videos(args.videos)
     output = args.output.absolute()
     check_writable_dir(output)
-    lock = OutputLock(output)  # for the whole run: a second corpus run into OUT is refused
+    # for the whole run: a second corpus run into OUT is refused; its workers write inside
+    lock = OutputLock(output, nested=True)
     try:
         return _run(args, manifest, config, videos, output)
     finally:
@@ -494,7 +504,9 @@ def _main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, manifest: Manifest, config: RuntimeConfig,
          videos: list[Video], output: Path) -> int:
     for v in videos:
-        check_outputs(output / v.name, output / v.name / OVERLAY if args.overlay else None)
+        overlay = output / v.name / OVERLAY if args.overlay else None
+        check_apart(output / v.name, overlay, {"input": v.input, "mask": v.mask})
+        check_outputs(output / v.name, overlay)
     check_summary_target(output)
     fingerprint = engine_fingerprint(manifest)
     settings = Settings(args.backend, config.memory_size, config.mem_every,
@@ -529,7 +541,7 @@ def _report(result: CorpusRun, summary: Path, quiet: bool) -> int:
         finished = by["done"] + by["skipped"]
         print(f"interrupted: {len(finished)} of {total} videos finished "
               f"({', '.join(finished) or 'none'}); {counts}; see {summary}", file=sys.stderr)
-        return 143 if isinstance(result.interrupted, Terminated) else 130
+        return interrupt_exit_code(result.interrupted)
     if by["failed"]:
         first = next(o for o in result.outcomes if o.status == "failed")
         more = f" and {len(by['failed']) - 1} more" if len(by["failed"]) > 1 else ""

@@ -2,7 +2,7 @@
 
 Used by `runtime/batch.py` (the Ray corpus runner); Ray-free, so it is testable on its own.
 
-A corpus is a DAVIS-layout root (`evaluation.davis.DavisLayout`: `JPEGImages/480p/<video>/`
+A corpus is a DAVIS-layout root (`runtime.media.davis.DavisLayout`: `JPEGImages/480p/<video>/`
 frames and `Annotations/480p/<video>/`, whose first PNG is the first-frame mask) or a CSV/JSON
 list of (input, mask[, name]) entries: input a folder of frames or a video file, relative paths
 taken from the list's folder. Each video is written to `OUT/<name>/` exactly as `runtime/run.py`
@@ -16,25 +16,23 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.davis import DavisLayout
-from runtime.errors import OutputError, QDMNRuntimeError
+from runtime.core.errors import OutputError, QDMNRuntimeError
+from runtime.core.manifest import Manifest, file_sha256
 from runtime.job import RUN_LOG
-from runtime.manifest import Manifest, file_sha256
-from runtime.outputs import OutputLock
+from runtime.media.davis import DavisLayout
+from runtime.media.outputs import OutputLock, write_atomic
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 TOOL = "runtime/batch.py"  # marks the summary files this tool wrote (and may replace)
-STAGING = ".partial-"  # runtime.outputs stages `OUT/<name>` as `OUT/.<name>.partial-*`
+STAGING = ".partial-"  # runtime.media.outputs stages `OUT/<name>` as `OUT/.<name>.partial-*`
 OVERLAY = "overlay.mp4"  # OUT/<name>/overlay.mp4, staged as OUT/<name>/.overlay.partial-*.mp4
 STATUSES = ("done", "skipped", "failed", "interrupted", "not run")
 
@@ -179,7 +177,7 @@ def completed_log(output: Path, video: Video, key: Mapping[str, Any]) -> dict[st
 
 def remove_staging(output: Path, name: str) -> None:
     """Remove what a killed worker left of video `name`: its hidden staging folder/overlay
-    and their lock files (only names runtime.outputs gives them) and `OUT/<name>/` if that is
+    and their lock files (only names runtime.media.outputs gives them) and `OUT/<name>/` if that is
     left empty."""
     folder = output / name
     overlay = Path(OVERLAY)
@@ -258,25 +256,13 @@ def write_summary(output: Path, run: Mapping[str, Any], outcomes: Iterable[Outco
     rows = [asdict(o) for o in outcomes]
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     doc = {"tool": TOOL, **run, "counts": counts, "videos": rows}
-    _atomic_write(output / SUMMARY_JSON, json.dumps(doc, indent=1))
+    write_atomic(output / SUMMARY_JSON, json.dumps(doc, indent=1))
     lines: list[list[Any]] = [list(CSV_FIELDS)]
     lines += [["" if r[f] is None else " | ".join(r[f]) if isinstance(r[f], list) else r[f]
                for f in CSV_FIELDS] for r in rows]
     buf = io.StringIO()
     csv.writer(buf).writerows(lines)
-    _atomic_write(output / SUMMARY_CSV, buf.getvalue())
+    write_atomic(output / SUMMARY_CSV, buf.getvalue())
     return output / SUMMARY_JSON
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{STAGING}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a summary is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -3,7 +3,7 @@
 `segment_video(segmenter, source, mask, output_dir)` takes an already built `Segmenter`, so one
 process loads the graphs once and segments many videos (`Segmenter.start` resets every per-video
 state). It writes `output_dir/00000.png ...` (palette PNGs at the frames' size, index = object
-id), `output_dir/run.json` and optionally an overlay video, following `runtime.outputs`' rule:
+id), `output_dir/run.json` and optionally an overlay video, following `runtime.media.outputs`' rule:
 everything is staged in a hidden folder next to the output and moved in at the end, replacing
 only what an earlier run wrote; a failure leaves nothing behind; the output is locked for the
 run's life, so a second run into it is refused.
@@ -17,7 +17,7 @@ run.json reports the model's FPS (time inside the segmenter) and the end-to-end 
 same frames, and the frames the input declared and those decoded: a video that ends early is
 reported with a warning.
 
-Ctrl-C (or SIGTERM inside `runtime.outputs.terminate_as_interrupt()`) keeps the frames finished
+Ctrl-C (or SIGTERM inside `runtime.media.outputs.terminate_as_interrupt()`) keeps the frames finished
 so far, marks run.json `"interrupted": true` and raises `JobInterrupted`.
 
 Frames of one video keep the first frame's size and colour mode: a frame of another size with
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import queue
 import re
 import threading
@@ -44,14 +45,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from runtime.errors import InputError, MaskError, OutputError, QDMNRuntimeError
-from runtime.manifest import Manifest
-from runtime.masks import object_ids, read_mask
-from runtime.outputs import StagedFile, StagedFolder, deferred_signals
-from runtime.palette import OverlayWriter, check_overlay_name, save_palette_png
-from runtime.resize import resize_frame
+from runtime.core.errors import InputError, MaskError, OutputError, QDMNRuntimeError
+from runtime.core.geometry import same_aspect
+from runtime.core.manifest import Manifest
+from runtime.core.resize import resize_frame
+from runtime.media.masks import object_ids, read_mask
+from runtime.media.outputs import StagedFile, StagedFolder, deferred_signals
+from runtime.media.palette import OverlayWriter, check_overlay_name, save_palette_png
+from runtime.media.sources import FolderSource, FrameSource, open_source, with_last
 from runtime.segmenter import FrameRecord, RunTotals, Segmenter
-from runtime.sources import FolderSource, FrameSource, open_source, with_last
 
 RUN_LOG = "run.json"
 QUEUE_FRAMES = 4  # frames decoded ahead / waiting to be written: enough to hide jitter
@@ -87,6 +89,34 @@ def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> 
             t.abort()
 
 
+def check_apart(output_dir: str | Path, overlay: str | Path | None,
+                inputs: Mapping[str, str | Path | FrameSource | None]) -> None:
+    """Refuse (OutputError) an output that is one of the run's inputs (`inputs`: what each is
+    called -> its path): masks written among a folder's frames are read back as frames by the
+    next run, and an overlay written over the input video replaces it."""
+    out = os.path.realpath(output_dir)
+    video = os.path.realpath(overlay) if overlay is not None else None
+    for what, path in inputs.items():
+        if path is None or isinstance(path, FrameSource) or not os.path.exists(path):
+            continue  # a camera, a stream, an in-memory source
+        real = os.path.realpath(path)
+        if real == out:
+            raise OutputError(f"output {output_dir} is the {what} {path}: write the masks into "
+                              "a folder of their own")
+        if real == video:
+            raise OutputError(f"overlay {overlay} is the {what} {path}: it would be replaced")
+
+
+def _mask_array(mask: np.ndarray) -> np.ndarray:
+    """A first mask given as an array: (H, W) integer object ids in 0..255."""
+    if (mask.ndim != 2 or 0 in mask.shape or not (np.issubdtype(mask.dtype, np.integer)
+                                                  or mask.dtype == bool)
+            or mask.min() < 0 or mask.max() > 255):
+        raise MaskError(f"the first mask must be an (H, W) array of object ids in 0..255, got "
+                        f"shape {mask.shape} {mask.dtype}")
+    return mask.astype(np.uint8)
+
+
 def segment_video(
     segmenter: Segmenter,
     source: str | Path | FrameSource,
@@ -101,7 +131,7 @@ def segment_video(
     """Segment `source` from its first-frame `mask` into `output_dir`; return run.json's content.
 
     source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
-    mask: a mask file (see `runtime.masks.read_mask`) or (H0, W0) uint8 object ids.
+    mask: a mask file (see `runtime.media.masks.read_mask`) or (H0, W0) uint8 object ids.
     overlay: also write a video of the masks over the frames (.mp4, .avi or .mkv). extra: more
     run.json fields.
     Raises QDMNRuntimeError subclasses (one-line messages) for bad input or unwritable
@@ -112,16 +142,17 @@ def segment_video(
         raise InputError(f"max_frames={max_frames}: expected >= 1")
     if overlay is not None:
         check_overlay_name(overlay)
+    check_apart(output_dir, overlay, {"input": source})
     src = source if isinstance(source, FrameSource) else open_source(source)
     if isinstance(mask, np.ndarray):
-        labels0, mask_name = np.asarray(mask, np.uint8), "the first mask"
+        labels0, mask_name = _mask_array(mask), "the first mask"
     else:
         labels0, mask_name = read_mask(mask), f"first mask {mask}"
     folder = _staged_folder(Path(output_dir))
     video: StagedFile | None = None
     try:
         video = StagedFile(overlay) if overlay is not None else None
-        log, interrupted = _Run(segmenter, src, labels0, mask_name, folder.path, video,
+        log, interrupted = _Run(segmenter, src, labels0, mask_name, folder, video,
                                 max_frames, progress).run()
         log = {"input": src.description, "mask": str(mask) if not isinstance(
                    mask, np.ndarray) else None, **dict(extra or {}), **log}
@@ -164,14 +195,10 @@ def _owned(output_dir: Path) -> set[str]:
 def check_mask(mask: np.ndarray, frame: np.ndarray, name: str, manifest: Manifest) -> None:
     """The first mask fits the first frame (same aspect ratio) and the graphs' object count."""
     (mh, mw), (fh, fw) = mask.shape, frame.shape[:2]
-    if (mh, mw) != (fh, fw) and abs(mw / mh - fw / fh) > 0.01 * fw / fh:
+    if not same_aspect((mh, mw), (fh, fw)):
         raise MaskError(f"{name} is {mw}x{mh} but the frames are {fw}x{fh} (another aspect "
                         "ratio): is it the mask of this video?")
-    n = len(object_ids(mask))
-    if n > manifest.max_objects:
-        raise MaskError(f"{name} has {n} objects but the graphs were exported for at most "
-                        f"{manifest.max_objects}: re-export with `python export/to_onnx.py CKPT "
-                        f"--out DIR --max-objects {n}`")
+    manifest.check_object_count(len(object_ids(mask)), name)
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -219,7 +246,7 @@ class _FrameChecks:
         (h, w), (fh, fw) = self.size, frame.shape[:2]
         if (fh, fw) == (h, w):
             return frame
-        if abs(fw / fh - w / h) > 0.01 * w / h:
+        if not same_aspect((fh, fw), (h, w)):
             raise InputError(f"{self._name(i)} is {fw}x{fh} but the first frame is {w}x{h} "
                              "(another aspect ratio): the frames of one video must share a size")
         if not self.warned_size:
@@ -232,7 +259,7 @@ class _FrameChecks:
 class _Writer(threading.Thread):
     """Saves (index, frame, labels) items in order: PNG, then the overlay frame."""
 
-    def __init__(self, folder: Path, overlay: OverlayWriter | None):
+    def __init__(self, folder: StagedFolder, overlay: OverlayWriter | None):
         super().__init__(name="qdmn-writer", daemon=True)
         self.folder, self.overlay = folder, overlay
         self.items: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(
@@ -246,7 +273,8 @@ class _Writer(threading.Thread):
                 continue  # keep draining so that put() never blocks
             i, frame, labels = item
             try:
-                save_palette_png(labels, self.folder / frame_png(i))
+                save_palette_png(labels, self.folder.path / frame_png(i),
+                                 self.folder.target / frame_png(i))
                 if self.overlay is not None:
                     self.overlay.write(frame, labels)
                 self.written = i + 1
@@ -273,7 +301,7 @@ class _Run:
     """One video through the segmenter with a reader and a writer thread."""
 
     def __init__(self, segmenter: Segmenter, source: FrameSource, mask: np.ndarray,
-                 mask_name: str, folder: Path, video: StagedFile | None,
+                 mask_name: str, folder: StagedFolder, video: StagedFile | None,
                  max_frames: int | None, progress: bool):
         self.seg, self.source, self.mask, self.mask_name = segmenter, source, mask, mask_name
         self.max_frames = max_frames
@@ -419,5 +447,6 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-__all__ = ["RUN_LOG", "JobInterrupted", "QDMNRuntimeError", "check_mask", "check_outputs",
+__all__ = ["RUN_LOG", "JobInterrupted", "QDMNRuntimeError", "check_apart", "check_mask",
+           "check_outputs",
            "frame_png", "segment_video"]

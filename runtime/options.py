@@ -1,15 +1,17 @@
-"""The runtime's settings (`RuntimeConfig`) as command-line options, declared once for every
-command that runs the graphs (`runtime/run.py`, `runtime/batch.py`, `benchmarks/evaluate.py`),
-so that their names, help and defaults cannot drift apart."""
+"""The runtime's settings (`RuntimeConfig`) and where it runs (backend, threads, device) as
+command-line options, declared once for every command that runs the graphs (`runtime/run.py`,
+`runtime/batch.py`, `benchmarks/evaluate.py`, the benchmarks), so that their names, help and
+defaults cannot drift apart."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from runtime.geometry import DEFAULT_FIT, FITS
-from runtime.locality import DEFAULT_LOCALITY
-from runtime.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
+from runtime.backends import BACKENDS
+from runtime.core.geometry import DEFAULT_FIT, FITS
+from runtime.core.locality import DEFAULT_LOCALITY
+from runtime.core.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
 
 # RuntimeConfig field -> how it is asked for; None defaults mean "the manifest's value".
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -40,3 +42,28 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 def runtime_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Those options' values as `RuntimeConfig` keyword arguments."""
     return {field: getattr(args, field) for field in _OPTIONS}
+
+
+# Where the graphs run. --backend lists its choices in the help and is checked by
+# runtime.backends (one `error:` line naming them), not by argparse (a usage message).
+_EXECUTION: dict[str, dict[str, Any]] = {
+    "backend": {"default": "auto",
+                "help": f"one of {', '.join(BACKENDS)} (default %(default)s: the fastest here)"},
+    "threads": {"type": int, "help": "CPU threads of CPU backends (default and maximum: the "
+                                     "cores this process may use)"},
+    "device": {"type": int, "default": 0, "help": "GPU ordinal (GPU backends)"},
+    "spin": {"action": "store_true",
+             "help": "ORT CPU threads busy-wait: a little faster on an idle, dedicated machine, "
+                     "much slower on a shared one"},
+}
+
+
+def add_execution_options(parser: argparse.ArgumentParser,
+                          names: tuple[str, ...] = ("backend", "threads", "device", "spin"),
+                          backend_default: str = "auto") -> None:
+    """--backend, --threads, --device, --spin (those in `names`)."""
+    for name in names:
+        spec = dict(_EXECUTION[name])
+        if name == "backend":
+            spec["default"] = backend_default
+        parser.add_argument("--" + name, **spec)

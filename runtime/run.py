@@ -20,22 +20,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from runtime.backends import BACKENDS, create_backend
-from runtime.config import RuntimeConfig
-from runtime.errors import QDMNRuntimeError
-from runtime.job import RUN_LOG, JobInterrupted, check_outputs, segment_video
-from runtime.manifest import Manifest, ManifestError
-from runtime.masks import read_mask
-from runtime.options import add_runtime_options, runtime_settings
-from runtime.outputs import Terminated, terminate_as_interrupt
-from runtime.palette import OVERLAY_CODECS
+from runtime.cli import fail, warnings_as_lines
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import QDMNRuntimeError
+from runtime.core.manifest import Manifest
+from runtime.job import RUN_LOG, JobInterrupted, check_apart, check_outputs, segment_video
+from runtime.media.masks import read_mask
+from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
+from runtime.media.palette import OVERLAY_CODECS
+from runtime.media.sources import open_source
+from runtime.options import add_execution_options, add_runtime_options, runtime_settings
 from runtime.segmenter import Segmenter
-from runtime.sources import open_source
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,15 +44,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="folder with manifest.json and the graphs")
     p.add_argument("--input", required=True,
                    help="folder of frames, video file, camera index or stream URL")
-    p.add_argument("--mask", required=True, type=Path, help="first-frame mask (palette PNG)")
+    p.add_argument("--mask", required=True, type=Path,
+                   help="first-frame mask: a palette PNG (index = object id, DAVIS 2017), a "
+                        "0/255 grayscale PNG (DAVIS 2016) or an RGB PNG in DAVIS colours")
     p.add_argument("--output", required=True, type=Path, help="output folder")
-    p.add_argument("--backend", default="auto", help=f"one of {', '.join(BACKENDS)}")
+    add_execution_options(p)
     add_runtime_options(p)
-    p.add_argument("--threads", type=int,
-                   help="CPU threads (CPU backends; at most the cores this process may use)")
-    p.add_argument("--device", type=int, default=0, help="GPU ordinal (GPU backends)")
-    p.add_argument("--spin", action="store_true",
-                   help="ORT CPU threads busy-wait (only on an idle, dedicated machine)")
     p.add_argument("--overlay", type=Path,
                    help=f"also write an overlay video ({', '.join(OVERLAY_CODECS)}), outside "
                         "the output folder")
@@ -75,6 +72,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise _Fail(f"--overlay {args.overlay} is inside the output folder {args.output}, "
                     "which holds the masks (and a name like 00001.png would replace one): "
                     "write the overlay elsewhere")
+    check_apart(args.output, args.overlay, {"--input": args.input, "--engine-dir":
+                                            args.engine_dir, "--mask": args.mask})
     check_outputs(args.output, args.overlay)
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
@@ -95,25 +94,20 @@ def _inside(path: Path, folder: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def one_line(message: Warning | str, category: type[Warning], *rest: object,
-                 **kw: object) -> None:
-        print(f"warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = one_line  # type: ignore[assignment]
+    warnings_as_lines()
     try:
         with terminate_as_interrupt():
             log = run(args)
-    except (QDMNRuntimeError, ManifestError, _Fail, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (QDMNRuntimeError, _Fail, OSError) as e:
+        return fail(e)
     except JobInterrupted as e:
         n = e.log["summary"]["frames"]
         print(f"interrupted: the {n} finished frames are in {args.output} "
               f"({RUN_LOG} says \"interrupted\")", file=sys.stderr)
-        return _interrupt_code(e.cause)
+        return interrupt_exit_code(e.cause)
     except KeyboardInterrupt as e:
         print("interrupted: nothing written", file=sys.stderr)
-        return _interrupt_code(e)
+        return interrupt_exit_code(e)
     if not args.quiet:
         s = log["summary"]
         print(f"{s['frames']} frames -> {args.output} ({log['backend']['name']}, "
@@ -121,11 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{s['insertions']} insertions, "
               f"{s['evictions']} evictions)")
     return 0
-
-
-def _interrupt_code(e: BaseException) -> int:
-    """The shell's convention: 128 + the signal number (SIGINT 2, SIGTERM 15)."""
-    return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ Frame 0: the given mask (one-hot, padded objects zero) is encoded by qam into sl
 mean quality over the real objects with a positive score becomes the normaliser. Frame t > 0:
 
     encoder(image_t, prev_prob) -> memory_read(query_key, bank) -> decoder -> prob (N+1, H, W)
-    locality window around each object's previous mask (runtime.locality) -> prob
+    locality window around each object's previous mask (runtime.core.locality) -> prob
     qam(image_t, prob[1:]) -> the frame's memory keys/values  (skipped on a known last frame)
     quality(qam features) -> scores, only if the policy counts frame t as a candidate
     policy.decide(t, mean score / first score) -> slot; bank.write(slot)
 
 A candidate's per-object score is its QAM score times the decoder's confidence in the mask
-(runtime.quality; the paper's QAM score alone with quality_score="qam"); run.json records both.
+(runtime.core.quality; the paper's QAM score alone with quality_score="qam"); run.json records both.
 
 The frame goes into the temp slot as the previous-frame memory, or into a dynamic slot when the
 policy accepts it (the temp slot is then emptied, the official code's `prev_in_mem`). Every
@@ -34,15 +34,15 @@ import numpy as np
 
 from runtime.backends import create_backend
 from runtime.backends.base import Backend
-from runtime.config import RuntimeConfig
-from runtime.errors import InputError, MaskError, TooManyObjectsError
-from runtime.geometry import DEFAULT_FIT, Placement, export_size
-from runtime.locality import apply_locality
-from runtime.manifest import Manifest
-from runtime.masks import fit_mask, object_ids
-from runtime.memory_policy import Decision, MemoryPolicy
-from runtime.quality import mask_confidence, object_scores
-from runtime.sources import with_last
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import InputError, MaskError
+from runtime.core.geometry import DEFAULT_FIT, Placement, export_size
+from runtime.core.locality import apply_locality
+from runtime.core.manifest import Manifest
+from runtime.core.memory_policy import Decision, MemoryPolicy
+from runtime.core.quality import mask_confidence, object_scores
+from runtime.media.masks import fit_mask, object_ids
+from runtime.media.sources import with_last
 
 STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "quality", "bank",
           "post")
@@ -54,7 +54,7 @@ class FrameRecord:
 
     frame: int
     quality: list[float] | None  # raw QAM scores of the real objects; None: not a candidate
-    # the decoder's confidence in each object's mask (runtime.quality; 1 for the given mask)
+    # the decoder's confidence in each object's mask (runtime.core.quality; 1 for the given mask)
     confidence: list[float] | None
     score: float | None  # normalised frame score (mean object score / first frame's)
     decision: dict[str, Any] | None
@@ -134,11 +134,7 @@ class Segmenter:
         ids = object_ids(labels)
         if not ids:
             raise MaskError("the first mask marks no object")
-        if len(ids) > m.max_objects:
-            raise TooManyObjectsError(
-                f"the first mask has {len(ids)} objects (ids {list(ids)}) but the graphs were "
-                f"exported for at most {m.max_objects}: re-export with "
-                f"`python export/to_onnx.py CKPT --out DIR --max-objects {len(ids)}`")
+        m.check_object_count(len(ids))
         place = self._placement(frame)
         self._warn_aspect(place, (h0, w0))
         image = place.image(frame)[None] if image is None else image

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Move out of the checkout what a GPU burst need not carry, and back afterwards. The device tool
 # sends the working tree (tracked files and untracked ones git does not ignore) with `carry`, at
-# most 64 MiB, and the shipped weights, the demo clip and the benchmark results alone pass that:
+# most 64 MiB, and the shipped weights and the benchmark results alone pass that:
 #
 #   scripts/burst_stash.sh out    # before the device call; prints the size that will travel
 #   scripts/burst_stash.sh back   # after it
@@ -12,7 +12,7 @@ case "${1:-}" in
 out)
     if [ -e "$stash" ]; then echo "error: $stash exists: run '$0 back' first" >&2; exit 2; fi
     mkdir -p "$stash"
-    { git ls-files 'models/*.pth'; echo assets/demo; echo benchmarks/results; } >"$stash/paths.txt"
+    { git ls-files 'models/*.pth'; echo results; } >"$stash/paths.txt"
     while read -r p; do
         mkdir -p "$stash/$(dirname "$p")"
         mv "$p" "$stash/$p"

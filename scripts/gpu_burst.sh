@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A training burst on a lent GPU machine (issue 13 item 6), as the device tool runs it there:
+# A training burst on a lent GPU machine, as the device tool runs it there:
 #
 #   scripts/gpu_burst.sh DATA_ROOT INIT SECONDS OUT CONFIG...
 #

@@ -1,4 +1,4 @@
-"""Choose the runtime's locality width (runtime.locality) on two-object clips built from
+"""Choose the runtime's locality width (runtime.core.locality) on two-object clips built from
 *training* videos, so the held-out videos stay unseen by the choice (dev tool, needs DAVIS-2016):
 
     python scripts/locality_sweep.py models/qdmn-light.pth --data ../shared/data/DAVIS2016 \

@@ -23,9 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from runtime.config import RuntimeConfig
-from runtime.locality import DEFAULT_LOCALITY
-from runtime.manifest import Manifest, ManifestError, file_sha256
+from evaluation.datasets import PROJECT_ROOT
+from runtime.core.config import RuntimeConfig
+from runtime.core.locality import DEFAULT_LOCALITY
+from runtime.core.manifest import Manifest, ManifestError, file_sha256
 from runtime.segmenter import Segmenter
 from training.checkpoint import load_model
 from training.reference import ReferenceSegmenter
@@ -39,7 +40,7 @@ from training.validation import (
     write_quality_points,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = PROJECT_ROOT
 
 
 def export(ckpt: Path, size: tuple[int, int], out: Path) -> Path:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", type=Path, default=REPO / "engines" / "report")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--locality", type=float, default=DEFAULT_LOCALITY,
-                    help="the runtime's locality prior (runtime.locality; 0: off)")
+                    help="the runtime's locality prior (runtime.core.locality; 0: off)")
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
     python demo.py && python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
 
-Reads the frames from assets/demo and the masks `demo.py` wrote under out/demo/<clip>/.
+Reads the demo clips' frames (evaluation.datasets.demo_root, as `demo.py` does; --data: the
+DAVIS root `demo.py --data` was given) and the masks `demo.py` wrote under out/demo/<clip>/.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from evaluation.davis import DavisLayout
-from runtime.palette import overlay
+from evaluation.datasets import DEMO_SPLIT, PROJECT_ROOT, demo_root
+from runtime.media.davis import DavisLayout, list_sequences
+from runtime.media.palette import overlay
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = PROJECT_ROOT
 
 
 def clip_row(layout: DavisLayout, masks_dir: Path, name: str, columns: int,
@@ -43,15 +45,17 @@ def clip_row(layout: DavisLayout, masks_dir: Path, name: str, columns: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO / "assets" / "demo")
+    ap.add_argument("--data", type=Path, help="the DAVIS root demo.py used (default: its own)")
     ap.add_argument("--masks", type=Path, default=REPO / "out" / "demo")
-    ap.add_argument("--clips", nargs="+", default=["blackswan", "cows+libby"])
+    ap.add_argument("--clips", nargs="+", help="default: the demo's clips")
     ap.add_argument("--columns", type=int, default=4)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    layout = DavisLayout(args.data)
-    rows = [clip_row(layout, args.masks, c, args.columns, args.height) for c in args.clips]
+    root = demo_root(args.data)[0]
+    layout = DavisLayout(root)
+    clips = args.clips or list_sequences(root, layout.split_file(DEMO_SPLIT))
+    rows = [clip_row(layout, args.masks, c, args.columns, args.height) for c in clips]
     width = min(r.shape[1] for r in rows)
     Image.fromarray(np.concatenate([r[:, :width] for r in rows], 0)).save(args.out, quality=85)
     print(args.out)

@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DAVIS=${DAVIS:-../shared/data/DAVIS2016}
-R=benchmarks/results
+R=results
 VAL=blackswan,cows,libby          # configs/light.yaml's val_sequences (never trained on)
 
-# 1. train in three stages (models/README.md; ~1.7 h on 2 cores):
+# 1. train in three stages (docs/training-log.md; ~1.7 h on 2 cores):
 #    stage 0, the first recipe (models/qdmn-light-stage0.yaml), 950 steps from ImageNet;
 #    stage 1, configs/light.yaml from stage 0, validated every 300 steps, best kept (step 600);
 #    stage 2, configs/light-stage2.yaml from stage 1: the key projections alone with the
@@ -41,12 +41,12 @@ python demo.py --backend ort-cpu
 python demo.py
 python scripts/overlay_grid.py --out docs/images/demo_overlay.jpg
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report
-# the runtime's locality width, chosen on two-object clips of training videos (runtime/locality.py)
+# the runtime's locality width, chosen on two-object clips of training videos (runtime/core/locality.py)
 python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" \
     --widths 0 0.1 0.2 0.35 0.5 1 --out models/report/locality_sweep.json
 python scripts/locality_sweep.py models/qdmn-light.pth --data "$DAVIS" --size 480 864 \
     --widths 0.1 0.5 --out models/report/locality_sweep_480x864.json
-# issue 13's absent-object case: another scene spliced into blackswan (what the gate keeps)
+# the absent-object case: another scene spliced into blackswan (what the gate keeps)
 python scripts/scene_cut_check.py models/qdmn-light.pth --data "$DAVIS" > models/report/scene_cut.txt
 # would a perfect quality score change J&F? (the gate fed the true IoU, all, none)
 python scripts/gate_oracle.py models/qdmn-light.pth --data "$DAVIS" --out models/report/gate_oracle.json
@@ -87,9 +87,9 @@ python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj-9x16 --m
 python benchmarks/aspect_fit.py --engine-dir engines/light-1obj-9x16 --data "$DAVIS" \
     --sequences $VAL --aspects 9:16 --threads 2 --out $R/aspect_fit_native_9x16
 
-# 7. the larger backbone, EfficientNet-Lite2 (models/README.md; ~1.5 h training on 2 cores): the
+# 7. the larger backbone, EfficientNet-Lite2 (docs/training-log.md; ~1.5 h training on 2 cores): the
 # light model's three stages with the backbone changed; stage 1's best is step 900, stage 2's
-# step 100, exported at 480x864 by default. Shipped until it no longer paid (models/README.md;
+# step 100, exported at 480x864 by default. Shipped until it no longer paid (docs/training-log.md;
 # the file: `git show d5898b8:models/qdmn-lite2.pth`), so it is written to runs/ here.
 python training/train.py --config configs/lite2-stage0.yaml --resume \
     --export-fp16 runs/lite2-stage0/model_fp16.pth
@@ -109,7 +109,7 @@ python scripts/gate_oracle.py runs/qdmn-lite2.pth --data "$DAVIS" --size 480 864
 # the light model's reference (and QAM) at 480x864, for the side-by-side table
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report-480x864 \
     --sizes 480x864
-# the light model at 304x544, the middle of its training scales (models/README.md, "Export size")
+# the light model at 304x544, the middle of its training scales (docs/training-log.md, "Export size")
 python scripts/model_report.py models/qdmn-light.pth --data "$DAVIS" --out models/report-304x544 \
     --sizes 304x544
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-2obj-304x544 --max-objects 2 --size 304 544

@@ -1,4 +1,4 @@
-"""Issue 13's absent-object case (dev tool, needs DAVIS-2016): another scene spliced into a
+"""The absent-object case (dev tool, needs DAVIS-2016): another scene spliced into a
 held-out video, and what the memory gate does with the frames where the object is not there.
 
     python scripts/scene_cut_check.py models/qdmn-light.pth --data ../shared/data/DAVIS2016 \

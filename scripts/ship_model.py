@@ -5,7 +5,7 @@
 Copies the weights, config and step as they are and sets the config's `image_size`: the size
 `export/to_onnx.py`, `demo.py` and the PyTorch reference use when not given one. A model trained
 at 240x432 that does better exported at another size (the light model at 304x544,
-models/README.md "Export size") then exports there unless told otherwise.
+docs/training-log.md "Export size") then exports there unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from export.errors import ExportError
 from export.to_onnx import check_size
-from runtime.manifest import STRIDE
+from runtime.core.manifest import STRIDE
 from training.checkpoint import CheckpointError, read_checkpoint
 
 

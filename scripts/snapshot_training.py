@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from training.checkpoint import read_checkpoint
-from training.curves import plot_run
 
 FILES = ("log.csv", "val.csv", "segments.txt")
 
@@ -49,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if (args.run_dir / name).is_file():
             shutil.copy(args.run_dir / name, args.out_dir / name)
     if (args.run_dir / "log.csv").is_file():
+        from curves import plot_run  # scripts/curves.py, beside this script
+
         plot_run(args.run_dir, args.out_dir / "curves.png", title=f"{args.run_dir}")
     return 0
 

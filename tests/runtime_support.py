@@ -1,5 +1,5 @@
-"""Shared helpers for the runtime tests: a small exported checkpoint and the real DAVIS clips
-shipped in assets/demo (`blackswan`: one object; `cows+libby`: two).
+"""Shared helpers for the runtime tests: a small exported checkpoint and the demo clips
+(conftest.demo_root: ONE has one object, TWO two).
 
 Imported by tests/test_runtime*.py and tests/test_reference.py (not a conftest, so the other
 layers' fixtures stay independent).
@@ -11,21 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, demo_root
 
-from evaluation.davis import DavisLayout
+from runtime.media.davis import DavisLayout
 
-REPO = Path(__file__).resolve().parents[1]
-DAVIS = DavisLayout(REPO / "assets" / "demo")
 SIZE = (128, 224)  # small static size the test graphs are exported at
 MAX_OBJECTS = 2
 MEMORY_SIZE = 2
 
 
+def demo_layout() -> DavisLayout:
+    return DavisLayout(demo_root())
+
+
 def davis_clip(seq: str, n: int) -> tuple[list[Path], Path]:
-    """First n frame paths and the first mask of a shipped clip."""
-    frames = sorted(DAVIS.frames_dir(seq).glob("*.jpg"))[:n]
-    assert frames, f"no frames in {DAVIS.frames_dir(seq)}"
-    return frames, DAVIS.annotation(seq, frames[0])
+    """First n frame paths and the first mask of a demo clip."""
+    layout = demo_layout()
+    frames = sorted(layout.frames_dir(seq).glob("*.jpg"))[:n]
+    assert frames, f"no frames in {layout.frames_dir(seq)}"
+    return frames, layout.annotation(seq, frames[0])
 
 
 def make_checkpoint(path: Path) -> Path:
@@ -70,7 +74,7 @@ def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
 
     h = hashlib.sha256(torch.__version__.encode())
     for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
-                     REPO / "runtime/manifest.py", Path(__file__)]):
+                     REPO / "runtime/core/manifest.py", Path(__file__)]):
         h.update(f.name.encode() + f.read_bytes())
     cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
     if cache is not None:

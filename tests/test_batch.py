@@ -1,4 +1,4 @@
-"""runtime/batch.py: a corpus of real clips (made from assets/demo) on a local 2-CPU Ray.
+"""runtime/batch.py: a corpus of clips (made from the demo clips) on a local 2-CPU Ray.
 
 One Ray session is shared by the in-process tests (module fixture); the Ctrl-C test runs the
 CLI in its own process. Setup errors are checked in subprocesses that never start Ray.
@@ -19,25 +19,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import interruptible, script_env
+from conftest import ONE, TWO, interruptible, script_env
 from PIL import Image
 
-from evaluation.davis import DavisLayout
 from runtime.corpus import CorpusError, Video, list_videos
-
-DEMO = DavisLayout(rs.REPO / "assets" / "demo")
+from runtime.media.davis import DavisLayout
 
 
 def add_video(root: Path, name: str, clip: str, start: int, n: int) -> None:
     """Frames start..start+n-1 of a demo clip as video `name` (renumbered from 00000), with
     their ground truth, in the DAVIS layout under `root`."""
-    layout = DavisLayout(root)
+    layout, demo = DavisLayout(root), rs.demo_layout()
     layout.frames_dir(name).mkdir(parents=True)
     layout.annotations_dir(name).mkdir(parents=True)
     for i in range(n):
-        shutil.copy(DEMO.frames_dir(clip) / f"{start + i:05d}.jpg",
+        shutil.copy(demo.frames_dir(clip) / f"{start + i:05d}.jpg",
                     layout.frames_dir(name) / f"{i:05d}.jpg")
-        shutil.copy(DEMO.annotation(clip, f"{start + i:05d}"), layout.annotation(name, f"{i:05d}"))
+        shutil.copy(demo.annotation(clip, f"{start + i:05d}"), layout.annotation(name, f"{i:05d}"))
 
 
 def tree(path: Path) -> set[str]:
@@ -65,9 +63,9 @@ def ray_session():
 def corpus(tmp_path) -> Path:
     """Three 6-frame videos; frame 3 of `bad` is corrupt (its bytes kept in `bad.jpg`)."""
     root = tmp_path / "corpus"
-    add_video(root, "swan", "blackswan", 0, 6)
-    add_video(root, "cows", "cows+libby", 0, 6)
-    add_video(root, "bad", "blackswan", 20, 6)
+    add_video(root, "swan", ONE, 0, 6)
+    add_video(root, "cows", TWO, 0, 6)
+    add_video(root, "bad", ONE, 20, 6)
     frame = DavisLayout(root).frames_dir("bad") / "00003.jpg"
     shutil.copy(frame, tmp_path / "bad.jpg")
     frame.write_bytes(frame.read_bytes()[:200] + b"\x00garbage" * 64)
@@ -141,9 +139,9 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     from ray import cloudpickle
 
     from runtime import batch as cli
-    from runtime.config import RuntimeConfig
+    from runtime.core.config import RuntimeConfig
+    from runtime.core.manifest import Manifest
     from runtime.corpus import engine_fingerprint
-    from runtime.manifest import Manifest
 
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -248,7 +246,7 @@ def test_ctrl_c_stops_cleanly_and_says_what_finished(engine, tmp_path, sig, code
     pytest.importorskip("ray", reason="the [cluster] extra (ray) is not installed")
     root = tmp_path / "corpus"
     for i in range(5):
-        add_video(root, f"v{i}", "blackswan", 9 * i, 12)
+        add_video(root, f"v{i}", ONE, 9 * i, 12)
     out = tmp_path / "out"
     argv = batch(engine, root, out)
     argv[argv.index("--workers") + 1] = "1"
@@ -358,7 +356,7 @@ def test_only_the_corpus_runner_imports_ray():
 
 # ------------------------------------------------------------------------ corpus listing
 def test_list_videos_from_csv_json_and_davis(tmp_path):
-    add_video(tmp_path / "d", "a", "blackswan", 0, 2)
+    add_video(tmp_path / "d", "a", ONE, 0, 2)
     assert list_videos(tmp_path / "d") == [Video(
         "a", DavisLayout(tmp_path / "d").frames_dir("a").absolute(),
         DavisLayout(tmp_path / "d").annotation("a", "00000").absolute())]

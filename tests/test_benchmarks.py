@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import ONE, demo_root
 
 from benchmarks import long_video as lv
 from benchmarks import read_options, speed
-from benchmarks.common import DEFAULT_INPUT, Clip, davis_mask_for, parse_ints, table
+from benchmarks.common import Clip, davis_mask_for, default_input, parse_ints, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def engine(request) -> tuple[Path, Path]:
 
 def clip_args() -> list[str]:
     """The shipped demo clip (the scripts' default) with its mask found from the layout."""
-    return ["--input", str(DEFAULT_INPUT), "--mask", str(davis_mask_for(DEFAULT_INPUT)),
+    return ["--input", str(default_input()), "--mask", str(davis_mask_for(default_input())),
             "--max-source-frames", "12"]
 
 
@@ -123,11 +124,11 @@ def test_long_video_isolated_run(engine, tmp_path: Path) -> None:
 def test_long_video_refuses_bad_requests(engine, tmp_path: Path, capsys) -> None:
     _, graphs = engine
     base = ["--engine-dir", str(graphs), "--frames", "5", "--out", str(tmp_path), *clip_args()]
-    assert lv.main([*base, "--memory-sizes", "3"]) == 2
+    assert lv.main([*base, "--memory-sizes", "3"]) == 1
     assert "exceed the 2 slots" in capsys.readouterr().err
     other = tmp_path / "other.pt"
     other.write_bytes(b"not the engine's checkpoint")
-    assert lv.main([*base, "--unbounded", "--checkpoint", str(other)]) == 2
+    assert lv.main([*base, "--unbounded", "--checkpoint", str(other)]) == 1
     assert "not the checkpoint the engine was exported from" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lv.main([*base, "--unbounded"])  # needs --checkpoint
@@ -164,7 +165,7 @@ def test_unwritable_out_refused_before_any_run(engine, tmp_path: Path, capsys,
     monkeypatch.setattr(lv, "execute", no_runs)
     monkeypatch.setattr(speed, "run_variants", no_runs)
     for main in (lv.main, speed.main):
-        assert main(["--engine-dir", str(graphs), "--out", "/proc/qdmn", *clip_args()]) == 2
+        assert main(["--engine-dir", str(graphs), "--out", "/proc/qdmn", *clip_args()]) == 1
         assert "/proc/qdmn" in capsys.readouterr().err
 
 
@@ -237,7 +238,7 @@ def test_official_speed_checkpoint_is_official_with_a_constant_score() -> None:
 def test_speed_refuses_unknown_variant(engine, tmp_path: Path, capsys) -> None:
     _, graphs = engine
     assert speed.main(["--engine-dir", str(graphs), "--variants", "tensorflow",
-                       "--out", str(tmp_path), *clip_args()]) == 2
+                       "--out", str(tmp_path), *clip_args()]) == 1
     assert "unknown variant" in capsys.readouterr().err
 
 
@@ -246,8 +247,8 @@ def test_aspect_fit_outputs(engine, tmp_path: Path, capsys) -> None:
 
     _, graphs = engine
     out = tmp_path / "out"
-    rc = aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
-                          "--sequences", "blackswan", "--aspects", "9:16", "--threads", "1",
+    rc = aspect_fit.main(["--engine-dir", str(graphs), "--data", str(demo_root()),
+                          "--sequences", ONE, "--aspects", "9:16", "--threads", "1",
                           "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     data = json.loads((out / "aspect_fit.json").read_text())
@@ -255,7 +256,7 @@ def test_aspect_fit_outputs(engine, tmp_path: Path, capsys) -> None:
                                                                   ("9:16", "stretch")]
     assert all(0 <= r["jf"] <= 1 for r in data["summary"])
     assert data["per_sequence"][0]["crop"][1] - data["per_sequence"][0]["crop"][0] == 480
-    assert aspect_fit.main(["--engine-dir", str(graphs), "--data", str(REPO / "assets/demo"),
-                            "--aspects", "9x16", "--out", str(out)]) == 2
+    assert aspect_fit.main(["--engine-dir", str(graphs), "--data", str(demo_root()),
+                            "--aspects", "9x16", "--out", str(out)]) == 1
     assert "expected W:H" in capsys.readouterr().err
 

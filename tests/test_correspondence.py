@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import ONE, TWO, require_real_frames
 
 from training.checkpoint import load_model
 from training.correspondence import correspondence_loss, flow_matches, match_targets
@@ -41,7 +42,7 @@ def test_keys_learn_to_match_on_a_real_frame(davis_root):
     the loss at chance: the log of the number of memory cells): training only those on the loss
     takes it well below chance, so the gradient reaches both sides of the affinity and the
     targets can be learnt."""
-    seq = load_sequences(davis_root, ["blackswan"], (128, 224))[0]
+    seq = load_sequences(davis_root, [ONE], (128, 224))[0]
     image = normalize_uint8(torch.from_numpy(seq.frames[:2]))
     masks = torch.from_numpy((seq.labels[:2] == 1).astype(np.float32))[:, None]
     torch.manual_seed(0)
@@ -73,11 +74,12 @@ def test_keys_learn_to_match_on_a_real_frame(davis_root):
 def test_shipped_keys_match_their_object_well_above_chance(davis_root):
     """key_match_shares (scripts/key_matching.py) on the demo clips: the shipped model's top-20 memory matches of
     each object's query cells fall on that object far more often than chance."""
+    require_real_frames()
     from training.data import load_sequence
     from training.validation import key_match_shares
 
     model = load_model(SHIPPED)[0].eval()
-    for name in ("blackswan", "cows+libby"):
+    for name in (ONE, TWO):
         video = load_sequence(davis_root, name)
         rows = key_match_shares(model, video, (240, 432), (1, 5, 20), 20)
         assert {r["object"] for r in rows} == set(range(1, video.num_objects + 1))
@@ -91,7 +93,7 @@ def test_flow_matches_find_a_known_shift_on_a_real_frame(davis_root):
     """A real frame and the same frame moved 16 px (one cell) right and 8 px down: every query
     cell whose source is in view matches the cell it came from, and cells that show content
     absent from the memory frame are not trusted."""
-    frame = load_sequences(davis_root, ["blackswan"], (192, 320))[0].frames[0]
+    frame = load_sequences(davis_root, [ONE], (192, 320))[0].frames[0]
     moved = np.zeros_like(frame)
     moved[8:, 16:] = frame[:-8, :-16]
     uv, valid = flow_matches(moved, frame, 16)

@@ -9,11 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import ONE
 
 from benchmarks import evaluate as ev
-from evaluation.davis import DavisLayout, write_labels
 from evaluation.metrics import EvaluationError, statistics
-from runtime.masks import MaskMode, read_labels
+from runtime.media.davis import DavisLayout, write_labels
+from runtime.media.masks import MaskMode, read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 T, H, W, SIDE = 6, 32, 48, 8
@@ -180,10 +181,10 @@ def test_cli_sequences_and_errors(toy_root, tmp_path, monkeypatch, capsys):
         assert [r[0] for r in csv.reader(f)][1:] == ["beta_1", "beta_2"]
     rc = ev.main(["--engine-dir", "e", "--data", str(tmp_path / "nowhere"), "--out", str(out),
                   "--no-progress"])  # fmt: skip
-    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert rc == 1 and "error:" in capsys.readouterr().err
     rc = ev.main(["--engine-dir", "e", "--data", str(toy_root), "--out", str(out),
                   "--sequences", "gamma", "--no-progress"])  # fmt: skip
-    assert rc == 2 and "gamma" in capsys.readouterr().err
+    assert rc == 1 and "gamma" in capsys.readouterr().err
 
 
 def test_cli_checks_outputs_and_ranges_before_any_work(toy_root, tmp_path, monkeypatch, capsys):
@@ -197,7 +198,7 @@ def test_cli_checks_outputs_and_ranges_before_any_work(toy_root, tmp_path, monke
                             "quality_threshold=2.0: expected a number in [0, 1]"),
                            (["--out", str(tmp_path / "o"), "--threads", "0"], "threads=0"),
                            (["--out", str(tmp_path / "o"), "--device", "-1"], "device=-1")):
-        assert ev.main([*base, *extra]) == 2
+        assert ev.main([*base, *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
@@ -223,7 +224,7 @@ def test_cli_reference_checkpoint_errors_in_our_words(request, toy_root, tmp_pat
                       "ort-cpu", "--reference", str(path), "--out", str(tmp_path / "o"),
                       "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
-        assert rc == 2 and len(err) == 1 and message in err[0], err
+        assert rc == 1 and len(err) == 1 and message in err[0], err
         assert "weights_only" not in err[0]
     assert not (tmp_path / "pwned").exists()
 
@@ -233,8 +234,8 @@ def test_cli_on_exported_tiny_model(request, tmp_path, capsys):
     import runtime_support as rs
 
     root = DavisLayout(tmp_path / "davis")
-    for src, dst in ((rs.DAVIS.frames_dir("blackswan"), root.frames_dir("blackswan")),
-                     (rs.DAVIS.annotations_dir("blackswan"), root.annotations_dir("blackswan"))):
+    for src, dst in ((rs.demo_layout().frames_dir(ONE), root.frames_dir(ONE)),
+                     (rs.demo_layout().annotations_dir(ONE), root.annotations_dir(ONE))):
         dst.mkdir(parents=True)
         for f in sorted(src.iterdir())[:4]:
             (dst / f.name).write_bytes(f.read_bytes())

@@ -18,25 +18,24 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import runtime_support as rs
 import torch
-from conftest import script_env
+from conftest import ONE, TWO, script_env
 
-from evaluation.davis import DavisLayout
 from export.errors import ExportError
-from export.graphs import build_graphs, specs_for
 from export.to_onnx import convert_fp16, export_checkpoint, export_graph
 from export.trt_check import check_model, errors_of
 from runtime.backends.ort import session_options
-from runtime.manifest import GRAPH_NAMES, Manifest, file_sha256
-from runtime.masks import MaskMode, read_labels
+from runtime.core.manifest import GRAPH_NAMES, Manifest, file_sha256
+from runtime.media.masks import MaskMode, read_labels
 from training.checkpoint import CheckpointError, checkpoint_quality_score, load_model, save_weights
 from training.config import ModelConfig
+from training.graphs import build_graphs, specs_for
 from training.model import QDMN, memory_readout
 from training.reference import ReferenceSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = DavisLayout(REPO / "assets" / "demo")  # real DAVIS clips shipped in the repo
-SEQ = "blackswan"
+SEQ = ONE
 H, W, N, BETA = 64, 112, 2, 3
 S = BETA + 2
 
@@ -51,7 +50,7 @@ INT8_PROB_TOL = 0.15  # decoder prob only; measured ~0.05 (INT8 features: see th
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     """Six (1, H, W, 3) uint8 RGB frames."""
-    paths = sorted(DAVIS.frames_dir(SEQ).glob("*.jpg"))[:6]
+    paths = sorted(rs.demo_layout().frames_dir(SEQ).glob("*.jpg"))[:6]
     out = []
     for p in paths:
         bgr = cv2.resize(cv2.imread(str(p)), (W, H), interpolation=cv2.INTER_AREA)
@@ -62,7 +61,7 @@ def frames() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def first_masks() -> np.ndarray:
     """(N, H, W): the DAVIS object and, as a second object, the image's lower-left quarter."""
-    ann = read_labels(DAVIS.annotation(SEQ, "00000"), MaskMode.GROUND_TRUTH)
+    ann = read_labels(rs.demo_layout().annotation(SEQ, "00000"), MaskMode.GROUND_TRUTH)
     obj = (cv2.resize(ann, (W, H), interpolation=cv2.INTER_NEAREST) > 0).astype(np.float32)
     other = np.zeros_like(obj)
     other[H // 2:, : W // 4] = 1
@@ -245,7 +244,7 @@ def test_manifest_and_static_graphs(fp32_dir, ckpt):
     assert (m.top_k, m.key_dim, m.value_dim, m.precision) == (cfg.top_k, cfg.key_dim,
                                                                cfg.value_dim, "fp32")
     assert m.mem_every == 5 and m.quality_threshold == 0.8 and m.opset >= 17
-    assert m.quality_score == "qam*confidence"  # this project's checkpoint (runtime.quality)
+    assert m.quality_score == "qam*confidence"  # this project's checkpoint (runtime.core.quality)
     assert m.checkpoint_sha256 == file_sha256(ckpt)
     assert ModelConfig.from_dict(m.model_config) == cfg
     assert m.normalisation["input"] == "uint8 RGB NHWC" and len(m.normalisation["mean"]) == 3
@@ -293,7 +292,7 @@ def test_fp16_decoder_finite_when_saturated(ckpt, frames):
 
 def test_int8_export(ckpt, torch_graphs, chain_inputs, tmp_path):
     out = tmp_path / "int8"
-    calib = DAVIS.frames_dir("cows+libby")
+    calib = rs.demo_layout().frames_dir(TWO)
     m = export_checkpoint(ckpt, out, max_objects=N, memory_size=BETA, precision="int8",
                           calib_frames=calib)
     assert m.precision == "int8"
@@ -421,7 +420,7 @@ def test_cli_bad_checkpoint_files_in_our_words(tmp_path):
                             str(tmp_path / "out")], cwd=REPO, env=script_env(),
                            capture_output=True, text=True, timeout=120, check=False)
         lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
         assert lines[0].startswith("error: ") and message in lines[0], lines
         assert "weights_only" not in r.stderr
         if message == "refused: ":

@@ -1,6 +1,6 @@
 """runtime/job.py: one Segmenter over many videos, the pipelined writer, the output-folder rule.
 
-Real frames from the in-repo demo clips (assets/demo), the tests' small exported graphs.
+The demo clips (conftest.demo_root), the tests' small exported graphs.
 """
 
 from __future__ import annotations
@@ -12,25 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import ONE, TWO
 from PIL import Image
 
-from runtime.config import RuntimeConfig
-from runtime.errors import InputError, OutputError
-from runtime.geometry import PAD_RGB, Placement
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import InputError, OutputError
+from runtime.core.geometry import PAD_RGB, Placement
 from runtime.job import check_outputs, segment_video
-from runtime.masks import read_mask
-from runtime.outputs import StagedFile, StagedFolder
+from runtime.media.masks import read_mask
+from runtime.media.outputs import StagedFile, StagedFolder
 from runtime.segmenter import Segmenter
-
-DEMO = rs.REPO / "assets" / "demo"
 
 
 def demo_clip(name: str, n: int, dest: Path) -> tuple[Path, Path]:
     """The first n frames of a demo clip copied to `dest`, and its first mask."""
     dest.mkdir(parents=True, exist_ok=True)
-    for p in sorted((DEMO / "JPEGImages/480p" / name).glob("*.jpg"))[:n]:
+    layout = rs.demo_layout()
+    for p in sorted(layout.frames_dir(name).glob("*.jpg"))[:n]:
         shutil.copy(p, dest / p.name)
-    return dest, DEMO / "Annotations/480p" / name / "00000.png"
+    return dest, layout.annotation(name, "00000")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def engine(request) -> Path:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     d = tmp_path_factory.mktemp("clips")
-    return {name: demo_clip(name, 5, d / name) for name in ("blackswan", "cows+libby")}
+    return {name: demo_clip(name, 5, d / name) for name in (ONE, TWO)}
 
 
 def pngs(out: Path) -> list[np.ndarray]:
@@ -51,11 +51,11 @@ def pngs(out: Path) -> list[np.ndarray]:
 def test_one_segmenter_many_videos_equals_fresh_ones(engine, clips, tmp_path):
     """start() resets every per-video state: a reused segmenter gives what fresh ones give."""
     with Segmenter(engine, backend="ort-cpu") as seg:
-        a1 = segment_video(seg, *clips["blackswan"], tmp_path / "a1")
-        b = segment_video(seg, *clips["cows+libby"], tmp_path / "b")
-        a2 = segment_video(seg, *clips["blackswan"], tmp_path / "a2")
+        a1 = segment_video(seg, *clips[ONE], tmp_path / "a1")
+        b = segment_video(seg, *clips[TWO], tmp_path / "b")
+        a2 = segment_video(seg, *clips[ONE], tmp_path / "a2")
     with Segmenter(engine, backend="ort-cpu") as fresh:
-        segment_video(fresh, *clips["cows+libby"], tmp_path / "b_fresh")
+        segment_video(fresh, *clips[TWO], tmp_path / "b_fresh")
     assert b["objects"] == [1, 2] and a1["objects"] == [1]
     for x, y in ((tmp_path / "a1", tmp_path / "a2"), (tmp_path / "b", tmp_path / "b_fresh")):
         px, py = pngs(x), pngs(y)
@@ -71,10 +71,10 @@ def test_one_segmenter_many_videos_equals_fresh_ones(engine, clips, tmp_path):
 def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):
     out = tmp_path / "out"
     with Segmenter(engine, backend="ort-cpu") as seg:
-        segment_video(seg, *clips["blackswan"], out)
+        segment_video(seg, *clips[ONE], out)
         (out / "notes.txt").write_text("mine")
         (out / "mine").mkdir()
-        log = segment_video(seg, *clips["blackswan"], out, max_frames=2)
+        log = segment_video(seg, *clips[ONE], out, max_frames=2)
     assert log["summary"]["frames"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
         "00000.png", "00001.png", "mine", "notes.txt", "run.json"]
@@ -90,7 +90,7 @@ def test_overlay_inside_the_output_folder(engine, clips, tmp_path):
     try:
         with Segmenter(engine, backend="ort-cpu") as seg:
             for _ in range(2):
-                segment_video(seg, *clips["blackswan"], out, overlay=out / "overlay.mp4",
+                segment_video(seg, *clips[ONE], out, overlay=out / "overlay.mp4",
                               max_frames=3)
     finally:
         os.umask(umask)
@@ -151,7 +151,7 @@ def test_a_failing_job_keeps_another_jobs_staging_in_a_folder_it_created(tmp_pat
 
 def test_bad_max_frames_and_empty_outputs(engine, clips, tmp_path):
     with Segmenter(engine, backend="ort-cpu") as seg, pytest.raises(InputError, match=">= 1"):
-        segment_video(seg, *clips["blackswan"], tmp_path / "o", max_frames=0)
+        segment_video(seg, *clips[ONE], tmp_path / "o", max_frames=0)
     assert not list(tmp_path.iterdir())
 
 
@@ -179,9 +179,11 @@ def test_placement_letterbox_round_trip():
 def crop_9x16(src: Path, mask: Path, dest: Path) -> tuple[Path, Path]:
     """A 270x480 (9:16) window of 854x480 frames and of their first mask, on the object."""
     dest.mkdir()
+    left = int(np.clip(np.nonzero(read_mask(mask))[1].mean() - 135, 0, 854 - 270))
+    box = (left, 0, left + 270, 480)
     for p in sorted(src.glob("*.jpg")):
-        Image.open(p).crop((300, 0, 570, 480)).save(dest / p.name, quality=95)
-    Image.open(mask).crop((300, 0, 570, 480)).save(dest.parent / "mask916.png")
+        Image.open(p).crop(box).save(dest / p.name, quality=95)
+    Image.open(mask).crop(box).save(dest.parent / "mask916.png")
     return dest, dest.parent / "mask916.png"
 
 
@@ -191,7 +193,7 @@ def crop_9x16(src: Path, mask: Path, dest: Path) -> tuple[Path, Path]:
 def test_another_aspect_ratio_is_said_and_masks_keep_the_frame_size(engine, clips, tmp_path,
                                                                      fit, says):
     """Before, a 9:16 video on 16:9 graphs was squeezed without a word."""
-    frames, mask = crop_9x16(*clips["blackswan"], tmp_path / "frames")
+    frames, mask = crop_9x16(*clips[ONE], tmp_path / "frames")
     with Segmenter(engine, "ort-cpu", RuntimeConfig(fit=fit)) as seg, \
             pytest.warns(UserWarning, match=says + r".*`--size 224 128` would fit"):
         log = segment_video(seg, frames, mask, tmp_path / "out")
@@ -205,7 +207,7 @@ def test_another_aspect_ratio_is_said_and_masks_keep_the_frame_size(engine, clip
 def test_frames_changing_size_or_colour_mode(engine, clips, tmp_path):
     """Same aspect ratio: resized to the first frame's size with a warning; grayscale among RGB:
     converted with a warning; another aspect ratio: refused naming the frame."""
-    src, mask = clips["blackswan"]
+    src, mask = clips[ONE]
     d = tmp_path / "mixed"
     shutil.copytree(src, d)
     Image.open(d / "00002.jpg").resize((427, 240)).save(d / "00002.jpg")

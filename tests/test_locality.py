@@ -1,4 +1,4 @@
-"""The per-object locality prior (runtime.locality): unit and property tests, no backend."""
+"""The per-object locality prior (runtime.core.locality): unit and property tests, no backend."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.config import RuntimeConfig
-from runtime.errors import RuntimeConfigError
-from runtime.locality import (
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import RuntimeConfigError
+from runtime.core.locality import (
     DEFAULT_LOCALITY,
     GRID,
     MIN_SIGMA,
     WINDOW_FLOOR,
     apply_locality,
     locality_window,
-    owners,
+    object_owners,
 )
 
 
@@ -60,11 +60,11 @@ def test_absent_object_gets_no_window() -> None:
     assert locality_window(np.zeros((16, 16), bool), 0.5) is None
 
 
-def test_owners_is_the_argmax_with_background() -> None:
+def test_object_owners_is_the_argmax_with_background() -> None:
     probs = np.zeros((2, 2, 3), np.float32)
     probs[0, 0, 0], probs[1, 0, 1] = 0.9, 0.6
     probs[0, 1, 2], probs[1, 1, 2] = 0.3, 0.35  # background 0.35 ties object 2: first wins
-    assert owners(probs).tolist() == [[1, 2, 0], [0, 0, 0]]
+    assert object_owners(probs).tolist() == [[1, 2, 0], [0, 0, 0]]
 
 
 def test_two_objects_keep_their_own_side() -> None:

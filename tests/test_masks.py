@@ -1,4 +1,4 @@
-"""The one mask reader (runtime.masks.read_labels): a PNG means the same object ids for the
+"""The one mask reader (runtime.media.masks.read_labels): a PNG means the same object ids for the
 runtime's first mask, the DAVIS ground truth and the training data."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import DEMO
+from conftest import ONE, TWO, demo_root
 from PIL import Image
 
-from evaluation.davis import DavisLayout, read_sequence
-from runtime.errors import MaskError
-from runtime.masks import VOID_ID, MaskMode, read_labels, read_mask
-from runtime.palette import PALETTE, save_palette_png
+from runtime.core.errors import MaskError
+from runtime.media.davis import DavisLayout, read_sequence
+from runtime.media.masks import VOID_ID, MaskMode, read_labels, read_mask
+from runtime.media.palette import PALETTE, save_palette_png
 
 MODES = (MaskMode.FIRST, MaskMode.GROUND_TRUTH)
 
@@ -86,12 +86,12 @@ def test_training_and_evaluation_read_the_shipped_annotations_alike():
     """Training data, DAVIS evaluation and the runtime's first mask agree on real PNGs."""
     from training.data import load_sequence
 
-    layout = DavisLayout(DEMO)
-    for seq in ("blackswan", "cows+libby"):
-        gt = read_sequence(DEMO, seq).labels
+    layout = DavisLayout(demo_root())
+    for seq in (ONE, TWO):
+        gt = read_sequence(layout.root, seq).labels
         first = read_mask(layout.annotation(seq, "00000"))
         np.testing.assert_array_equal(first, gt[0])
-        train = load_sequence(DEMO, seq, (240, 432))
+        train = load_sequence(layout.root, seq, (240, 432))
         want = np.stack([cv2.resize(g, (432, 240), interpolation=cv2.INTER_NEAREST) for g in gt])
         np.testing.assert_array_equal(train.labels, want)
         assert train.num_objects == int(gt[0].max()) == (2 if "+" in seq else 1)

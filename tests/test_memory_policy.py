@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.memory_policy import Decision, MemoryPolicy, choose_eviction
+from runtime.core.memory_policy import Decision, MemoryPolicy, choose_eviction
 
 scores = st.floats(min_value=0.0, max_value=2.0, allow_nan=False)
 runs = st.tuples(
@@ -132,7 +132,7 @@ def test_eviction_prefers_low_quality_then_old():
 
 
 def test_ties_go_to_the_oldest():
-    from runtime.memory_policy import MemoryEntry
+    from runtime.core.memory_policy import MemoryEntry
 
     a, b = MemoryEntry(1, 10, 2, 0.5), MemoryEntry(2, 20, 4, 0.5)
     # j = 3 is equidistant from indices 2 and 4: same reference score

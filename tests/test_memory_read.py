@@ -1,4 +1,4 @@
-"""The deployed memory read (export/memory_read.py) against training.model.memory_readout.
+"""The deployed memory read (training/memory_read.py) against training.model.memory_readout.
 
 Same selection: the top-k positions equal the reference's (computed in float64) except where
 the k-th and (k+1)-th affinities tie within SELECTION_TOL or a few float32 ulps of them (float32
@@ -19,7 +19,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from export.memory_read import affinity_top_k, banked_memory_read
+from training.memory_read import affinity_top_k, banked_memory_read
 from training.model import INVALID_SLOT_BIAS, memory_readout
 
 SELECTION_TOL = 1e-4  # |affinity - k-th largest| below which a swapped position is a tie

@@ -1,25 +1,18 @@
 """J&F metrics and the DAVIS reader: hand-computed cases, toolkit edge cases, real ground truth
-(the DAVIS clips shipped in assets/demo)."""
+(the demo clips, conftest.demo_root)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import ONE, TWO, demo_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from evaluation.davis import (
-    DatasetError,
-    DavisLayout,
-    list_sequences,
-    read_sequence,
-    write_labels,
-)
 from evaluation.metrics import (
     EvaluationError,
     ObjectResult,
@@ -33,8 +26,13 @@ from evaluation.metrics import (
     statistics,
     summarize,
 )
-
-DEMO = Path(__file__).resolve().parents[1] / "assets/demo"  # real DAVIS clips, DAVIS layout
+from runtime.media.davis import (
+    DatasetError,
+    DavisLayout,
+    list_sequences,
+    read_sequence,
+    write_labels,
+)
 
 
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -270,15 +268,16 @@ def test_read_sequence_layout(tmp_path):
 
 
 def test_real_davis_ground_truth():
-    """The shipped DAVIS clip (assets/demo, DAVIS layout) and its real annotations."""
-    seq = read_sequence(DEMO, "blackswan")
+    """A demo clip (DAVIS layout) and its annotations."""
+    root = demo_root()
+    seq = read_sequence(root, ONE)
     assert seq.labels.shape == (50, 480, 854) and seq.num_objects == 1
     assert set(np.unique(seq.labels)) == {0, 1}
-    assert list_sequences(DEMO, DavisLayout(DEMO).split_file("demo")) == ["blackswan",
-                                                                          "cows+libby"]
-    assert read_sequence(DEMO, "cows+libby").num_objects == 2
+    assert list_sequences(root, DavisLayout(root).split_file("demo")) == [ONE,
+                                                                          TWO]
+    assert read_sequence(root, TWO).num_objects == 2
 
-    (same,) = evaluate_sequence("blackswan", seq.labels, seq.labels)
+    (same,) = evaluate_sequence(ONE, seq.labels, seq.labels)
     assert same.j.shape == (48,)
     assert same.j_stats.mean == 1.0 and same.f_stats.mean == 1.0
 
@@ -286,7 +285,7 @@ def test_real_davis_ground_truth():
     # the 8-px tolerance so F stays close to 1.
     kernel = np.ones((7, 7), np.uint8)
     grown = np.stack([cv2.dilate(lab, kernel) for lab in seq.labels])
-    (res,) = evaluate_sequence("blackswan", seq.labels, grown)
+    (res,) = evaluate_sequence(ONE, seq.labels, grown)
     assert res.j_stats.mean < 0.95
     assert res.f_stats.mean > 0.97
     assert res.jf_mean < 1.0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.config import RuntimeConfig
-from runtime.memory_policy import DEFAULT_MEMORY_SIZE
+from runtime.core.config import RuntimeConfig
+from runtime.core.memory_policy import DEFAULT_MEMORY_SIZE
 from training.config import ModelConfig
 from training.model import QDMN, memory_readout
 from training.reference import (

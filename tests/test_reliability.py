@@ -21,18 +21,18 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import interruptible, script_env
+from conftest import interrupt, interruptible, script_env, signal_when_written, wait_for_file
 from PIL import Image
 
 from runtime import run as cli
-from runtime.config import default_threads
-from runtime.errors import MaskError, OutputError, RuntimeConfigError
+from runtime.core.config import default_threads
+from runtime.core.errors import MaskError, OutputError, RuntimeConfigError
+from runtime.core.manifest import Manifest
 from runtime.job import segment_video
-from runtime.manifest import Manifest
-from runtime.outputs import OutputLock, StagedFolder, check_writable_dir
-from runtime.palette import save_palette_png
+from runtime.media.outputs import OutputLock, StagedFolder, check_writable_dir
+from runtime.media.palette import save_palette_png
+from runtime.media.sources import FrameSource, open_source
 from runtime.segmenter import Segmenter
-from runtime.sources import FrameSource, open_source
 
 
 def frames(n: int, h: int, w: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -160,14 +160,7 @@ def test_second_run_into_the_same_output_is_refused(engine, video, tmp_path):
                       "--threads", "1", "--quiet"),
         cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
-            if list(tmp_path.glob(".out.partial-*/00002.png")):
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                first.wait(timeout=0.1)
-            assert first.poll() is None, first.stderr.read()
-        else:
-            pytest.fail("the first run wrote no frame")
+        wait_for_file(first, tmp_path, ".out.partial-*/00002.png")
         other, other_mask = tmp_path / "other", np.zeros((240, 427), np.uint8)
         other_mask[50:150, 50:200] = 1
         rgb, _ = frames(5, 240, 427, seed=1)
@@ -177,11 +170,10 @@ def test_second_run_into_the_same_output_is_refused(engine, video, tmp_path):
         line = one_error_line(r.stderr)
         assert r.returncode == 1
         assert "in use by another run" in line and f"pid {first.pid}" in line, line
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=120)
+        code, err = interrupt(first, signal.SIGINT)
     finally:
         first.kill()
-    assert first.returncode == 130, err
+    assert code == 130, err
     log = json.loads((out / "run.json").read_text())
     assert str(folder) in log["input"]
     assert len(list(out.glob("*.png"))) == len(log["frames"])
@@ -307,7 +299,7 @@ def test_export_on_a_full_disk_is_one_line(request, tmp_path):
                         str(tmp_path / "graphs"), "--size", "64", "128"], cwd=rs.REPO,
                        env=script_env(), capture_output=True, text=True, timeout=300,
                        check=False, preexec_fn=limit_file_size)
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert "File too large" in one_error_line(r.stderr)
     assert list(tmp_path.iterdir()) == []
 
@@ -387,10 +379,10 @@ def test_training_and_evaluation_refuse_an_output_in_use(tmp_path, capsys):
     held = OutputLock(tmp_path / "run")
     try:
         assert train.main(["--config", str(rs.REPO / "configs/light.yaml"), "--out-dir",
-                           str(tmp_path / "run")]) == 2
+                           str(tmp_path / "run")]) == 1
         assert "in use by another run" in one_error_line(capsys.readouterr().err)
         assert evaluate.main(["--engine-dir", str(tmp_path / "e"), "--data", str(tmp_path),
-                              "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+                              "--out", str(tmp_path / "run"), "--no-progress"]) == 1
         assert "in use by another run" in one_error_line(capsys.readouterr().err)
     finally:
         held.release()
@@ -442,3 +434,122 @@ def test_run_totals_take_records_back_out():
         totals.add(r, -1)
     assert totals.summary() == summarize(records[:6])
     assert totals.summary()["insertions"] == 2 and totals.summary()["evictions"] == 1
+
+
+# ------------------------------------------- what a tester found next (same classes)
+def run_limited(max_bytes: int, *args: str | Path) -> subprocess.CompletedProcess:
+    """run.py with every file it writes capped at `max_bytes` (EFBIG, as a full disk fails)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
+                          env=script_env(), capture_output=True, text=True, timeout=300,
+                          check=False, preexec_fn=limit)
+
+
+def test_an_overlay_that_cannot_be_written_fails_the_run(engine, video, tmp_path):
+    """OpenCV's writer drops frames it cannot write without a word: before, exit 0 and an
+    overlay holding 3 of 30 frames."""
+    _, folder, mask = video
+    r = run_limited(200_000, "--engine-dir", engine, "--input", folder, "--mask", mask,
+                    "--output", tmp_path / "out", "--overlay", tmp_path / "vis.mkv",
+                    "--backend", "ort-cpu", "--max-frames", "30", "--quiet")
+    assert r.returncode == 1
+    line = one_error_line(r.stderr)
+    assert f"cannot write {tmp_path / 'vis.mkv'}: only" in line and "of its 30 frames" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_names_the_users_path(engine, video, tmp_path):
+    _, folder, mask = video
+    r = run_limited(1_000, "--engine-dir", engine, "--input", folder, "--mask", mask,
+                    "--output", tmp_path / "out", "--backend", "ort-cpu", "--quiet")
+    assert r.returncode == 1
+    assert f"cannot write {tmp_path / 'out' / '00000.png'}: File too large" in one_error_line(
+        r.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_that_are_inputs_are_refused(engine, video, tmp_path, capsys):
+    """Before: an overlay written over the input video replaced it; masks written into the
+    frames folder were read back as frames by the next run."""
+    mp4, folder, mask = video
+    base = ["--engine-dir", str(engine), "--mask", str(mask), "--backend", "ort-cpu", "--quiet"]
+    size = mp4.stat().st_size
+    for argv, expect in (
+            (["--input", str(mp4), "--output", str(tmp_path / "o"), "--overlay", str(mp4)],
+             f"overlay {mp4} is the --input"),
+            (["--input", str(folder), "--output", str(folder)], f"output {folder} is the --input"),
+            (["--input", str(folder), "--output", str(engine)],
+             f"output {engine} is the --engine-dir")):
+        assert cli.main([*base, *argv]) == 1
+        assert expect in one_error_line(capsys.readouterr().err)
+    assert mp4.stat().st_size == size and not (tmp_path / "o").exists()
+    seg = Segmenter(engine, backend="ort-cpu")
+    with seg, pytest.raises(OutputError, match="is the input"):
+        segment_video(seg, folder, mask, folder)
+
+
+def hold_lock(target: Path, nested: bool) -> subprocess.Popen:
+    """Another process holding OutputLock(target) until its stdin closes."""
+    code = ("import sys; from runtime.media.outputs import OutputLock; "
+            "lock = OutputLock(sys.argv[1], nested=sys.argv[2] == 'nested'); "
+            "print('held', flush=True); sys.stdin.read()")
+    return subprocess.Popen([sys.executable, "-c", code, str(target),
+                             "nested" if nested else "plain"], cwd=rs.REPO, env=script_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_an_output_inside_another_runs_output_is_refused(tmp_path):
+    """Before: a second run into OUT/00010.png of a running run exited 0, and the first then
+    failed at its end (`Is a directory`), losing its masks."""
+    out = tmp_path / "out"
+    holder = hold_lock(out, nested=False)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"is inside {out}, which another run is writing "
+                                              f"\\(pid {holder.pid}"):
+            StagedFolder(out / "00010.png", index="run.json")
+    finally:
+        holder.communicate("", timeout=60)
+    StagedFolder(out / "00010.png", index="run.json").abort()  # free once the run is over
+    nested = hold_lock(out, nested=True)
+    try:
+        assert nested.stdout.readline().strip() == "held"
+        StagedFolder(out / "video", index="run.json").abort()  # a corpus root: workers nest
+    finally:
+        nested.communicate("", timeout=60)
+
+
+def test_a_dangling_link_above_the_output_is_refused(tmp_path):
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match=f"{tmp_path / 'dang'} is a symbolic link"):
+        StagedFolder(tmp_path / "dang" / "sub", index="run.json")
+    with pytest.raises(OutputError, match="symbolic link"):
+        check_writable_dir(tmp_path / "dang" / "sub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dang"]  # nowhere/ not created
+
+
+@pytest.mark.parametrize("mask, expect", [
+    (np.ones((2, 480, 854), np.uint8), r"shape \(2, 480, 854\)"),
+    (np.ones((0, 0), np.uint8), r"shape \(0, 0\)"),
+    (np.full((480, 854), 0.5), "float64"),
+    (np.full((480, 854), 300), "in 0..255"),
+])
+def test_a_mask_array_that_is_not_ids_is_refused(engine, video, tmp_path, mask, expect):
+    _, folder, _ = video
+    with Segmenter(engine, backend="ort-cpu") as seg, pytest.raises(MaskError, match=expect):
+        segment_video(seg, folder, mask, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_stopped_by_sigterm_leaves_nothing(request, tmp_path):
+    """Before: SIGTERM left .gs.lock and .gs.partial-* behind; Ctrl-C printed a traceback."""
+    ckpt = rs.cached_engine(request)[0]
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        rc, err = signal_when_written("export/to_onnx.py", [str(ckpt), "--out",
+                                      str(tmp_path / "gs"), "--size", "64", "128"],
+                                      tmp_path, ".gs.partial-*", signum)
+        assert rc == code, err
+        assert err.strip().splitlines() == ["interrupted: nothing written"]
+        assert list(tmp_path.iterdir()) == []

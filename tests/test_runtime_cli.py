@@ -5,7 +5,6 @@ Refusals: one `error: ...` line on stderr, exit code 1, nothing left in (or next
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,15 +18,15 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import interruptible, script_env
+from conftest import ONE, script_env, signal_when_written
 from PIL import Image
 
 from runtime import run as cli
-from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest, graph_specs
-from runtime.masks import read_mask
+from runtime.core.config import RuntimeConfig
+from runtime.core.manifest import Manifest, graph_specs
+from runtime.media.masks import read_mask
+from runtime.media.palette import save_palette_png
 from runtime.options import runtime_settings
-from runtime.palette import save_palette_png
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def engine(request) -> Path:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> tuple[Path, Path]:
     """5 blackswan frames in their own folder + the first mask."""
-    paths, mask = rs.davis_clip("blackswan", 5)
+    paths, mask = rs.davis_clip(ONE, 5)
     d = tmp_path_factory.mktemp("clip")
     for p in paths:
         shutil.copy(p, d / p.name)
@@ -349,7 +348,7 @@ def test_runtime_is_torch_free(engine, clip, tmp_path):
 
 def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path, monkeypatch):
     """A camera/stream: no look-ahead (the last frame is memorised too); Ctrl-C keeps results."""
-    from runtime.sources import FrameSource, read_frame
+    from runtime.media.sources import FrameSource, read_frame
 
     frames, mask = clip
     paths = sorted(frames.glob("*.jpg"))
@@ -382,12 +381,12 @@ def test_live_source_no_lookahead_and_ctrl_c_keeps_output(engine, clip, tmp_path
 def long_clip(tmp_path_factory) -> tuple[Path, Path]:
     """600 frames (the demo clip's 50 linked over and over): a run lasts long enough to be
     signalled while it works, on any machine."""
-    demo = rs.REPO / "assets/demo/JPEGImages/480p/blackswan"
-    src = sorted(demo.glob("*.jpg"))
+    layout = rs.demo_layout()
+    src = sorted(layout.frames_dir(ONE).glob("*.jpg"))
     d = tmp_path_factory.mktemp("long")
     for i in range(600):
         (d / f"{i:05d}.jpg").symlink_to(src[i % len(src)])
-    return d, rs.REPO / "assets/demo/Annotations/480p/blackswan/00000.png"
+    return d, layout.annotation(ONE, "00000")
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -395,25 +394,12 @@ def test_signal_keeps_finished_frames(engine, long_clip, tmp_path, signum, code)
     """A real process and a real signal once frames are being written. Before, SIGINT exited 0
     and SIGTERM killed the process leaving a hidden `.out.partial-*` folder behind."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        interruptible("runtime/run.py", "--engine-dir", str(engine), "--input",
-                      str(long_clip[0]), "--mask", str(long_clip[1]), "--output", str(out),
-                      "--backend", "ort-cpu", "--threads", "1", "--quiet"),
-        cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(3000):  # up to ~5 min: the first PNGs appear in the staging folder
-            if list(tmp_path.glob(".out.partial-*/00002.png")):
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.1)  # waits on the process, returns at once if it exited
-            assert proc.poll() is None, proc.stderr.read()
-        else:
-            pytest.fail("no frame was written")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err
+    rc, err = signal_when_written(
+        "runtime/run.py", ["--engine-dir", str(engine), "--input", str(long_clip[0]), "--mask",
+                           str(long_clip[1]), "--output", str(out), "--backend", "ort-cpu",
+                           "--threads", "1", "--quiet"],
+        tmp_path, ".out.partial-*/00002.png", signum)
+    assert rc == code, err
     assert "interrupted" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden partial folder
     log = json.loads((out / "run.json").read_text())

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import runtime_support as rs
+from conftest import ONE
 
 from runtime.backends import resolve_auto
-from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest, file_sha256
-from runtime.masks import read_mask
+from runtime.core.config import RuntimeConfig
+from runtime.core.manifest import Manifest, file_sha256
+from runtime.media.masks import read_mask
+from runtime.media.sources import read_frame
 from runtime.segmenter import Segmenter
-from runtime.sources import read_frame
 
 
 class FakeMemory:
@@ -234,7 +235,7 @@ def trt_engine_dir(request, tmp_path, monkeypatch) -> Path:
 
 
 def test_trt_backend_matches_ort_cpu(trt_engine_dir):
-    paths, mask_path = rs.davis_clip("blackswan", 7)
+    paths, mask_path = rs.davis_clip(ONE, 7)
     frames, mask = [read_frame(p) for p in paths], read_mask(mask_path)
     assert resolve_auto(Manifest.load(trt_engine_dir), trt_engine_dir) == "trt"
     cfg = RuntimeConfig(memory_size=2, mem_every=1, quality_threshold=0.0)
@@ -262,7 +263,7 @@ def test_trt_backend_matches_ort_cpu(trt_engine_dir):
 
 
 def test_trt_refusals(trt_engine_dir):
-    from runtime.errors import EngineMismatchError
+    from runtime.core.errors import EngineMismatchError
 
     m = json.loads((trt_engine_dir / "manifest.json").read_text())
     m["tensorrt"]["compute_capability"] = "8.6"
@@ -297,7 +298,7 @@ def test_auto_falls_back_when_tensorrt_cannot_start(trt_engine_dir, monkeypatch)
     from runtime.backends import auto_candidates
 
     assert seg.backend.name == auto_candidates(seg.manifest, trt_engine_dir)[1]
-    from runtime.errors import BackendUnavailableError
+    from runtime.core.errors import BackendUnavailableError
 
     with pytest.raises(BackendUnavailableError, match="no CUDA device 0"):
         Segmenter(trt_engine_dir, "trt")

@@ -10,24 +10,27 @@ import sys
 import numpy as np
 import pytest
 from conftest import script_env
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from runtime.backends import create_backend
 from runtime.backends.base import HostBank
-from runtime.config import RuntimeConfig, default_threads
-from runtime.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
-from runtime.manifest import STRIDE, Manifest, ManifestError, graph_specs
-from runtime.masks import fit_mask, read_mask
-from runtime.memory_policy import (
+from runtime.core.config import RuntimeConfig, default_threads
+from runtime.core.errors import BackendUnavailableError, InputError, MaskError, RuntimeConfigError
+from runtime.core.manifest import STRIDE, Manifest, ManifestError, graph_specs
+from runtime.core.memory_policy import (
     DEFAULT_MEM_EVERY,
     DEFAULT_QUALITY_THRESHOLD,
     FIXED_SLOTS,
     MemoryPolicy,
     bank_capacity,
 )
-from runtime.palette import PALETTE
-from runtime.resize import onehot, prob_to_labels, resize_frame
-from runtime.sources import open_source, with_last
+from runtime.core.owners import owners
+from runtime.core.resize import onehot, prob_to_labels, resize_frame
+from runtime.media.masks import fit_mask, read_mask
+from runtime.media.palette import PALETTE
+from runtime.media.sources import open_source, with_last
 
 
 def manifest(memory_size: int = 3) -> Manifest:
@@ -91,7 +94,7 @@ def test_pre_and_post_processing():
 
 
 def test_memory_constants_are_defined_once():
-    """beta + 2 slots, mem_every and sigma: one definition (runtime.memory_policy), used by the
+    """beta + 2 slots, mem_every and sigma: one definition (runtime.core.memory_policy), used by the
     manifest, the graphs' shapes and the policy alike."""
     m = manifest(3)
     assert m.capacity == bank_capacity(3) == 3 + FIXED_SLOTS
@@ -108,7 +111,7 @@ def test_default_threads_follow_the_cpu_affinity_set():
     assert RuntimeConfig().resolve(manifest()).threads == default_threads()
     # A process restricted to one CPU (taskset, a container's cpuset) gets one thread.
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from runtime.config import default_threads; print(default_threads())")
+            "from runtime.core.config import default_threads; print(default_threads())")
     r = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
                        text=True, timeout=60, check=True)
     assert r.stdout.strip() == "1"
@@ -188,3 +191,11 @@ def test_sources(tmp_path):
 def test_unknown_backend():
     with pytest.raises(BackendUnavailableError, match="unknown backend 'cuda'"):
         create_backend("cuda", manifest(), ".", RuntimeConfig().resolve(manifest()))
+
+
+@given(st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_owners_is_argmax_ties_to_the_lower_index(planes: int, seed: int) -> None:
+    """Coarse values make ties common: every tie goes where numpy's argmax puts it."""
+    probs = np.random.default_rng(seed).integers(0, 4, (planes, 5, 7)).astype(np.float32) / 4
+    assert np.array_equal(owners(probs), probs.argmax(0))
+    assert np.array_equal(owners(list(probs)), probs.argmax(0))  # planes one at a time

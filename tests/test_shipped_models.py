@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ONE, TWO, load_script, require_real_frames
 
 from evaluation.metrics import jaccard
 from training.checkpoint import load_model, read_checkpoint
@@ -19,7 +20,7 @@ from training.reference import ReferenceSegmenter
 MODELS = Path(__file__).resolve().parents[1] / "models"
 FRAMES = 12  # enough for the bank to take frames in (mem_every 5), quick at 480x864 on 2 cores
 
-# name: (backbone, export default size), as models/README.md documents them
+# name: (backbone, export default size), as docs/training-log.md documents them
 SHIPPED = {
     "qdmn-light.pth": ("efficientnet_lite0", [240, 432]),
 }
@@ -41,7 +42,8 @@ def test_shipped_checkpoint_is_what_the_readme_says(name):
 def test_shipped_model_follows_a_held_out_clip(name, davis_root):
     """blackswan was never trained on: at the model's own export size the reference keeps the
     swan (per-frame IoU) over the first frames, including after the bank takes a frame in."""
-    seq = load_sequence(davis_root, "blackswan")
+    require_real_frames()
+    seq = load_sequence(davis_root, ONE)
     labels = (seq.labels[:FRAMES] > 0).astype(np.uint8)
     torch.set_num_threads(2)
     seg = ReferenceSegmenter.from_checkpoint(MODELS / name)
@@ -54,8 +56,9 @@ def test_shipped_model_follows_a_held_out_clip(name, davis_root):
 def test_locality_prior_keeps_two_objects_apart(davis_root):
     """The demo's two-object clip (held-out cows | libby, side by side): without the locality
     prior the light model gives the dog's pixels to the cow from frame 2 on; with it (the
-    default) each keeps its own (runtime.locality)."""
-    seq = load_sequence(davis_root, "cows+libby")
+    default) each keeps its own (runtime.core.locality)."""
+    require_real_frames()
+    seq = load_sequence(davis_root, TWO)
     torch.set_num_threads(2)
     ious = {}
     for locality in (0.0, None):
@@ -90,14 +93,15 @@ def test_ship_model_sets_the_export_size_and_keeps_the_weights(tmp_path):
 
 
 def test_gate_oracle_scores_candidates_by_their_true_iou(davis_root):
-    """training.gate_oracle (scripts/gate_oracle.py): with the oracle gate a candidate frame's
+    """scripts/gate_oracle.py: with the oracle gate a candidate frame's
     score is its masks' real IoU, so the gate memorises a frame exactly when that IoU reaches
     sigma; accept_all / reject_all memorise every candidate / none."""
-    from training.gate_oracle import GatedReference
+    require_real_frames()
+    GatedReference = load_script("gate_oracle").GatedReference
     from training.validation import ValVideo
 
-    seq = load_sequence(davis_root, "blackswan")
-    video = ValVideo("blackswan", seq.frames[:FRAMES], (seq.labels[:FRAMES] > 0).astype(np.uint8))
+    seq = load_sequence(davis_root, ONE)
+    video = ValVideo(ONE, seq.frames[:FRAMES], (seq.labels[:FRAMES] > 0).astype(np.uint8))
     model, _ = load_model(MODELS / "qdmn-light.pth")
     torch.set_num_threads(2)
     inserted = {}

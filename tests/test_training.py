@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import ONE, TWO, load_script
 from PIL import Image
 
 from training.config import ConfigError
@@ -45,18 +46,18 @@ def _copy_sequence(davis: Path, dst: Path, name: str, frames: int = 6) -> None:
 
 
 def test_dataset_errors_name_the_file(davis_root, tmp_path):
-    _copy_sequence(davis_root, tmp_path, "blackswan")
-    (tmp_path / "Annotations/480p/blackswan/00003.png").unlink()
-    with pytest.raises(DatasetError, match="00003.jpg has no mask"):
-        load_sequence(tmp_path, "blackswan", SIZE)
-    Image.fromarray(np.full((480, 854), 128, np.uint8)).save(tmp_path / "Annotations/480p/blackswan/00003.png")
+    _copy_sequence(davis_root, tmp_path, ONE)
+    (tmp_path / f"Annotations/480p/{ONE}/00003.png").unlink()
+    with pytest.raises(DatasetError, match="00003.jpg has no annotation"):
+        load_sequence(tmp_path, ONE, SIZE)
+    Image.fromarray(np.full((480, 854), 128, np.uint8)).save(tmp_path / f"Annotations/480p/{ONE}/00003.png")
     # The runtime's mask reader refuses it: a MaskError, a ValueError as train.py expects.
     with pytest.raises(ValueError, match=r"00003.png is grayscale with values \[128\]"):
-        load_sequence(tmp_path, "blackswan", SIZE)
+        load_sequence(tmp_path, ONE, SIZE)
     for i in range(6):
-        Image.fromarray(np.zeros((480, 854), np.uint8)).save(tmp_path / f"Annotations/480p/blackswan/{i:05d}.png")
+        Image.fromarray(np.zeros((480, 854), np.uint8)).save(tmp_path / f"Annotations/480p/{ONE}/{i:05d}.png")
     with pytest.raises(DatasetError, match="first mask .* is empty"):
-        load_sequence(tmp_path, "blackswan", SIZE)
+        load_sequence(tmp_path, ONE, SIZE)
     with pytest.raises(DatasetError, match="no frame folder"):
         load_sequence(tmp_path, "nosuchseq", SIZE)
 
@@ -114,7 +115,7 @@ def test_overfits_one_real_sequence(davis_root, tmp_path):
     torch.manual_seed(0)
     # Plain CE throughout: bootstrapping (hardest pixels only) would inflate later losses.
     cfg = _tiny(tmp_path, davis_root, bootstrap_start=1.0, bootstrap_end=1.0)
-    seqs = load_sequences(davis_root, ["blackswan"], cfg.image_size)
+    seqs = load_sequences(davis_root, [ONE], cfg.image_size)
     trainer = Trainer(cfg, torch.device("cpu"))
     before = _clip_iou(trainer, seqs[0])
     history = trainer.fit(seqs, quiet=True)
@@ -127,7 +128,7 @@ def test_overfits_one_real_sequence(davis_root, tmp_path):
 
 
 def test_batch_workers_train_the_same_run_and_a_time_limit_stops_it_cleanly(davis_root, tmp_path):
-    seqs = load_sequences(davis_root, ["blackswan", "cows+libby"], SIZE)
+    seqs = load_sequences(davis_root, [ONE, TWO], SIZE)
     extra = {"multi_object_fraction": 0.5, "corrupt_quality_weight": 1.0, "steps": 3,
              "pretrained_backbone": False}
     runs = []
@@ -147,7 +148,7 @@ def test_batch_workers_train_the_same_run_and_a_time_limit_stops_it_cleanly(davi
 
 
 def test_resume_continues_with_identical_losses(davis_root, tmp_path):
-    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    seqs = load_sequences(davis_root, [ONE], SIZE)
     # With every random part on: distractors, corrupted QAM masks, the correspondence warp (and
     # the flow-based correspondence, deterministic given the frames).
     extra = {"multi_object_fraction": 0.5, "distractor_fraction": 0.5,
@@ -180,7 +181,7 @@ def test_resume_continues_with_identical_losses(davis_root, tmp_path):
     for a, b in zip(straight_trainer.eval_model.parameters(), second.eval_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # the weight average resumes too
 
-    from training.curves import plot_run
+    plot_run = load_script("curves").plot_run
 
     png = plot_run(Path(cfg2.out_dir), tmp_path / "curves.png", window=2)
     assert Image.open(png).size[0] > 500
@@ -192,7 +193,7 @@ def test_weight_average_is_what_gets_validated_and_kept(davis_root, tmp_path):
     from the trained weights."""
     from training.checkpoint import read_checkpoint
 
-    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    seqs = load_sequences(davis_root, [ONE], SIZE)
     decay = 0.75
     trainer = Trainer(_tiny(tmp_path, davis_root, steps=3, pretrained_backbone=False,
                             ema_decay=decay), torch.device("cpu"))
@@ -220,7 +221,7 @@ def test_quality_gradient_reaches_value_encoder_scaled(davis_root):
     from training.model import freeze_batchnorm
 
     shipped = Path(__file__).parents[1] / "models" / "qdmn-light.pth"
-    seq = load_sequences(davis_root, ["blackswan"], SIZE)[0]
+    seq = load_sequences(davis_root, [ONE], SIZE)[0]
     frames = torch.from_numpy(seq.frames[[0, 2, 4]])[None]
     masks = torch.from_numpy((seq.labels[[0, 2, 4]] == 1).astype(np.float32))[None, :, None]
     grads, scores = {}, {}
@@ -247,7 +248,7 @@ def test_quality_gradient_reaches_value_encoder_scaled(davis_root):
 
 
 def test_trainable_prefixes_freeze_everything_else(davis_root, tmp_path):
-    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    seqs = load_sequences(davis_root, [ONE], SIZE)
     cfg = _tiny(tmp_path, davis_root, steps=2, pretrained_backbone=False,
                 corrupt_quality_weight=1.0, trainable=("score",))
     trainer = Trainer(cfg, torch.device("cpu"))
@@ -264,7 +265,7 @@ def test_trainable_prefixes_freeze_everything_else(davis_root, tmp_path):
     ("encoder_lr_scale", ("rgb_encoder.", "mask_rgb_encoder.")),
     ("key_lr_scale", ("kv_q_f16.key_proj.", "kv_m_f16.key_proj."))])
 def test_lr_scale_acts_only_on_its_parameters(davis_root, tmp_path, option, prefixes):
-    seqs = load_sequences(davis_root, ["blackswan"], SIZE)
+    seqs = load_sequences(davis_root, [ONE], SIZE)
     moved = {}
     for scale in (1.0, 0.0):
         torch.manual_seed(0)

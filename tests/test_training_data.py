@@ -1,6 +1,6 @@
 """Training data: copy-paste clips, corrupted QAM masks, scale jitter, the train/val split.
 
-Real-frame tests use the clips shipped in assets/demo (DAVIS layout), so they run anywhere.
+Clip tests use the demo clips (conftest.demo_root: real DAVIS frames where ../shared is here).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ONE, TWO, demo_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -20,14 +21,13 @@ from training.mask_corruption import KINDS, corrupt, corrupt_masks
 from training.train import TrainConfig, Trainer, load_config, make_batch, split_sequences
 from training.validation import load_val_videos, pasted_video, side_by_side_video
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 SPEC3 = SampleSpec(crop=(96, 160), num_objects=3, image_size=(128, 224), scale_range=(0.8, 2.0))
 
 
 @pytest.fixture(scope="module")
 def demo_seqs():
     # Held at 2x the inference size, as training holds them for scale jitter.
-    return load_sequences(DEMO, ["blackswan", "cows+libby"], (256, 448))
+    return load_sequences(demo_root(), [ONE, TWO], (256, 448))
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -148,7 +148,7 @@ def test_corrupt_masks_spread_quality_and_keep_absent_objects():
 
 
 def test_batches_mix_object_counts(demo_seqs):
-    cfg = TrainConfig(data_root=str(DEMO), image_size=(128, 224), crop_size=(96, 160),
+    cfg = TrainConfig(data_root=str(demo_root()), image_size=(128, 224), crop_size=(96, 160),
                       scale_range=(0.8, 2.0), batch_size=2, multi_object_fraction=0.5,
                       three_object_fraction=0.5, side_by_side_fraction=0.5)
     counts = [make_batch(cfg, demo_seqs, step)[0].masks.shape[1] for step in range(16)]
@@ -160,17 +160,17 @@ def test_batches_mix_object_counts(demo_seqs):
 
 
 def test_validation_sequences_never_train():
-    cfg = TrainConfig(data_root=str(DEMO), split_file="ImageSets/demo.txt",
-                      val_sequences=("blackswan",))
+    cfg = TrainConfig(data_root=str(demo_root()), split_file="ImageSets/demo.txt",
+                      val_sequences=(ONE,))
     train, val = split_sequences(cfg)
-    assert train == ["cows+libby"] and val == ["blackswan"]
-    cfg = TrainConfig(data_root=str(DEMO), train_sequences=("blackswan", "cows+libby"),
-                      val_sequences=("blackswan",))
-    assert "blackswan" not in split_sequences(cfg)[0]
+    assert train == [TWO] and val == [ONE]
+    cfg = TrainConfig(data_root=str(demo_root()), train_sequences=(ONE, TWO),
+                      val_sequences=(ONE,))
+    assert ONE not in split_sequences(cfg)[0]
 
 
 def test_validation_videos_two_objects():
-    singles = load_val_videos(DEMO, ["blackswan"])
+    singles = load_val_videos(demo_root(), [ONE])
     assert len(singles) == 1 and singles[0].num_objects == 1
     a = singles[0]
     sbs = side_by_side_video(a, a)
@@ -214,7 +214,7 @@ def test_gate_score_correlation_is_the_papers_normalised_score():
     from training.validation import ValVideo, frame_scores, quality_stats
 
     model, _ = load_model(Path(__file__).resolve().parents[1] / "models" / "qdmn-light.pth")
-    seq = load_sequence(DEMO, "cows+libby")  # the cow as id 1, the dog as id 2
+    seq = load_sequence(demo_root(), TWO)  # the cow as id 1, the dog as id 2
     v = ValVideo(seq.name, seq.frames[:7], seq.labels[:7])
     pred = v.labels.copy()
     pred[3] = 0  # both objects lost
@@ -241,7 +241,7 @@ def test_burst_data_keeps_every_frame_and_object_id(davis_root, tmp_path):
     from scripts.burst_data import SIZE, reduce
 
     reduce(davis_root, tmp_path, "ImageSets/demo.txt")
-    for name in ("blackswan", "cows+libby"):
+    for name in (ONE, TWO):
         src = sorted((davis_root / "Annotations/480p" / name).glob("*.png"))
         dst = sorted((tmp_path / "Annotations/480p" / name).glob("*.png"))
         assert [f.name for f in dst] == [f.name for f in src]
@@ -249,7 +249,7 @@ def test_burst_data_keeps_every_frame_and_object_id(davis_root, tmp_path):
             small = np.array(Image.open(b))
             assert small.shape == (SIZE[1], SIZE[0])
             assert set(np.unique(small)) == set(np.unique(np.array(Image.open(a))))
-    seqs = load_sequences(tmp_path, ["blackswan", "cows+libby"], (240, 432))  # trains as it is
+    seqs = load_sequences(tmp_path, [ONE, TWO], (240, 432))  # trains as it is
     assert [s.num_objects for s in seqs] == [1, 2]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from runtime.quality import DEFAULT_QUALITY_SCORE
+from runtime.core.quality import DEFAULT_QUALITY_SCORE
 from training.config import ConfigError, ModelConfig
 from training.model import QDMN
 
@@ -165,10 +165,10 @@ def load_model(path: str | Path) -> tuple[QDMN, dict[str, Any]]:
 
 
 def checkpoint_quality_score(meta: dict[str, Any]) -> str:
-    """The memory gate's score for a loaded checkpoint (runtime.quality): the paper's QAM score
+    """The memory gate's score for a loaded checkpoint (runtime.core.quality): the paper's QAM score
     for an official one, whose head the paper trained and evaluated alone; QAM x the decoder's
     confidence for this project's models, whose heads do not rank their own masks on unseen
-    videos (models/README.md)."""
+    videos (docs/training-log.md)."""
     return "qam" if meta.get("official") else DEFAULT_QUALITY_SCORE
 
 

@@ -15,17 +15,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.davis import DavisLayout
-from runtime.masks import MaskMode, read_labels
+from evaluation import datasets
+from runtime.core.errors import InputError
+from runtime.media.davis import DatasetError, DavisLayout, read_sequence
+from runtime.media.sources import read_frame
 from training import augment
 from training.copy_paste import Cutout, paste, trajectory
 from training.mask_corruption import corrupt_masks
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-
-
-class DatasetError(ValueError):
-    """A dataset folder is incomplete or holds masks this project cannot interpret."""
 
 
 @dataclass
@@ -45,35 +41,27 @@ class Sequence:
 
 
 def load_sequence(root: Path, name: str, size: tuple[int, int] | None = None) -> Sequence:
-    """Load frames and masks of `name` from a DAVIS-layout `root`, resized to size=(H, W)
-    (None: as stored)."""
-    layout = DavisLayout(root)
-    frame_dir, mask_dir = layout.frames_dir(name), layout.annotations_dir(name)
-    if not frame_dir.is_dir():
-        raise DatasetError(f"sequence {name!r}: no frame folder {frame_dir}")
-    frame_paths = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not frame_paths:
-        raise DatasetError(f"sequence {name!r}: {frame_dir} holds no frames")
+    """Frames and masks of `name` from a DAVIS-layout `root` (runtime.media.davis, which
+    requires every frame annotated), resized to size=(H, W) (None: as stored)."""
+    seq = read_sequence(root, name)
     frames, labels = [], []
-    for fp in frame_paths:
-        mp = mask_dir / (fp.stem + ".png")
-        if not mp.is_file():
-            raise DatasetError(f"sequence {name!r}: frame {fp.name} has no mask {mp}")
-        img = cv2.imread(str(fp), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DatasetError(f"cannot read frame {fp}")
-        img, lab = img[:, :, ::-1], read_labels(mp, MaskMode.GROUND_TRUTH)
+    for path, lab in zip(seq.frames, seq.labels):
+        try:
+            img = read_frame(path)
+        except InputError as e:
+            raise DatasetError(str(e)) from None
         if size is not None:
             h, w = size
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             lab = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST)
         frames.append(img)
         labels.append(lab)
-    seq = Sequence(name, np.stack(frames), np.stack(labels))
-    if seq.num_objects == 0:
-        raise DatasetError(f"sequence {name!r}: the first mask {mask_dir / (frame_paths[0].stem + '.png')} "
-                           "is empty (no object to track)")
-    return seq
+    out = Sequence(name, np.stack(frames), np.stack(labels))
+    if out.num_objects == 0:
+        raise DatasetError(f"sequence {name!r}: the first mask "
+                           f"{DavisLayout(root).annotation(name, seq.frames[0])} is empty (no "
+                           "object to track)")
+    return out
 
 
 def load_sequences(root: str | Path, names: list[str], size: tuple[int, int]) -> list[Sequence]:
@@ -81,13 +69,6 @@ def load_sequences(root: str | Path, names: list[str], size: tuple[int, int]) ->
     if not root.is_dir():
         raise DatasetError(f"dataset root not found: {root}")
     return [load_sequence(root, n, size) for n in tqdm(names, desc="loading", leave=False)]
-
-
-def read_split(root: str | Path, split_file: str | Path) -> list[str]:
-    path = Path(root) / split_file
-    if not path.is_file():
-        raise DatasetError(f"split file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- samples
@@ -270,22 +251,14 @@ def copy_paste_sample(rng: np.random.Generator, seqs: list[Sequence], spec: Samp
 
 
 def side_by_side(rng: np.random.Generator, a: Sample, b: Sample) -> Sample:
-    """Two single-object samples squeezed into one 2-object sample (left = 1, right = 2), the
-    recipe the DAVIS-2016 README suggests for multi-object videos."""
-    t, h, w, _ = a.frames.shape
-    half = w // 2
-
-    def squeeze(x: np.ndarray, interp: int) -> np.ndarray:
-        return cv2.resize(x, (half, h), interpolation=interp)
-
-    frames = np.stack([
-        np.concatenate([squeeze(a.frames[i], cv2.INTER_AREA),
-                        squeeze(b.frames[i], cv2.INTER_AREA)], 1) for i in range(t)])
+    """Two single-object samples squeezed into one 2-object sample (left = 1, right = 2,
+    evaluation.datasets.side_by_side), the recipe the DAVIS-2016 README suggests for
+    multi-object videos."""
+    frames, labels = datasets.side_by_side((a.frames, a.masks[:, 0]), (b.frames, b.masks[:, 0]))
     n = a.masks.shape[1]
     masks = np.zeros_like(a.masks)
-    for i in range(t):
-        masks[i, 0, :, :half] = squeeze(a.masks[i, 0], cv2.INTER_NEAREST)
-        masks[i, 1, :, half:2 * half] = squeeze(b.masks[i, 0], cv2.INTER_NEAREST)
+    for k in (1, 2):
+        masks[:, k - 1, :, :labels.shape[2]] = labels == k
     valid = np.zeros(n, np.float32)
     valid[:2] = [a.object_valid[0], b.object_valid[0]]
     return Sample(frames, masks, valid, corrupt_masks(rng, masks[2]))

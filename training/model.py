@@ -1,7 +1,8 @@
 """QDMN network (Liu et al., ECCV 2022) with the official checkpoint's parameter names.
 
-The network is used through four stateless methods, one per exported graph, so the graphs are
-exactly what was trained:
+The network is used through four stateless methods, which the five exported graphs wrap
+(training/graphs.py; encode_memory is two graphs, qam and quality), so the graphs are exactly
+what was trained:
 
     encode_query  frame + previous probabilities -> query key/value (PEM applied) + skips
     encode_memory frame + object masks            -> memory key/value + QAM quality score
@@ -89,7 +90,7 @@ class Decoder(nn.Module):
         """x: (B*N, 2CV, h, w); f8, f4: (B, C, ...) -> logits (B*N, 1, 4*H/4, 4*W/4).
 
         upsample: the final x4 bilinear upsampling (default F.interpolate); the exported graph
-        passes an exact equivalent that runs faster (export/graphs.py)."""
+        passes an exact equivalent that runs faster (training/graphs.py)."""
         x = self.compress(x)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)

@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from runtime.backends.base import Bank, HostBackend
-from runtime.config import RuntimeConfig, check_threads
-from runtime.manifest import STRIDE, Manifest, file_sha256, graph_specs
-from runtime.memory_policy import DEFAULT_MEMORY_SIZE
-from runtime.quality import DEFAULT_QUALITY_SCORE
+from runtime.core.config import RuntimeConfig, check_threads
+from runtime.core.manifest import STRIDE, Manifest, file_sha256, graph_specs
+from runtime.core.memory_policy import DEFAULT_MEMORY_SIZE
+from runtime.core.quality import DEFAULT_QUALITY_SCORE
 from runtime.segmenter import Segmenter
 from training.checkpoint import checkpoint_quality_score, load_model
 from training.config import ModelConfig
-from training.model import QDMN, normalize_uint8
+from training.graphs import build_graphs
+from training.model import QDMN
 
 # "Unbounded" memory: more dynamic slots than any video has frames. The reference bank stores
 # only written slots, so this allocates nothing up front.
@@ -77,21 +78,22 @@ class SparseBank(Bank):
 
 
 class TorchBackend(HostBackend):
-    """Runs QDMN.encode_query / encode_memory (memory_kv, assess_quality) / read_memory /
-    decode in FP32 on the model's device (the CPU, or the GPU that trains it); tensors cross in
-    the manifest's layouts (views, no extra work: memory_readout copies its inputs into its own
-    layout anyway)."""
+    """Runs the exported graphs' own PyTorch modules (training.graphs: the wrappers the
+    exporter traces) in FP32 on the model's device (the CPU, or the GPU that trains it);
+    tensors cross by the manifest's names and layouts."""
 
     name = "torch"
 
     def __init__(self, model: QDMN, manifest: Manifest, *, threads: int | None = None):
         self.model = model.eval()
-        self.top_k = model.cfg.top_k
         if threads is not None:
             # Process-wide in torch. One thread is far faster on a loaded machine: OpenMP
             # workers that wait for a busy core made a 64x96 step 50x slower in our tests.
             torch.set_num_threads(check_threads(threads))
         super().__init__(manifest)
+        device = next(model.parameters()).device  # the GPU that trains it, in validation
+        self.graphs = {name: g.to(device) for name, g in
+                       build_graphs(model, manifest.height, manifest.width).items()}
 
     def _make_bank(self) -> Bank:
         return SparseBank(self.manifest, self.buffers)
@@ -99,30 +101,12 @@ class TorchBackend(HostBackend):
     @torch.inference_mode()
     def _execute(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         device = next(self.model.parameters()).device  # validation during GPU training
-        t = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
-        m = self.model
-        if graph == "encoder":
-            k, v, f8, f4 = m.encode_query(normalize_uint8(t["image"]), t["prev_prob"][None])
-            out = {"query_key": k, "query_value": v, "f8": f8, "f4": f4}
-        elif graph == "qam":
-            k, v, features = m.memory_kv(normalize_uint8(t["image"]), t["masks"][None])
-            chunks = {"mem_keys": _bank_rows(k[0]), "mem_values": _bank_rows(v[0])}
-            out = {name: chunks[tensor][obj] for name, tensor, obj in self.bank.writes}
-            out["quality_features"] = features
-        elif graph == "quality":
-            out = {"quality": m.assess_quality(t["quality_features"])}
-        elif graph == "memory_read":
-            h, w = self.manifest.feature_size
-            keys, values = (_model_layout(t[name], h, w) for name in ("mem_keys", "mem_values"))
-            r = m.read_memory(t["query_key"], keys, values, t["mem_valid"][None], self.top_k)
-            out = {"readout": r[0]}
-        elif graph == "decoder":
-            _, prob = m.decode(t["readout"][None], t["query_value"], t["f8"], t["f4"],
-                               t["object_valid"][None])
-            out = {"prob": prob[0]}
-        else:
-            raise KeyError(graph)
-        return {k: v.cpu().numpy().copy() for k, v in out.items()}
+        spec = self.manifest.graphs[graph]
+        outs = self.graphs[graph](*(torch.from_numpy(inputs[t.name]).to(device)
+                                    for t in spec.inputs))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return {t.name: o.float().cpu().numpy().copy()  # float(): bf16 under autocast
+                for t, o in zip(spec.outputs, outs, strict=True)}
 
     def run(self, graph: str, feeds: Mapping[str, np.ndarray] | None = None,
             fetch: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -133,16 +117,6 @@ class TorchBackend(HostBackend):
                                     **self.bank.inputs()})
         self.buffers.update(out)
         return {n: self.buffers[n].copy() for n in fetch}
-
-
-def _bank_rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) -> (N, h*w, C), the bank's per-object chunk layout."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def _model_layout(bank: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bank layout (N, T, P, C) -> memory_readout's (1, T, N, C, h, w), as a view."""
-    return bank.permute(1, 0, 3, 2).unflatten(3, (h, w))[None]
 
 
 def reference_segmenter(

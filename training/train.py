@@ -15,7 +15,6 @@ import argparse
 import csv
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,10 +28,12 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from runtime.config import check_threads
-from runtime.errors import OutputError
-from runtime.manifest import STRIDE
-from runtime.outputs import OutputLock
+from runtime.cli import fail
+from runtime.core.config import check_threads
+from runtime.core.errors import OutputError
+from runtime.core.manifest import STRIDE
+from runtime.media.davis import list_sequences
+from runtime.media.outputs import OutputLock, replacing
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.correspondence import correspondence_loss, flow_correspondence_loss
@@ -42,7 +43,6 @@ from training.data import (
     Sequence,
     copy_paste_sample,
     load_sequences,
-    read_split,
     side_by_side,
     static_sample,
     video_sample,
@@ -406,7 +406,6 @@ class Trainer:
     def save(self, name: str = CHECKPOINT_NAME, optimizer: bool = True) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
-        tmp = path.with_suffix(".tmp")
         # With the optimizer: the run's state (the trained weights, their average, the
         # optimizer). Without: the weights to use.
         weights = self.model if optimizer else self.eval_model
@@ -415,8 +414,8 @@ class Trainer:
             state["optimizer"] = self.optimizer.state_dict()
             if self.ema is not None:
                 state["ema"] = self.ema.state_dict()
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save(state, tmp)
         return path
 
     def note(self, text: str) -> None:
@@ -629,7 +628,7 @@ def validate(trainer: Trainer) -> dict[str, Any]:
 def split_sequences(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     files = (cfg.split_file,) if isinstance(cfg.split_file, str) else cfg.split_file
     names = list(cfg.train_sequences) or list(dict.fromkeys(
-        n for f in files for n in read_split(cfg.data_root, f)))
+        n for f in files for n in list_sequences(cfg.data_root, Path(cfg.data_root) / f)))
     val = list(cfg.val_sequences)
     train = [n for n in names if n not in val]
     if not train:
@@ -670,8 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             lock.release()
     except (ConfigError, ValueError, FileNotFoundError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evaluation.davis import DavisLayout
+from evaluation.datasets import side_by_side, write_clip
 from evaluation.metrics import evaluate_sequence, jaccard
-from runtime.manifest import STRIDE
-from runtime.memory_policy import DEFAULT_QUALITY_THRESHOLD
-from runtime.palette import save_palette_png
-from runtime.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
+from runtime.core.manifest import STRIDE
+from runtime.core.memory_policy import DEFAULT_QUALITY_THRESHOLD
+from runtime.core.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
+from runtime.media.davis import DavisLayout
 from training.copy_paste import Cutout, paste
 from training.data import Sequence as ValVideo  # one video held in memory
 from training.data import load_sequence
@@ -45,17 +45,8 @@ def read_video(root: Path, name: str) -> ValVideo:
 
 
 def side_by_side_video(a: ValVideo, b: ValVideo) -> ValVideo:
-    """a's object (1) on the left half, b's (2) on the right, each squeezed to half width."""
-    t = min(len(a.frames), len(b.frames))
-    h, w = a.labels.shape[1:]
-    half = (w // 2, h)
-    frames = np.stack([np.concatenate([cv2.resize(a.frames[i], half, interpolation=cv2.INTER_AREA),
-                                       cv2.resize(b.frames[i], half, interpolation=cv2.INTER_AREA)],
-                                      1) for i in range(t)])
-    labels = np.stack([np.concatenate([cv2.resize(a.labels[i], half, interpolation=cv2.INTER_NEAREST),
-                                       2 * cv2.resize(b.labels[i], half,
-                                                      interpolation=cv2.INTER_NEAREST)], 1)
-                       for i in range(t)])
+    """a's object (1) on the left half, b's (2) on the right (evaluation.datasets.side_by_side)."""
+    frames, labels = side_by_side((a.frames, a.labels), (b.frames, b.labels))
     return ValVideo(f"{a.name}+{b.name}", frames, labels)
 
 
@@ -91,12 +82,7 @@ def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
     """Write videos in the DAVIS layout (JPEG frames, palette PNG masks, ImageSets/val.txt)."""
     layout = DavisLayout(root)
     for v in videos:
-        fdir, mdir = layout.frames_dir(v.name), layout.annotations_dir(v.name)
-        fdir.mkdir(parents=True, exist_ok=True)
-        mdir.mkdir(parents=True, exist_ok=True)
-        for i, (frame, lab) in enumerate(zip(v.frames, v.labels)):
-            cv2.imwrite(str(fdir / f"{i:05d}.jpg"), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-            save_palette_png(lab, mdir / f"{i:05d}.png")
+        write_clip(layout, v.name, list(v.frames), list(v.labels), quality=95)
     layout.split_file("val").parent.mkdir(exist_ok=True)
     layout.split_file("val").write_text("".join(f"{v.name}\n" for v in videos))
     return layout.root
@@ -108,7 +94,7 @@ def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
 @dataclass
 class QualityStats:
     """Quality scores against the true IoU of the model's own masks, over validation frames:
-    the QAM head's, and the gate's (runtime.quality: by default QAM x the decoder's confidence)."""
+    the QAM head's, and the gate's (runtime.core.quality: by default QAM x the decoder's confidence)."""
 
     pearson: float  # the QAM score, pooled over all object-frames
     pearson_within: float  # the QAM score, mean of the per-video correlations
@@ -118,7 +104,7 @@ class QualityStats:
     reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
     accept_good: float  # share of frames with IoU > 0.8 the gate accepts
     n_frames: int
-    mode: str = DEFAULT_QUALITY_SCORE  # the gate's score (runtime.quality.QUALITY_SCORES)
+    mode: str = DEFAULT_QUALITY_SCORE  # the gate's score (runtime.core.quality.QUALITY_SCORES)
     # (IoU, QAM score, the gate's score) per object-frame
     points: list[tuple[float, float, float]] = field(default_factory=list)
     # (mean IoU, the gate's final score) per frame: what it thresholds at sigma
@@ -197,7 +183,7 @@ def _pearson(points: Sequence[tuple[float, float]]) -> float:
 
 def run_video(segmenter: object, video: ValVideo) -> tuple[np.ndarray, np.ndarray]:
     """The segmenter's label maps of every frame, and (T, n) the decoder's confidence in each
-    object's mask (runtime.quality; 1 for the given first mask)."""
+    object's mask (runtime.core.quality; 1 for the given first mask)."""
     preds = np.zeros_like(video.labels)
     conf = np.ones((len(video.frames), video.num_objects), np.float32)
     preds[0] = segmenter.start(video.frames[0], video.labels[0])  # type: ignore[attr-defined]

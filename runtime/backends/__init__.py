@@ -1,7 +1,7 @@
 """Backend choice: explicit by name, or `auto` (TensorRT > ORT CUDA > OpenVINO > ORT CPU).
 
 On CPU, `auto` prefers OpenVINO running the FP32 graphs in bf16 where the CPU has native bf16
-(measured on DAVIS validation: J&F 0.653 vs 0.651 FP32, about 1.5x the FPS of ORT CPU FP32).
+(as accurate as FP32 and faster than ORT CPU: docs/runtime.md, "Backends").
 
 Each backend module imports its library lazily, so a missing GPU package only matters when
 that backend is asked for (BackendUnavailableError, one line).
@@ -14,14 +14,14 @@ import warnings
 from pathlib import Path
 
 from runtime.backends.base import Backend
-from runtime.config import RuntimeConfig
-from runtime.errors import BackendUnavailableError, EngineMismatchError
-from runtime.manifest import Manifest
+from runtime.core.config import RuntimeConfig
+from runtime.core.errors import BackendUnavailableError, EngineMismatchError
+from runtime.core.manifest import Manifest
 
 BACKENDS = ("auto", "trt", "ort-cuda", "ort-cpu", "openvino", "openvino-bf16")
-# Where OpenVINO beats ORT CPU (single-thread CPU ms per frame, light model, 240x432, 1 object,
-# 7 slots): INT8 Q/DQ graphs 66 vs 101 (its int8 convolutions are ~3x faster); FP32 111 vs 95
-# (same convolutions, slower TopK in memory_read). FP16 graphs are meant for GPUs.
+GPU_BACKENDS = ("trt", "ort-cuda")
+# Where OpenVINO beats ORT CPU on graphs run as exported: INT8 Q/DQ ones (its int8 convolutions;
+# for FP32 ones, only in bf16, above); FP16 graphs are meant for GPUs (docs/runtime.md).
 OPENVINO_PRECISIONS = ("int8",)
 
 
@@ -109,5 +109,5 @@ def _create(name: str, manifest: Manifest, engine_dir: str | Path,
     return TrtBackend(manifest, engine_dir, device_id=config.device)
 
 
-__all__ = ["BACKENDS", "Backend", "auto_candidates", "create_backend", "engines_present",
+__all__ = ["BACKENDS", "GPU_BACKENDS", "Backend", "auto_candidates", "create_backend", "engines_present",
            "resolve_auto"]

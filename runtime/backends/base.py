@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import EngineMismatchError
-from runtime.manifest import GRAPH_NAMES, Manifest, TensorSpec, slot_writes
+from runtime.core.errors import EngineMismatchError
+from runtime.core.manifest import GRAPH_NAMES, Manifest, TensorSpec, slot_writes
 
 BANK_TENSORS = ("mem_keys", "mem_values", "mem_valid")  # memory_read inputs held by the bank
 

@@ -1,8 +1,8 @@
 """OpenVINO backend (CPU): the ONNX graphs compiled by OpenVINO, numpy I/O, host bank.
 
 memory_read runs on ONNX Runtime instead: OpenVINO's TopK + Gather over the (hw x T*hw)
-affinity measured 3-4x slower than ORT's (e.g. 128 vs 35 ms at 240x432, 27 slots), while its
-convolutions (encoder, qam, decoder) are the fastest here, especially in bf16 on AMX.
+affinity is several times slower than ORT's, while its convolutions (encoder, qam, decoder)
+are the fastest here, especially in bf16 (docs/runtime.md, "Backends").
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 
 from runtime.backends.base import HostBackend
 from runtime.backends.ort import import_ort, session_options
-from runtime.config import check_threads, default_threads
-from runtime.errors import BackendUnavailableError, EngineMismatchError
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.core.config import check_threads, default_threads
+from runtime.core.errors import BackendUnavailableError, EngineMismatchError
+from runtime.core.manifest import GRAPH_NAMES, Manifest
 
 
 class OpenVinoBackend(HostBackend):

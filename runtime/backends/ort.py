@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
-from runtime.config import check_threads, default_threads
-from runtime.errors import BackendUnavailableError, EngineMismatchError
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.core.config import check_threads, default_threads
+from runtime.core.errors import BackendUnavailableError, EngineMismatchError
+from runtime.core.manifest import GRAPH_NAMES, Manifest
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
 

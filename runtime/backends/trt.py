@@ -24,8 +24,8 @@ import numpy as np
 
 from runtime.backends.base import BANK_TENSORS, Backend, Bank
 from runtime.backends.trt_compat import check_engine_compat
-from runtime.errors import BackendUnavailableError, EngineMismatchError, QDMNRuntimeError
-from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError, verify_sha256
+from runtime.core.errors import BackendUnavailableError, EngineMismatchError, QDMNRuntimeError
+from runtime.core.manifest import GRAPH_NAMES, Manifest, ManifestError, verify_sha256
 
 if TYPE_CHECKING:
     import tensorrt as trt

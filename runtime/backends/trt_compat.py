@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.errors import EngineMismatchError
+from runtime.core.errors import EngineMismatchError
 
 
 class EngineCompatError(EngineMismatchError):

@@ -1,0 +1,45 @@
+"""What every command-line program of the project shares, so that they fail alike: one
+`error:` line and one exit-code scheme. Library code raises; only these programs print and
+exit.
+
+Exit codes: 0 done; 1 (EXIT_FAILED) refused or failed, with one `error: ...` line on stderr;
+2 a usage error argparse reported (unknown option, missing argument); 130 / 143 stopped by
+Ctrl-C / SIGTERM (`runtime.media.outputs.interrupt_exit_code`, the shell's 128 + signal).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from runtime.core.errors import QDMNRuntimeError
+
+EXIT_FAILED = 1
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: our errors' own message, an OSError's reason and file, others
+    prefixed by their type."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}{f': {e.filename}' if e.filename else ''}"
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (QDMNRuntimeError, OSError, ValueError)):
+        return text
+    return f"{type(e).__name__}: {text}"
+
+
+def fail(e: BaseException | str) -> int:
+    """Print `error: <one line>` on stderr; the exit code of a refused or failed command."""
+    print(f"error: {e if isinstance(e, str) else one_line(e)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def warnings_as_lines() -> None:
+    """Show warnings as `warning: <message>` lines, not Python's two-line format."""
+
+    def show(message: Warning | str, category: type[Warning], *rest: object,
+             **kw: object) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show  # type: ignore[assignment]

@@ -1,0 +1,127 @@
+"""Frame sources: a folder of frames, a video file, a camera or a stream, as RGB frames.
+
+Frames are RGB uint8 (H0, W0, 3) at their original size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from runtime.core.errors import InputError
+
+FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class FrameSource:
+    """An iterable of RGB frames. length is None for live sources (camera, stream)."""
+
+    description: str
+    length: int | None
+    fps: float | None
+    live: bool
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+
+class FolderSource(FrameSource):
+    def __init__(self, folder: Path):
+        files = sorted(p for p in folder.iterdir()
+                       if p.is_file() and p.suffix.lower() in FRAME_EXTS)
+        if not files:
+            raise InputError(f"input folder {folder} holds no frames ({', '.join(FRAME_EXTS)})")
+        super().__init__(f"folder {folder} ({len(files)} frames)", len(files), None, False)
+        self.files = files
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for f in self.files:
+            yield read_frame(f)
+
+
+class CaptureSource(FrameSource):
+    """A video file, camera index or stream URL read with cv2.VideoCapture."""
+
+    def __init__(self, target: str | int, live: bool):
+        self.target = target
+        cap = self._open()
+        fps = cap.get(cv2.CAP_PROP_FPS) or None
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
+        cap.release()
+        kind = "camera" if isinstance(target, int) else ("stream" if live else "video")
+        super().__init__(f"{kind} {target}", n if n > 0 else None, fps, live)
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.target)
+        if not cap.isOpened():
+            cap.release()
+            raise InputError(f"cannot open {self.target!s}: not a readable video/camera/stream")
+        return cap
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        cap = self._open()
+        try:
+            n = 0
+            while True:
+                ok, bgr = cap.read()
+                if not ok or bgr is None:
+                    break
+                n += 1
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if n == 0:
+                raise InputError(f"no frame could be decoded from {self.target!s}")
+        finally:
+            cap.release()
+
+
+def open_source(src: str | Path) -> FrameSource:
+    """Folder of frames, video file, camera index ("0") or stream URL ("rtsp://...")."""
+    s = str(src)
+    if s.isdigit():
+        return CaptureSource(int(s), live=True)
+    if "://" in s:
+        return CaptureSource(s, live=True)
+    path = Path(s)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        return FolderSource(path)
+    if path.suffix.lower() in FRAME_EXTS:
+        raise InputError(f"{path} is a single image: pass the folder of frames")
+    if path.stat().st_size == 0:
+        raise InputError(f"video file {path} is empty")
+    return CaptureSource(str(path), live=False)
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; imdecode copes with any path encoding."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise InputError(f"cannot read frame {path}: {e}") from None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise InputError(f"cannot decode frame {path}: corrupt or not an image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+T = TypeVar("T")
+
+
+def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
+    """Pairs (item, is_last) with one item of look-ahead (only for finite, non-live inputs)."""
+    it = iter(items)
+    try:
+        prev = next(it)
+    except StopIteration:
+        return
+    for item in it:
+        yield prev, False
+        prev = item
+    yield prev, True
