@@ -54,7 +54,7 @@ python scripts/key_matching.py models/qdmn-light.pth --data "$DAVIS" --out model
 python scripts/key_matching.py models/training/light-best.pth --data "$DAVIS" \
     --out models/report/key_matching_stage1.json
 
-# 5. speed (2-object graphs, beta = 25: the issue-11 configuration), the memory read's options,
+# 5. speed (2-object graphs, beta = 25: the README's configuration), the memory read's options,
 # long-video stability and the O(beta) read
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-2obj --max-objects 2
 python benchmarks/speed.py --engine-dir engines/light-2obj --checkpoint models/qdmn-light.pth \
