@@ -7,7 +7,7 @@ DAVIS=${DAVIS:-../shared/data/DAVIS2016}
 R=results
 VAL=blackswan,cows,libby          # configs/light.yaml's val_sequences (never trained on)
 
-# 1. train in three stages (docs/training-log.md; ~1.7 h on 2 cores):
+# 1. train in four stages (docs/training-log.md; ~4 h on 2 cores):
 #    stage 0, the first recipe (models/qdmn-light-stage0.yaml), 950 steps from ImageNet;
 #    stage 1, configs/light.yaml from stage 0, validated every 300 steps, best kept (step 600);
 #    stage 2, configs/light-stage2.yaml from stage 1: the key projections alone with the
@@ -20,7 +20,13 @@ python scripts/snapshot_training.py runs/light models/training
 python training/train.py --config configs/light-stage2.yaml --init models/training/light-best.pth \
     --steps 300
 python scripts/snapshot_training.py runs/light-stage2 models/training/stage2 --name light-stage2
-cp models/training/stage2/light-stage2-best.pth models/qdmn-light.pth
+#    stage 3, configs/light-davis42.yaml from stage 2: the 42 DAVIS-2016 videos here (less the
+#    three held out), 3000 steps on one thread, validated every 300, best kept (step 2700)
+python training/train.py --config configs/light-davis42.yaml \
+    --init models/training/stage2/light-stage2-best.pth
+python scripts/snapshot_training.py runs/light-davis42 models/training/light-davis42 \
+    --name light-davis42
+cp models/training/light-davis42/light-davis42-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1

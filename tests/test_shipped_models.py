@@ -55,8 +55,9 @@ def test_shipped_model_follows_a_held_out_clip(name, davis_root):
 
 def test_locality_prior_keeps_two_objects_apart(davis_root):
     """The demo's two-object clip (held-out cows | libby, side by side): without the locality
-    prior the light model gives the dog's pixels to the cow from frame 2 on; with it (the
-    default) each keeps its own (runtime.core.locality)."""
+    prior the light model gives much of the dog's pixels to the cow from frame 2 on (the model
+    before the 42-video fine-tune lost it whole); with it (the default) each keeps its own
+    (runtime.core.locality)."""
     require_real_frames()
     seq = load_sequence(davis_root, TWO)
     torch.set_num_threads(2)
@@ -67,7 +68,8 @@ def test_locality_prior_keeps_two_objects_apart(davis_root):
         preds += [seg.step(seq.frames[t], last=t == FRAMES - 1) for t in range(1, FRAMES)]
         ious[locality] = np.array([[float(jaccard(lab == k, p == k)) for k in (1, 2)]
                                    for p, lab in zip(preds[2:], seq.labels[2:FRAMES])])
-    assert ious[0.0][:, 1].mean() < 0.2, ious[0.0]  # the failure the prior is for
+    # the failure the prior is for, and what it wins back
+    assert ious[None][:, 1].mean() > ious[0.0][:, 1].mean() + 0.1, (ious[0.0], ious[None])
     assert ious[None][:, 1].min() > 0.5 and ious[None][:, 0].min() > 0.7, ious[None]
 
 
