@@ -40,7 +40,6 @@ from runtime.media.davis import DatasetError, list_sequences
 if TYPE_CHECKING:
     from runtime.core.config import RuntimeConfig
     from runtime.core.manifest import Manifest
-    from runtime.media.outputs import OutputLock
 
 
 def write_csvs(results: EvaluationResults, out_dir: str | Path, split: str = "val") -> list[Path]:
@@ -183,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             _check_args(args)
-            stack.callback(_lock(args.out).release)  # a second evaluation into OUT is refused
+            from runtime.media.outputs import OutputLock
+
+            stack.callback(OutputLock(args.out).release)  # a second evaluation into OUT: refused
             if args.sequences:
                 sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
             elif args.predictions is not None and args.split_file is None:
@@ -235,12 +236,6 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.out)
     if args.reference is not None:
         check_writable_dir(args.out / "reference")
-
-
-def _lock(out: Path) -> OutputLock:
-    from runtime.media.outputs import OutputLock
-
-    return OutputLock(out)
 
 
 def _closing(stack: contextlib.ExitStack, segmenter: Segmenter) -> Segmenter:

@@ -122,8 +122,7 @@ class OutputLock:
     def __init__(self, target: str | Path, *, nested: bool = False):
         self.target = Path(target)
         self.nested = nested
-        real = Path(os.path.realpath(self.target))
-        self.path = real.parent / f".{real.name}.lock"
+        self.path = _lock_file(Path(os.path.realpath(self.target)))
         self._fd: int | None = None
         self._released = False
         self._created = _make_parents(self.target)
@@ -164,7 +163,7 @@ class OutputLock:
 
     def _refuse_inside_another_output(self) -> None:
         for folder in Path(os.path.realpath(self.target)).parents:
-            lock = folder.parent / f".{folder.name}.lock"
+            lock = _lock_file(folder)
             if folder == folder.parent or not lock.is_file():
                 continue
             holder = _holder_if_held(lock)
@@ -209,6 +208,11 @@ class OutputLock:
 
 
 NESTS = "(runs may write inside)"  # in the lock file of an OutputLock(nested=True)
+
+
+def _lock_file(target: Path) -> Path:
+    """The hidden file beside a (resolved) target that OutputLock locks."""
+    return target.parent / f".{target.name}.lock"
 
 
 def _holder_if_held(lock: Path) -> str | None:
