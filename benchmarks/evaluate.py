@@ -151,6 +151,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what.add_argument("--predictions", type=Path,
                       help="score the masks in this output folder of run.py/batch.py instead")
     p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
+    p.add_argument("--resolution", default="480p",
+                   help="the root's resolution folder (default 480p; e.g. 240p)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--sequences", help="comma-separated sequence names")
     which.add_argument(
@@ -214,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sequences,
                     save_masks=out_dir / "masks" if args.save_masks else None,
                     progress=not args.no_progress,
+                    resolution=args.resolution,
                 )
                 paths = write_csvs(results, out_dir, split)
                 evaluated[label] = results

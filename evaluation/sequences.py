@@ -28,7 +28,7 @@ from evaluation.metrics import (
     summarize,
 )
 from runtime.job import RUN_LOG, frame_png
-from runtime.media.davis import DatasetError, read_sequence, write_labels
+from runtime.media.davis import RESOLUTION, DatasetError, read_sequence, write_labels
 from runtime.media.masks import MaskMode, read_labels
 from runtime.media.sources import read_frame
 
@@ -130,6 +130,7 @@ def evaluate_sequences(
     *,
     save_masks: str | Path | None = None,
     progress: bool = True,
+    resolution: str = RESOLUTION,
 ) -> EvaluationResults:
     """Run a segmenter on each sequence and score it with the DAVIS 2017 semi-supervised rules.
 
@@ -141,7 +142,7 @@ def evaluate_sequences(
     bar = tqdm(list(sequences), disable=not progress, unit="seq")
     for name in bar:
         bar.set_postfix_str(name)
-        seq = read_sequence(root, name)
+        seq = read_sequence(root, name, resolution)
         # Per-frame bars only on a terminal: in logs they would add a line per frame.
         frame_bars = progress and sys.stderr.isatty()
         preds, seconds = run_sequence(

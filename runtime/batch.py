@@ -143,8 +143,10 @@ class VideoWorker:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                log = segment_video(self.segmenter, video.input, video.mask, folder,
-                                    overlay=folder / OVERLAY if settings.overlay else None,
+                given = video.mask.is_dir()
+                log = segment_video(self.segmenter, video.input,
+                                    None if given else video.mask, folder,
+                                    masks=video.mask if given else None, overlay=folder / OVERLAY if settings.overlay else None,
                                     max_frames=settings.max_frames, extra={"batch": key})
                 error = None
             except Exception as e:  # noqa: BLE001 - recorded as the video's error
@@ -449,7 +451,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--engine-dir", required=True, type=Path,
                    help="folder with manifest.json and the graphs (the same path on every node)")
     p.add_argument("--videos", required=True, type=Path,
-                   help="DAVIS-layout root, or a .csv/.json list of input,mask[,name]")
+                   help="DAVIS-layout root, or a .csv/.json list of input,mask[,name] (mask: "
+                        "the first frame's PNG, or a folder of masks on any frames)")
+    p.add_argument("--masks", action="store_true",
+                   help="a DAVIS-layout root's videos take every annotation PNG as a given "
+                        "mask (YouTube-VOS: objects first marked where they appear), not only "
+                        "the first")
     p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<video>/)")
     p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                                      "(default: a local Ray with this machine's cores)")
@@ -490,7 +497,7 @@ def _main(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(**runtime_settings(args),
                            threads=args.threads_per_worker or 1).resolve(manifest)
-    videos = list_videos(args.videos)
+    videos = list_videos(args.videos, args.masks)
     output = args.output.absolute()
     check_writable_dir(output)
     # for the whole run: a second corpus run into OUT is refused; its workers write inside

@@ -3,9 +3,12 @@
 Used by `runtime/batch.py` (the Ray corpus runner); Ray-free, so it is testable on its own.
 
 A corpus is a DAVIS-layout root (`runtime.media.davis.DavisLayout`: `JPEGImages/480p/<video>/`
-frames and `Annotations/480p/<video>/`, whose first PNG is the first-frame mask) or a CSV/JSON
-list of (input, mask[, name]) entries: input a folder of frames or a video file, relative paths
-taken from the list's folder. Each video is written to `OUT/<name>/` exactly as `runtime/run.py`
+frames and `Annotations/480p/<video>/`, whose first PNG is the first-frame mask; where that PNG
+is on a later frame, the annotation folder is taken as masks on any frames) or a CSV/JSON
+list of (input, mask[, name]) entries: input a folder of frames or a video file, mask its first
+frame's PNG or a folder of masks on any frames (`runtime.media.given`; a root's videos take
+their whole annotation folder so with `every_mask`), relative paths taken from the list's
+folder. Each video is written to `OUT/<name>/` exactly as `runtime/run.py`
 writes one video; its run.json carries a `batch` key (graph hashes, settings, input, mask
 hash), so a rerun skips the videos already complete for the same key and redoes the rest.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import re
@@ -28,6 +32,7 @@ from runtime.core.manifest import Manifest, file_sha256
 from runtime.job import RUN_LOG
 from runtime.media.davis import DavisLayout
 from runtime.media.outputs import OutputLock, write_atomic
+from runtime.media.sources import FRAME_EXTS
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -47,15 +52,17 @@ class Video:
 
     name: str
     input: Path  # folder of frames or video file
-    mask: Path  # first-frame mask
+    mask: Path  # first-frame mask, or a folder of masks on any frames (runtime.media.given)
 
 
 # ------------------------------------------------------------------------------- listing
-def list_videos(source: str | Path) -> list[Video]:
-    """The videos of a DAVIS-layout root or of a .csv/.json list (see the module docstring)."""
+def list_videos(source: str | Path, every_mask: bool = False) -> list[Video]:
+    """The videos of a DAVIS-layout root or of a .csv/.json list (see the module docstring).
+    every_mask: a root's videos take every annotation as a given mask (the YouTube-VOS layout,
+    where an object's first mask is on the frame it appears), not only the first."""
     path = Path(source)
     if path.is_dir():
-        videos = _davis_videos(path)
+        videos = _davis_videos(path, every_mask)
     elif path.is_file() and path.suffix.lower() in (".csv", ".json"):
         videos = _listed_videos(path)
     elif not path.exists():
@@ -68,7 +75,7 @@ def list_videos(source: str | Path) -> list[Video]:
     return videos
 
 
-def _davis_videos(root: Path) -> list[Video]:
+def _davis_videos(root: Path, every_mask: bool) -> list[Video]:
     layout = DavisLayout(root)
     if not layout.frames_root.is_dir():
         raise CorpusError(f"--videos {root} is not a DAVIS-layout root (no "
@@ -78,7 +85,11 @@ def _davis_videos(root: Path) -> list[Video]:
     for folder in sorted(p for p in layout.frames_root.iterdir() if p.is_dir()):
         masks = layout.annotations_dir(folder.name)
         first = min((p for p in masks.glob("*.png")), default=masks / "00000.png")
-        videos.append(Video(folder.name, folder.absolute(), first.absolute()))
+        frames = sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS)
+        # a first annotation on a later frame is that frame's mask, not the first frame's
+        later = masks.is_dir() and bool(frames) and first.stem != frames[0]
+        videos.append(Video(folder.name, folder.absolute(),
+                            (masks if every_mask or later else first).absolute()))
     return videos
 
 
@@ -158,7 +169,12 @@ def engine_fingerprint(manifest: Manifest) -> dict[str, str]:
 def video_key(fingerprint: Mapping[str, str], settings: Mapping[str, Any],
               video: Video) -> dict[str, Any]:
     """What a video's output depends on; stored in its run.json as `batch`."""
-    mask = file_sha256(video.mask) if video.mask.is_file() else None
+    if video.mask.is_dir():  # masks on any frames: each file's name and content
+        files = sorted(p for p in video.mask.glob("*.png") if p.is_file())
+        mask: str | None = hashlib.sha256("".join(
+            f"{p.name}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
+    else:
+        mask = file_sha256(video.mask) if video.mask.is_file() else None
     return {"engine": dict(fingerprint), "settings": dict(settings), "input": str(video.input),
             "mask_sha256": mask}
 

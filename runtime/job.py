@@ -36,8 +36,8 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from runtime.core.errors import InputError, MaskError, OutputError, QDMNRuntimeE
 from runtime.core.geometry import same_aspect
 from runtime.core.manifest import Manifest
 from runtime.core.resize import resize_frame
+from runtime.media.given import GivenMask, as_given, check_given, read_given_masks
 from runtime.media.masks import object_ids, read_mask
 from runtime.media.outputs import StagedFile, StagedFolder, deferred_signals
 from runtime.media.palette import OverlayWriter, check_overlay_name, save_palette_png
@@ -120,18 +121,24 @@ def _mask_array(mask: np.ndarray) -> np.ndarray:
 def segment_video(
     segmenter: Segmenter,
     source: str | Path | FrameSource,
-    mask: str | Path | np.ndarray,
+    mask: str | Path | np.ndarray | None,
     output_dir: str | Path,
     *,
+    masks: str | Path | Mapping[int, GivenMask | np.ndarray] | None = None,
     overlay: str | Path | None = None,
     max_frames: int | None = None,
     progress: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Segment `source` from its first-frame `mask` into `output_dir`; return run.json's content.
+    """Segment `source` from its first-frame `mask` and/or masks on later frames into
+    `output_dir`; return run.json's content.
 
     source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
-    mask: a mask file (see `runtime.media.masks.read_mask`) or (H0, W0) uint8 object ids.
+    mask: the first frame's mask: a mask file (see `runtime.media.masks.read_mask`) or (H0, W0)
+    uint8 object ids; None when `masks` gives the first one. masks: masks on any frames, a
+    folder of `<frame>.png` (runtime.media.given) or frame index -> (H0, W0) ids / GivenMask;
+    propagation starts at the first masked frame (earlier frames get empty masks) and each
+    given mask replaces the propagated one on its frame (see `propagate`).
     overlay: also write a video of the masks over the frames (.mp4, .avi or .mkv). extra: more
     run.json fields.
     Raises QDMNRuntimeError subclasses (one-line messages) for bad input or unwritable
@@ -142,20 +149,28 @@ def segment_video(
         raise InputError(f"max_frames={max_frames}: expected >= 1")
     if overlay is not None:
         check_overlay_name(overlay)
-    check_apart(output_dir, overlay, {"input": source})
+    inputs: dict[str, Any] = {"input": source}
+    if isinstance(masks, (str, Path)):
+        inputs["masks"] = masks
+    check_apart(output_dir, overlay, inputs)
     src = source if isinstance(source, FrameSource) else open_source(source)
-    if isinstance(mask, np.ndarray):
-        labels0, mask_name = _mask_array(mask), "the first mask"
-    else:
-        labels0, mask_name = read_mask(mask), f"first mask {mask}"
+    given = _given(src, mask, masks, segmenter.manifest)
+    if max_frames is not None and (beyond := [i for i in given if i >= max_frames]):
+        if len(beyond) == len(given):
+            raise MaskError(f"every mask is on a frame that max_frames={max_frames} stops "
+                            f"before (frames {beyond[:4]})")
+        warnings.warn(f"masks given for frames {beyond[:4]} are not used: max_frames="
+                      f"{max_frames} stops before them", stacklevel=2)
     folder = _staged_folder(Path(output_dir))
     video: StagedFile | None = None
     try:
         video = StagedFile(overlay) if overlay is not None else None
-        log, interrupted = _Run(segmenter, src, labels0, mask_name, folder, video,
-                                max_frames, progress).run()
-        log = {"input": src.description, "mask": str(mask) if not isinstance(
-                   mask, np.ndarray) else None, **dict(extra or {}), **log}
+        log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
+                                progress).run()
+        log = {"input": src.description,
+               "mask": str(mask) if isinstance(mask, (str, Path)) else None,
+               "masks": str(masks) if isinstance(masks, (str, Path)) else None,
+               "given_frames": sorted(given), **dict(extra or {}), **log}
         with deferred_signals():
             (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))
             if video is not None:
@@ -171,6 +186,32 @@ def segment_video(
     if interrupted is not None:
         raise JobInterrupted(log, interrupted)
     return log
+
+
+def _given(source: FrameSource, mask: str | Path | np.ndarray | None,
+           masks: str | Path | Mapping[int, GivenMask | np.ndarray] | None,
+           manifest: Manifest) -> dict[int, GivenMask]:
+    """Every given mask by frame index, the first-frame `mask` fitted to the first frame when
+    it is read; MaskError for a frame given twice or more objects than the graphs hold."""
+    if mask is None and masks is None:
+        raise MaskError("no mask given: pass the first frame's mask, masks on some frames, "
+                        "or both")
+    given = {}
+    if masks is not None:
+        given = (read_given_masks(masks, source) if isinstance(masks, (str, Path))
+                 else as_given(masks))
+    if mask is not None:
+        if 0 in given:
+            raise MaskError("frame 0 has a mask twice: as the first mask and among the given "
+                            "masks; give it once")
+        if isinstance(mask, np.ndarray):
+            given[0] = GivenMask(_mask_array(mask), name="the first mask", fit=True)
+        else:
+            given[0] = GivenMask(read_mask(mask), name=f"first mask {mask}", fit=True)
+    given = dict(sorted(given.items()))
+    ids = {o for g in given.values() for o in object_ids(g.labels)}
+    manifest.check_object_count(len(ids), "the given masks together")
+    return given
 
 
 def _staged_folder(output_dir: Path) -> StagedFolder:
@@ -297,23 +338,17 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-class _Run:
-    """One video through the segmenter with a reader and a writer thread."""
+class _Reader:
+    """A thread that decodes, checks and prepares the next frames of a source into a small
+    queue, until the source ends or `close` stops it."""
 
-    def __init__(self, segmenter: Segmenter, source: FrameSource, mask: np.ndarray,
-                 mask_name: str, folder: StagedFolder, video: StagedFile | None,
-                 max_frames: int | None, progress: bool):
-        self.seg, self.source, self.mask, self.mask_name = segmenter, source, mask, mask_name
-        self.max_frames = max_frames
-        self.progress = progress
+    def __init__(self, segmenter: Segmenter, source: FrameSource, max_frames: int | None):
+        self.seg, self.source, self.max_frames = segmenter, source, max_frames
         self.frames: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
         self.stop = threading.Event()
-        self.reader = threading.Thread(target=self._read, name="qdmn-reader", daemon=True)
+        self.thread = threading.Thread(target=self._read, name="qdmn-reader", daemon=True)
         self.decoded = 0  # frames the reader got from the source
-        self.writer = _Writer(folder, None if video is None
-                              else OverlayWriter(video.path, source.fps, video.target))
 
-    # -- reader thread
     def _read(self) -> None:
         checks = _FrameChecks(self.source)
         try:
@@ -327,7 +362,7 @@ class _Run:
             else:
                 self._check_length()
             self._put(_END)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
             self._put(_Failed(e))
 
     def _check_length(self) -> None:
@@ -340,7 +375,7 @@ class _Run:
                           "damaged (both counts are in run.json)", stacklevel=2)
 
     def _put(self, item: object) -> bool:
-        """Queue an item unless the main thread stopped the run (then False)."""
+        """Queue an item unless the consumer stopped the reader (then False)."""
         while not self.stop.is_set():
             try:
                 self.frames.put(item, timeout=0.1)
@@ -349,19 +384,104 @@ class _Run:
                 continue
         return False
 
-    def _items(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self.thread.start()
         while (item := self.frames.get()) is not _END:
             if isinstance(item, _Failed):
                 raise item.error
             yield item
 
-    # -- main thread
-    def _stop_reader(self) -> None:
+    def close(self) -> None:
         """Stop the reader and wait for it: a thread still inside native decoding when the
         interpreter exits aborts the process (SIGABRT) after the error was printed."""
         self.stop.set()
-        if self.reader.is_alive():
-            self.reader.join()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+@dataclass
+class Propagated:
+    """One frame's result. record: the segmenter's log of it; for a frame before the first
+    given mask (nothing ran, its labels are empty) one that says so."""
+
+    index: int
+    frame: np.ndarray  # (H, W, 3) uint8 RGB
+    labels: np.ndarray  # (H, W) uint8 object ids
+    record: FrameRecord
+
+
+def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
+              given: Mapping[int, GivenMask | np.ndarray], *, start: int = 0,
+              max_frames: int | None = None, stop: threading.Event | None = None,
+              ) -> Iterator[Propagated]:
+    """Segment `source` from the masks `given` on some of its frames (frame index -> mask at
+    the frame's size; see runtime.media.given): the loop `segment_video` and the app share.
+
+    Frames before the first given frame have no object (empty labels). A given frame's mask
+    replaces the propagated one for the ids it decides and is pinned in the memory as a
+    reference (`Segmenter.reference`). Frames before `start` are decoded but not segmented or
+    yielded: the given ones among them become the memory's references, so propagating again
+    from a corrected frame t is `start=t` (with frame t given). `stop` set ends the run after the
+    current frame; closing the generator stops its reader thread.
+    """
+    masks = as_given(given)
+    if not masks:
+        raise MaskError("no mask given: at least one frame needs a mask")
+    if isinstance(start, bool) or start < 0:
+        raise InputError(f"start={start}: expected a frame index >= 0")
+    src = source if isinstance(source, FrameSource) else open_source(source)
+    if src.length is not None and (late := [i for i in masks if i >= src.length]):
+        raise MaskError(f"masks given for frames {late[:4]} but {src.description} has "
+                        f"{src.length}")
+    reader = _Reader(segmenter, src, max_frames)
+    started = False
+    try:
+        items = reader if src.live else with_last(reader)
+        for i, item in enumerate(items):
+            (frame, image), is_last = (item, False) if src.live else item
+            g = masks.get(i)
+            if g is not None:
+                if not started:
+                    name = g.name or f"the mask of frame {i}"
+                    if g.fit:
+                        check_mask(g.labels, frame, name, segmenter.manifest)
+                    else:
+                        check_given(g, frame.shape[:2], i)
+                    labels = segmenter.start(frame, g.labels, image=image, index=i)
+                    started = True
+                else:
+                    check_given(g, frame.shape[:2], i)
+                    labels = segmenter.reference(frame, g.labels, objects=g.objects, index=i,
+                                                 image=image, propagate=i >= start)
+            elif i < start:
+                continue
+            elif not started:
+                labels = np.zeros(frame.shape[:2], np.uint8)
+            else:
+                labels = segmenter.step(frame, last=is_last, image=image, index=i)
+            if i < start:
+                continue
+            record = segmenter.last_record if g is not None or started else None
+            assert g is None or record is not None
+            yield Propagated(i, frame, labels, record or FrameRecord.empty(i))
+            if stop is not None and stop.is_set():
+                return
+    finally:
+        reader.close()
+
+
+class _Run:
+    """One video through `propagate`, with a writer thread."""
+
+    def __init__(self, segmenter: Segmenter, source: FrameSource, given: Mapping[int, GivenMask],
+                 folder: StagedFolder, video: StagedFile | None, max_frames: int | None,
+                 progress: bool):
+        self.seg, self.source, self.given = segmenter, source, given
+        self.max_frames = max_frames
+        self.progress = progress
+        self.decoded = 0
+        self.writer = _Writer(folder, None if video is None
+                              else OverlayWriter(video.path, source.fps, video.target))
 
     def run(self) -> tuple[dict[str, Any], KeyboardInterrupt | None]:
         """run.json's content, and the interrupt that stopped the run early (if any)."""
@@ -376,32 +496,24 @@ class _Run:
             total = min(total, self.max_frames) if total else self.max_frames
         bar = tqdm(total=total, unit="frame", disable=not self.progress, dynamic_ncols=True)
         t_start = time.perf_counter()
-        t_first = t_start
-        self.reader.start()
+        t_first: float | None = None
         self.writer.start()
         try:
-            items = self._items()
-            pairs = ((x, False) for x in items) if self.source.live else with_last(items)
-            for i, ((frame, image), is_last) in enumerate(pairs):
-                if i == 0:
-                    check_mask(self.mask, frame, self.mask_name, seg.manifest)
-                    labels = seg.start(frame, self.mask, image=image)
+            for out in propagate(seg, self.source, self.given, max_frames=self.max_frames):
+                self.decoded = out.index + 1
+                rec = out.record
+                if t_first is None and rec.kind != "empty":
                     t_first = time.perf_counter()
-                else:
-                    labels = seg.step(frame, last=is_last, image=image)
-                rec = seg.last_record
-                assert rec is not None
                 records.append(rec)
                 totals.add(rec)
-                self.writer.put(i, frame, labels)
+                self.writer.put(out.index, out.frame, out.labels)
                 bar.update(1)
-                if i > 0:
+                if rec.kind == "propagated":
                     bar.set_postfix(model_fps=f"{1e3 / max(rec.ms['total'], 1e-6):.1f}",
                                     mem=len(seg.policy), refresh=False)
         except KeyboardInterrupt as e:
             interrupted = e
         except BaseException:
-            self._stop_reader()
             try:
                 self.writer.finish()  # closes the overlay file before it is removed
             except BaseException:  # noqa: BLE001, S110 - the first error is reported
@@ -410,7 +522,6 @@ class _Run:
         finally:
             bar.close()
         with deferred_signals():
-            self._stop_reader()
             self.writer.finish()
         while records and records[-1].frame >= self.writer.written:  # not on disk: dropped
             totals.add(records.pop(), -1)
@@ -419,34 +530,43 @@ class _Run:
                 raise interrupted
             raise InputError(f"{self.source.description}: no frames")
         t_end = time.perf_counter()
-        summary = totals.summary()
-        propagated = totals.frames - 1
-        summary.update(
-            wall_s=round(t_end - t_start, 3),
-            # end to end over the frames `fps` counts: from the first frame's result to the
-            # last frame on disk, so the two are comparable (the pipeline's overhead shows)
-            wall_fps=(round(propagated / (t_end - t_first), 3)
-                      if propagated and t_end > t_first else None))
-        m = seg.manifest
-        log: dict[str, Any] = {
-            "backend": seg.backend.describe(), "config": asdict(seg.config),
-            "manifest": {k: getattr(m, k) for k in (
-                "height", "width", "max_objects", "memory_size", "top_k", "precision",
-                "checkpoint_sha256")},
-            "objects": list(seg.object_ids), "first_score": _finite(seg.first_score),
-            # what the container declares (None for live sources) and what was decoded
-            "input_frames": {"declared": self.source.length, "decoded": self.decoded},
-            "interrupted": interrupted is not None,
-            "summary": summary,
-            "frames": [r.to_dict() for r in records],
-        }
+        log = run_log(seg, self.source, records, totals, interrupted is not None,
+                      decoded=self.decoded,
+                      wall=(t_end - t_start, t_end - (t_first or t_end)))
         return log, interrupted
+
+
+def run_log(segmenter: Segmenter, source: FrameSource, records: Iterable[FrameRecord],
+            totals: RunTotals, interrupted: bool, *, decoded: int | None = None,
+            wall: tuple[float, float] | None = None) -> dict[str, Any]:
+    """run.json's content for these frames: settings, graphs, objects, summary, per frame.
+
+    wall: (seconds of the whole run, seconds from the first segmented frame's result to the
+    last frame's end), for the end-to-end FPS over the frames the model FPS counts."""
+    seg, m = segmenter, segmenter.manifest
+    summary = totals.summary()
+    if wall is not None:
+        summary.update(wall_s=round(wall[0], 3),
+                       wall_fps=(round(totals.steps / wall[1], 3)
+                                 if totals.steps and wall[1] > 0 else None))
+    return {
+        "backend": seg.backend.describe(), "config": asdict(seg.config),
+        "manifest": {k: getattr(m, k) for k in (
+            "height", "width", "max_objects", "memory_size", "top_k", "precision",
+            "checkpoint_sha256")},
+        "objects": list(seg.object_ids), "first_score": _finite(seg.first_score),
+        # what the container declares (None for live sources) and what was decoded
+        "input_frames": {"declared": source.length, "decoded": decoded},
+        "interrupted": interrupted,
+        "summary": summary,
+        "frames": [r.to_dict() for r in records],
+    }
 
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-__all__ = ["RUN_LOG", "JobInterrupted", "QDMNRuntimeError", "check_apart", "check_mask",
-           "check_outputs",
-           "frame_png", "segment_video"]
+__all__ = ["RUN_LOG", "GivenMask", "JobInterrupted", "Propagated", "QDMNRuntimeError",
+           "check_apart", "check_mask", "check_outputs", "frame_png", "propagate", "run_log",
+           "segment_video"]

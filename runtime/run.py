@@ -1,7 +1,7 @@
-"""Segment a video from its first-frame mask with exported QDMN graphs.
+"""Segment a video from its first-frame mask (or masks on any frames) with exported QDMN graphs.
 
     python runtime/run.py --engine-dir DIR --input FRAMES_DIR|VIDEO|CAMERA_INDEX|URL \\
-        --mask FIRST.png --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] \\
+        (--mask FIRST.png | --masks MASKS_DIR) --output OUT [--backend auto|trt|ort-cuda|ort-cpu|openvino|openvino-bf16] \\
         [--memory-size B] [--mem-every K] [--quality-threshold S] [--overlay out.mp4] \\
         [--max-frames N] [--threads T] [--device D] [--spin] [--fit letterbox|stretch] [--quiet]
 
@@ -30,6 +30,7 @@ from runtime.core.config import RuntimeConfig
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
 from runtime.job import RUN_LOG, JobInterrupted, check_apart, check_outputs, segment_video
+from runtime.media.given import read_given_masks
 from runtime.media.masks import read_mask
 from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
 from runtime.media.palette import OVERLAY_CODECS
@@ -44,9 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="folder with manifest.json and the graphs")
     p.add_argument("--input", required=True,
                    help="folder of frames, video file, camera index or stream URL")
-    p.add_argument("--mask", required=True, type=Path,
+    p.add_argument("--mask", type=Path,
                    help="first-frame mask: a palette PNG (index = object id, DAVIS 2017), a "
                         "0/255 grayscale PNG (DAVIS 2016) or an RGB PNG in DAVIS colours")
+    p.add_argument("--masks", type=Path,
+                   help="folder of masks on any frames, <frame>.png (a frame file's name, or "
+                        "a video's frame number: 00010.png), YouTube-VOS/DAVIS layout: each "
+                        "decides the objects it marks on its frame (objects may first appear "
+                        "there) and is kept as a reference; propagation starts at the first")
     p.add_argument("--output", required=True, type=Path, help="output folder")
     add_execution_options(p)
     add_runtime_options(p)
@@ -55,10 +61,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the output folder")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.mask is None and args.masks is None:
+        p.error("give the first frame's mask (--mask FILE), masks on some frames "
+                "(--masks DIR), or both")
+    return args
 
 
-class _Fail(Exception):
+class _Fail(ValueError):
     """A usage problem found by the CLI itself (message printed as is)."""
 
 
@@ -73,16 +83,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "which holds the masks (and a name like 00001.png would replace one): "
                     "write the overlay elsewhere")
     check_apart(args.output, args.overlay, {"--input": args.input, "--engine-dir":
-                                            args.engine_dir, "--mask": args.mask})
+                                            args.engine_dir, "--mask": args.mask,
+                                            "--masks": args.masks})
     check_outputs(args.output, args.overlay)
     manifest = Manifest.load(args.engine_dir)
     config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
                            spin=args.spin).resolve(manifest)
-    read_mask(args.mask)
+    if args.mask is not None:
+        read_mask(args.mask)
     source = open_source(args.input)
+    if args.masks is not None:
+        read_given_masks(args.masks, source)
     backend = create_backend(args.backend, manifest, args.engine_dir, config)
     with Segmenter.from_backend(manifest, backend, config) as segmenter:
-        return segment_video(segmenter, source, args.mask, args.output, overlay=args.overlay,
+        return segment_video(segmenter, source, args.mask, args.output, masks=args.masks,
+                             overlay=args.overlay,
                              max_frames=args.max_frames, progress=not args.quiet,
                              extra={"engine_dir": str(args.engine_dir)})
 

@@ -1,13 +1,13 @@
 """The per-frame QDMN inference loop, written once for every backend.
 
 Frame 0: the given mask (one-hot, padded objects zero) is encoded by qam into slot 0 and its
-mean quality over the real objects with a positive score becomes the normaliser. Frame t > 0:
+objects' quality scores become the normalisers (runtime.core.quality.frame_score). Frame t > 0:
 
     encoder(image_t, prev_prob) -> memory_read(query_key, bank) -> decoder -> prob (N+1, H, W)
     locality window around each object's previous mask (runtime.core.locality) -> prob
     qam(image_t, prob[1:]) -> the frame's memory keys/values  (skipped on a known last frame)
     quality(qam features) -> scores, only if the policy counts frame t as a candidate
-    policy.decide(t, mean score / first score) -> slot; bank.write(slot)
+    policy.decide(t, frame_score(scores, first scores)) -> slot; bank.write(slot)
 
 A candidate's per-object score is its QAM score times the decoder's confidence in the mask
 (runtime.core.quality; the paper's QAM score alone with quality_score="qam"); run.json records both.
@@ -17,6 +17,12 @@ policy accepts it (the temp slot is then emptied, the official code's `prev_in_m
 memorised frame needs qam (the previous frame is always read as the temp slot), but only a
 candidate's score is ever used (the official loop tests `mem_freq` frames since the last
 insertion before the score), so the score head runs on those frames only.
+
+A later frame may come with a given mask (`reference`: a user's correction, or an object that
+first appears there): it replaces the prediction for the objects it decides, new ids join the
+tracked ones, and the frame is pinned in a dynamic slot as a reference like the first frame
+(runtime.core.memory_policy: at most MAX_PINNED at once, the oldest demoted), so the bank keeps
+its fixed size.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ from runtime.core.geometry import DEFAULT_FIT, Placement, export_size
 from runtime.core.locality import apply_locality
 from runtime.core.manifest import Manifest
 from runtime.core.memory_policy import Decision, MemoryPolicy
-from runtime.core.quality import mask_confidence, object_scores
+from runtime.core.quality import frame_score, mask_confidence, object_scores
 from runtime.media.masks import fit_mask, object_ids
 from runtime.media.sources import with_last
 
@@ -48,9 +54,13 @@ STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "qualit
           "post")
 
 
+FRAME_KINDS = ("first", "given", "propagated", "empty")
+
+
 @dataclass
 class FrameRecord:
-    """What run.json logs per frame."""
+    """What run.json logs per frame. kind: the first segmented frame, a frame whose mask was
+    given, a propagated one, or one before the first given mask (nothing ran)."""
 
     frame: int
     quality: list[float] | None  # raw QAM scores of the real objects; None: not a candidate
@@ -60,6 +70,11 @@ class FrameRecord:
     decision: dict[str, Any] | None
     slots: dict[int, int]  # slot -> frame held, after this frame
     ms: dict[str, float] = field(default_factory=dict)
+    kind: str = "propagated"
+
+    @classmethod
+    def empty(cls, frame: int) -> FrameRecord:
+        return cls(frame, None, None, None, None, {}, {}, "empty")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -96,13 +111,20 @@ class Segmenter:
                                    temp_slot=manifest.temp_slot)
         n, h, w = manifest.max_objects, manifest.height, manifest.width
         self.object_ids: tuple[int, ...] = ()
-        self.first_score = math.nan
+        # QAM scores of each object's given mask: what its later scores are measured against
+        self.first_scores = np.zeros(0, np.float32)
         self.frame_index = -1
         self.last_prob: np.ndarray | None = None  # (N+1, H, W) of the last frame
         self.last_record: FrameRecord | None = None
         self._prev_prob = np.zeros((n, h, w), np.float32)
         self._object_valid = np.zeros(n, np.float32)
         self._ended = False
+
+    @property
+    def first_score(self) -> float:
+        """The paper's normaliser: the mean of the positive given-mask scores (NaN: none)."""
+        positive = self.first_scores[self.first_scores > 0]
+        return float(positive.mean()) if positive.size else math.nan
 
     # ----------------------------------------------------------------------------- frames
     def prepare(self, frame: np.ndarray) -> np.ndarray:
@@ -117,10 +139,11 @@ class Segmenter:
         return Placement.of(frame.shape[:2], (m.height, m.width), self.config.fit or DEFAULT_FIT)
 
     def start(self, frame: np.ndarray, mask: np.ndarray, *,
-              image: np.ndarray | None = None) -> np.ndarray:
+              image: np.ndarray | None = None, index: int = 0) -> np.ndarray:
         """First frame with its annotation; resets the memory. Returns the mask's ids.
 
-        image: `prepare(frame)`, when already computed."""
+        image: `prepare(frame)`, when already computed; index: the frame's number in the video
+        (the memory's temporal order; frames before it are not segmented)."""
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
         m = self.manifest
@@ -146,27 +169,28 @@ class Segmenter:
         self.object_ids = ids
         self._object_valid[:] = 0.0
         self._object_valid[: len(ids)] = 1.0
+        if index < 0:
+            raise InputError(f"frame index {index}: expected >= 0")
         self.backend.bank.reset()
-        decision = self.policy.start(0)
+        decision = self.policy.start(index)
         t1 = time.perf_counter()
         self.backend.run("qam", {"image": image, "masks": probs})
         quality = self.backend.run("quality", fetch=("quality",))["quality"][: len(ids)]
         t2 = time.perf_counter()
         self.backend.bank.write(decision.slot)
         t3 = time.perf_counter()
-        positive = quality[quality > 0]  # the official code drops zero (ReLU) scores here
-        self.first_score = float(positive.mean()) if positive.size else math.nan
-        if not positive.size:
+        self.first_scores = np.array(quality, np.float32)
+        if not (quality > 0).any():  # the official code drops zero (ReLU) scores here
             warnings.warn("the first frame's quality scores are all zero: no frame will be "
                           "accepted as a long-term memory", stacklevel=2)
         self._prev_prob = probs
-        self.frame_index = 0
+        self.frame_index = index
         self._ended = False
         bg = 1.0 - probs[: len(ids)].sum(0, keepdims=True)
         self.last_prob = np.concatenate([bg, probs], 0)
         ms.update(pre=(t1 - t0) * 1e3, qam=(t2 - t1) * 1e3, bank=(t3 - t2) * 1e3,
                   post=(time.perf_counter() - t3) * 1e3)
-        self._record(decision, quality, 1.0, ms, t0, np.ones(len(ids), np.float32))
+        self._record(decision, quality, 1.0, ms, t0, np.ones(len(ids), np.float32), "first")
         return labels
 
     def _warn_aspect(self, place: Placement, frame_hw: tuple[int, int]) -> None:
@@ -181,14 +205,12 @@ class Segmenter:
                       f"exported with `--size {eh} {ew}` would fit this video", stacklevel=3)
 
     def step(self, frame: np.ndarray, *, last: bool = False,
-             image: np.ndarray | None = None) -> np.ndarray:
+             image: np.ndarray | None = None, index: int | None = None) -> np.ndarray:
         """Segment the next frame. last=True skips memorising it (nothing follows it).
 
-        image: `prepare(frame)`, when already computed."""
-        if self.frame_index < 0:
-            raise RuntimeError("Segmenter.step() before start()")
-        if self._ended:
-            raise RuntimeError("the video was ended with step(..., last=True); start() a new one")
+        image: `prepare(frame)`, when already computed; index: its number in the video when
+        frames were skipped (default: the one after the last)."""
+        index = self._next_index(index, "step")
         be = self.backend
         ms: dict[str, float] = {}
         t = time.perf_counter()
@@ -204,22 +226,12 @@ class Segmenter:
         place = self._placement(frame)
         image = place.image(frame)[None] if image is None else image
         lap("pre")
-        be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
-        lap("encoder")
-        be.run("memory_read")
-        lap("memory_read")
-        prob = be.run("decoder", {"object_valid": self._object_valid}, fetch=("prob",))["prob"]
-        lap("decoder")
+        prob = self._propagate(image, lap)
         k = len(self.object_ids)
-        # A new array, not the backend's output buffer (which a backend may reuse): the masks kept
-        # as `_prev_prob` must survive the next frame's decoder run, which the prior follows.
-        prob = np.concatenate([apply_locality(prob[: k + 1], self._prev_prob[:k],
-                                              self.config.locality), prob[k + 1:]])
-        lap("locality")
         probs = np.ascontiguousarray(prob[1:])
         probs[k:] = 0.0  # padded objects stay exactly empty, as on the first frame
         place.clear_padding(probs)  # and no object lives in a letterbox's bars
-        self.frame_index += 1
+        self.frame_index = index
         decision, quality, confidence, score = None, None, None, None
         if last:
             self._ended = True
@@ -232,7 +244,7 @@ class Segmenter:
                 quality = be.run("quality", fetch=("quality",))["quality"][:k]
                 confidence = mask_confidence(prob, k)
                 scores = object_scores(quality, confidence, self.config.quality_score)
-                score = float(scores.mean()) / self.first_score
+                score = frame_score(scores, self.first_scores, self.config.quality_score)
                 lap("quality")
             decision = self.policy.decide(self.frame_index, score)
             be.bank.write(decision.slot)
@@ -243,6 +255,109 @@ class Segmenter:
         lap("post")
         self._record(decision, quality, score, ms, t0, confidence)
         return labels
+
+    def _next_index(self, index: int | None, what: str) -> int:
+        if self.frame_index < 0:
+            raise RuntimeError(f"Segmenter.{what}() before start()")
+        if self._ended:
+            raise RuntimeError("the video was ended with step(..., last=True); start() a new one")
+        if index is None:
+            return self.frame_index + 1
+        if index <= self.frame_index:
+            raise InputError(f"frame {index} is not after the last segmented frame "
+                             f"{self.frame_index}")
+        return index
+
+    def _propagate(self, image: np.ndarray, lap: Callable[[str], None]) -> np.ndarray:
+        """encoder -> memory read -> decoder -> locality prior: (N+1, H, W) probabilities."""
+        be = self.backend
+        be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
+        lap("encoder")
+        be.run("memory_read")
+        lap("memory_read")
+        prob = be.run("decoder", {"object_valid": self._object_valid}, fetch=("prob",))["prob"]
+        lap("decoder")
+        k = len(self.object_ids)
+        # A new array, not the backend's output buffer (which a backend may reuse): the masks kept
+        # as `_prev_prob` must survive the next frame's decoder run, which the prior follows.
+        prob = np.concatenate([apply_locality(prob[: k + 1], self._prev_prob[:k],
+                                              self.config.locality), prob[k + 1:]])
+        lap("locality")
+        return prob
+
+    def reference(self, frame: np.ndarray, mask: np.ndarray, *,
+                  objects: Iterable[int] | None = None, index: int | None = None,
+                  image: np.ndarray | None = None, propagate: bool = True) -> np.ndarray:
+        """A later frame whose mask is given (a correction, or objects that first appear here):
+        the mask replaces the prediction for the ids it decides, `objects` (default: the ids in
+        it; a listed id without pixels is absent here), and the frame is pinned in the memory as
+        a reference (`MemoryPolicy.pin`). Objects it does not decide are propagated as usual
+        (with propagate=False, e.g. replaying given frames before a re-propagation, they are
+        absent) and lose the pixels the given objects take. An id not tracked before starts
+        being tracked here. Returns the frame's labels; mask: (H0, W0) ids at the frame's size."""
+        index = self._next_index(index, "reference")
+        ms: dict[str, float] = {}
+        t0 = t = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            ms[stage] = ms.get(stage, 0.0) + (now - t) * 1e3
+            t = now
+
+        if frame.ndim != 3:
+            raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        h0, w0 = frame.shape[:2]
+        mask = np.asarray(mask)
+        if mask.shape != (h0, w0):
+            raise MaskError(f"the mask of frame {index} is {mask.shape[::-1]} but the frame is "
+                            f"{w0}x{h0}: a given mask must have its frame's size")
+        labels = mask.astype(np.uint8)
+        present = object_ids(labels)
+        decided = tuple(dict.fromkeys(present if objects is None else (int(o) for o in objects)))
+        if stray := sorted(set(present) - set(decided)):
+            raise MaskError(f"the mask of frame {index} has object ids {stray} that it was not "
+                            f"given to decide ({list(decided)})")
+        new = tuple(o for o in present if o not in self.object_ids)
+        self.manifest.check_object_count(len(self.object_ids) + len(new),
+                                         f"the video with the mask of frame {index}")
+        place = self._placement(frame)
+        image = place.image(frame)[None] if image is None else image
+        lap("pre")
+        kept = [i for i, o in enumerate(self.object_ids) if o not in decided]
+        prob = self._propagate(image, lap) if kept and propagate else None
+        ids = self.object_ids + new
+        n = self.manifest.max_objects
+        probs = place.masks(labels, ids, n)
+        if prob is not None:
+            free = np.clip(1.0 - probs.sum(0), 0.0, 1.0)  # what the given objects leave
+            for i in kept:
+                probs[i] = prob[i + 1] * free
+        place.clear_padding(probs)
+        self.object_ids = ids
+        self._object_valid[: len(ids)] = 1.0
+        self.backend.run("qam", {"image": image, "masks": probs})
+        lap("qam")
+        if new:  # a new object's given mask is its reference score
+            quality = self.backend.run("quality", fetch=("quality",))["quality"][:len(ids)]
+            self.first_scores = np.concatenate([self.first_scores,
+                                                quality[len(self.first_scores):]])
+            lap("quality")
+        decision = self.policy.pin(index)
+        self.backend.bank.write(decision.slot)
+        lap("bank")
+        k = len(ids)
+        bg = np.clip(1.0 - probs[:k].sum(0, keepdims=True), 0.0, 1.0)
+        self.last_prob = np.concatenate([bg, probs], 0)
+        self._prev_prob = probs
+        self.frame_index = index
+        out = (place.labels(self.last_prob, ids, h0, w0) if prob is not None
+               else np.zeros((h0, w0), np.uint8))
+        out[np.isin(out, decided)] = 0
+        out[labels > 0] = labels[labels > 0]
+        lap("post")
+        self._record(decision, None, 1.0, ms, t0, np.ones(k, np.float32), "given")
+        return out
 
     def segment(self, frames: Iterable[np.ndarray], mask: np.ndarray, *,
                 finite: bool = False) -> Iterator[np.ndarray]:
@@ -263,7 +378,7 @@ class Segmenter:
 
     def _record(self, decision: Decision | None, quality: np.ndarray | None,
                 score: float | None, ms: dict[str, float], t0: float,
-                confidence: np.ndarray | None) -> None:
+                confidence: np.ndarray | None, kind: str = "propagated") -> None:
         ms["total"] = (time.perf_counter() - t0) * 1e3
         self.last_record = FrameRecord(
             frame=self.frame_index,
@@ -273,6 +388,7 @@ class Segmenter:
             decision=None if decision is None else decision.to_dict(),
             slots=self.policy.contents(),
             ms=ms,
+            kind=kind,
         )
 
     def close(self) -> None:
@@ -291,21 +407,21 @@ class RunTotals:
     live source runs for ever). `add(record, -1)` takes a record back out."""
 
     frames: int = 0
-    steps: int = 0  # propagated frames (frame > 0), which the means and fps are over
+    steps: int = 0  # propagated frames, which the means and fps are over
     ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*STAGES, "total"), 0.0))
     insertions: int = 0
     evictions: int = 0
 
     def add(self, record: FrameRecord, sign: int = 1) -> None:
         self.frames += sign
-        if record.frame == 0:
+        if record.decision and record.kind != "first":
+            self.insertions += sign * bool(record.decision["accepted"])
+            self.evictions += sign * (record.decision["evicted"] is not None)
+        if record.kind != "propagated":
             return
         self.steps += sign
         for stage in self.ms:
             self.ms[stage] += sign * record.ms.get(stage, 0.0)
-        if record.decision:
-            self.insertions += sign * bool(record.decision["accepted"])
-            self.evictions += sign * (record.decision["evicted"] is not None)
 
     def summary(self) -> dict[str, Any]:
         """Frames, fps over the propagated frames, mean ms per stage, memory decisions."""

@@ -79,7 +79,7 @@ class GatedReference(ReferenceSegmenter):
         if self.gate != "model":
             if not isinstance(seg.backend, _ScoredBackend):
                 seg.backend = _ScoredBackend(seg.backend, self._score)
-            seg.first_score = 1.0  # the given mask's IoU with itself
+            seg.first_scores[:] = 1.0  # the given mask's IoU with itself
         return labels
 
     def step(self, frame: np.ndarray, *, last: bool = False) -> np.ndarray:

@@ -113,3 +113,37 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     return float(np.mean([((a == i) & (b == i)).sum() / max(((a == i) | (b == i)).sum(), 1)
                           for i in ids]))
+
+
+SHIPPED = REPO / "models" / "qdmn-light.pth"
+SHIPPED_SIZE = (240, 432)  # the shipped model's own size (models/README.md)
+
+
+def shipped_engine(request: pytest.FixtureRequest, max_objects: int = 3) -> Path:
+    """The shipped model's graphs at its own size, exported once per checkpoint and kept in
+    pytest's cache: for tests whose assertions need a trained model (tracking real objects)."""
+    import hashlib
+    import shutil
+
+    from runtime.core.manifest import file_sha256
+
+    key = hashlib.sha256(f"{file_sha256(SHIPPED)}-{max_objects}".encode())
+    for f in sorted((REPO / "export").glob("*.py")):
+        key.update(f.read_bytes())
+    cache = getattr(request.config, "cache", None)
+    root = (Path(cache.mkdir("qdmn-shipped-engines")) if cache is not None
+            else request.getfixturevalue("tmp_path_factory").getbasetemp() / "shipped")
+    root.mkdir(exist_ok=True)
+    d = root / key.hexdigest()[:16]
+    if not (d / "manifest.json").is_file():
+        shutil.rmtree(d, ignore_errors=True)
+        tmp = root / f"{d.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
+        try:
+            export(SHIPPED, tmp, size=SHIPPED_SIZE, max_objects=max_objects, memory_size=8)
+            tmp.rename(d)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return d

@@ -20,12 +20,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("runtime.job", "runtime.options", "runtime.cli"),  # one video; CLI options and errors
     ("runtime.corpus",),  # many videos: listing, resume keys, summaries
     ("runtime.run", "runtime.batch"),  # the programs
+    ("app",),  # qdmn-app, the web page over the runtime (test_only_benchmarks_import_the_app)
     ("evaluation",),  # J&F
     ("training",),  # the PyTorch model, its data, its reference segmenter
     ("export",),  # PyTorch -> ONNX / TensorRT
     ("benchmarks",),
 ]
-PACKAGES = ("runtime", "evaluation", "training", "export", "benchmarks")
+PACKAGES = ("runtime", "app", "evaluation", "training", "export", "benchmarks")
 
 
 def layer_of(module: str) -> int | None:
@@ -77,6 +78,14 @@ def test_every_module_has_a_layer():
 
 def test_no_import_runs_up_a_layer():
     assert upward_imports(project_modules()) == []
+
+
+def test_only_benchmarks_import_the_app():
+    """The app sits on the runtime beside the research layers, not under them: of the
+    project's packages only the benchmarks (its speed benchmark) import it."""
+    assert [f"{module_name(p)} imports {m}" for p in project_modules()
+            if module_name(p).split(".")[0] not in ("app", "benchmarks")
+            for m in sorted(imports(p)) if m.split(".")[0] == "app"] == []
 
 
 @pytest.mark.parametrize("source, expect", [

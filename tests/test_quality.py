@@ -10,7 +10,12 @@ from hypothesis.extra.numpy import arrays
 
 from runtime.core.config import RuntimeConfig
 from runtime.core.errors import RuntimeConfigError
-from runtime.core.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
+from runtime.core.quality import (
+    DEFAULT_QUALITY_SCORE,
+    frame_score,
+    mask_confidence,
+    object_scores,
+)
 
 
 def test_a_given_mask_is_certain_and_a_lost_object_scores_zero() -> None:
@@ -58,3 +63,19 @@ def test_unknown_quality_score_is_refused() -> None:
     with pytest.raises(RuntimeConfigError, match="quality_score='iou'"):
         RuntimeConfig(quality_score="iou")
     assert RuntimeConfig(quality_score="qam").quality_score == "qam"
+
+
+def test_each_object_is_measured_against_its_own_reference() -> None:
+    """A small object the QAM scores low even on its ground truth does not sink the frame:
+    every object at its reference scores 1 whatever the sizes; the paper's normaliser does not."""
+    reference = np.array([0.6, 0.25, 0.25], np.float32)  # one large object, two small ones
+    assert frame_score(reference, reference, DEFAULT_QUALITY_SCORE) == pytest.approx(1.0)
+    assert frame_score(reference * 0.5, reference, DEFAULT_QUALITY_SCORE) == pytest.approx(0.5)
+    assert frame_score(reference, reference, "qam") == pytest.approx(1.0)
+    lost_large = np.array([0.0, 0.25, 0.25], np.float32)  # the large object lost
+    assert frame_score(lost_large, reference, DEFAULT_QUALITY_SCORE) == pytest.approx(2 / 3)
+    assert frame_score(lost_large, reference, "qam") == pytest.approx(0.5 / 1.1)
+    # an object whose reference scored 0 (a ReLU head) is left out; none left: undefined
+    assert frame_score(np.array([0.3, 0.9]), np.array([0.6, 0.0]), DEFAULT_QUALITY_SCORE) == \
+        pytest.approx(0.5)
+    assert np.isnan(frame_score(np.array([0.3]), np.array([0.0]), DEFAULT_QUALITY_SCORE))

@@ -104,7 +104,7 @@ def test_default_score_is_qam_times_confidence(engine):
         conf = mask_confidence(seg.last_prob, 1)
         assert 0.5 < conf[0] < 1.0  # the swan is followed, not certain
         np.testing.assert_allclose(r.confidence, conf, rtol=1e-5)
-        assert r.score == pytest.approx(r.quality[0] * conf[0] / seg.first_score, rel=1e-5)
+        assert r.score == pytest.approx(r.quality[0] * conf[0] / seg.first_scores[0], rel=1e-5)
         seen += 1
     assert seen == len(frames) - 2  # every frame but the first and the last is a candidate
     _, _, ((_, ra), (_, rb)) = run_both(engine, frames, mask, config)

@@ -70,11 +70,20 @@ def paste(frames: list[np.ndarray], labels: list[np.ndarray], cutout: Cutout, ob
 
 
 def trajectory(rng: np.random.Generator, frame_size: tuple[int, int],
-               patch_size: tuple[int, int], steps: int) -> list[tuple[int, int]]:
+               patch_size: tuple[int, int], steps: int,
+               through: tuple[float, float] | None = None) -> list[tuple[int, int]]:
     """Top-left corners of a patch moving linearly (random velocity) with its first position
-    mostly inside the frame."""
+    mostly inside the frame; or, given a point `through` (y, x), a patch whose centre passes
+    over it at the middle step, as paths that cross do."""
     h, w = frame_size
     ph, pw = patch_size
+    if through is not None:
+        angle = rng.uniform(0, 2 * np.pi)
+        speed = rng.uniform(0.05, 0.15)
+        vy, vx = speed * h * np.sin(angle), speed * w * np.cos(angle)
+        mid = (steps - 1) / 2
+        y0, x0 = through[0] - ph / 2 - vy * mid, through[1] - pw / 2 - vx * mid
+        return [(round(y0 + vy * t), round(x0 + vx * t)) for t in range(steps)]
     y = rng.uniform(-0.25 * ph, max(h - 0.75 * ph, 1))
     x = rng.uniform(-0.25 * pw, max(w - 0.75 * pw, 1))
     vy, vx = rng.normal(0, 0.05 * h), rng.normal(0, 0.05 * w)

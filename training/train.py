@@ -38,11 +38,13 @@ from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.correspondence import correspondence_loss, flow_correspondence_loss
 from training.data import (
+    Pool,
     Sample,
     SampleSpec,
-    Sequence,
+    Sources,
     copy_paste_sample,
     load_sequences,
+    load_stills,
     side_by_side,
     static_sample,
     video_sample,
@@ -83,6 +85,20 @@ class TrainConfig:
     # share of single-object and copy-paste clips that also get 1-2 unlabelled pasted objects
     # (other clips' objects, never a copy of the target) that the model must leave as background
     distractor_fraction: float = 0.0
+    # Relative weights of clips with 1, 2, ... objects (empty: multi_object_fraction and
+    # three_object_fraction decide between 1, 2 and 3). Clips of 3+ objects are copy-paste.
+    object_weights: tuple[float, ...] = ()
+    twin_fraction: float = 0.25  # share of pasted targets that copy an object already there
+    crossing_fraction: float = 0.0  # share of pasted objects whose path crosses an object's
+    # Photos with masks (a folder with images/ and masks/, e.g. ../shared/data/pets): static
+    # pseudo-videos and objects to paste; a clip's source is one with probability still_fraction.
+    stills_root: str = ""
+    still_fraction: float = 0.0
+    # Many-object validation videos (DAVIS-2017 layout), never trained on: root, its resolution
+    # folder and the sequence names.
+    val_many_root: str = ""
+    val_many_resolution: str = "480p"
+    val_many: tuple[str, ...] = ()
     quality_weight: float = 1.0  # QAM loss on the model's own predictions
     corrupt_quality_weight: float = 0.0  # QAM loss on corrupted ground-truth masks
     # Scale on the gradient the QAM losses send into the value encoder (the score head itself
@@ -152,6 +168,11 @@ class TrainConfig:
                 f"{self.image_size[1]} frame is smaller than the {self.crop_size[0]}x"
                 f"{self.crop_size[1]} crop; the smallest reachable scale is {floor:.3f}: raise the "
                 "minimum or lower crop_size")
+        if self.object_weights and (min(self.object_weights) < 0 or not sum(self.object_weights)):
+            raise ConfigError(f"train.object_weights={self.object_weights}: expected weights >= 0 "
+                              "that are not all 0")
+        if self.still_fraction and not self.stills_root:
+            raise ConfigError("train.still_fraction is set but stills_root is empty")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay={self.ema_decay}: expected 0 <= decay < 1")
 
@@ -238,34 +259,44 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
 
 def clip_loss(out: dict[str, torch.Tensor], masks: torch.Tensor, object_valid: torch.Tensor,
               p: float, score_activation: str, qam_masks: torch.Tensor | None = None,
-              weights: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
+              weights: tuple[float, float] = (1.0, 1.0), void: torch.Tensor | None = None,
+              ) -> dict[str, torch.Tensor]:
     """Segmentation loss + weights[0] x QAM loss on the predictions + weights[1] x QAM loss on
-    the corrupted masks (when given)."""
+    the corrupted masks (when given). void: (B, 3, H, W) pixels no loss scores (not the mask
+    loss, not the IoU the QAM score is trained towards)."""
     seg = qual = iou = 0.0
     for t in (1, 2):
         gt = masks[:, t]
         bg = (gt.sum(1, keepdim=True) < 0.5).float()
         target = torch.cat([bg, gt], 1).argmax(1)
-        seg = seg + bootstrapped_ce(out[f"logits_{t}"].float(), target, p)
+        scored = None if void is None else ~void[:, t]
+        seg = seg + bootstrapped_ce(out[f"logits_{t}"].float(), target, p, scored)
         qual = qual + quality_loss(out[f"score_{t}"], out[f"prob_{t}"][:, 1:], gt, object_valid,
-                                   score_activation)
-        ious = mask_iou(out[f"prob_{t}"][:, 1:].detach(), gt)
+                                   score_activation, scored)
+        ious = mask_iou(out[f"prob_{t}"][:, 1:].detach(), gt, scored)
         iou = iou + (ious * object_valid).sum() / object_valid.sum().clamp(min=1) / 2
     qual_c = torch.zeros(())
     if qam_masks is not None and "score_c" in out:
         qual_c = quality_loss(out["score_c"], qam_masks, masks[:, 2], object_valid,
-                              score_activation)
+                              score_activation, None if void is None else ~void[:, 2])
     loss = seg + weights[0] * qual + weights[1] * qual_c
     return {"loss": loss, "seg_loss": seg, "quality_loss": qual, "quality_loss_c": qual_c,
             "iou": iou}
 
 
-def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample]:
-    """One batch; all its clips have the same number of object channels (1, 2 or 3)."""
-    rng = np.random.default_rng([cfg.seed, step])
-    n = 1
+def object_count(cfg: TrainConfig, rng: np.random.Generator) -> int:
+    if cfg.object_weights:
+        w = np.asarray(cfg.object_weights, np.float64)
+        return int(rng.choice(len(w), p=w / w.sum())) + 1
     if rng.random() < cfg.multi_object_fraction:
-        n = 3 if rng.random() < cfg.three_object_fraction else 2
+        return 3 if rng.random() < cfg.three_object_fraction else 2
+    return 1
+
+
+def make_batch(cfg: TrainConfig, sources: Sources, step: int) -> list[Sample]:
+    """One batch; all its clips have the same number of object channels."""
+    rng = np.random.default_rng([cfg.seed, step])
+    n = object_count(cfg, rng)
     spec = SampleSpec(cfg.crop_size, n, cfg.image_size, cfg.scale_range)
     skip = cfg.skip_at(step)
 
@@ -277,42 +308,46 @@ def make_batch(cfg: TrainConfig, seqs: list[Sequence], step: int) -> list[Sample
 
     def single() -> Sample:
         if rng.random() < cfg.static_fraction:
-            return static_sample(rng, seqs, spec)
-        return video_sample(rng, seqs, spec, skip)
+            return static_sample(rng, sources, spec)
+        return video_sample(rng, sources, spec, skip)
+
+    def pasted(d: int) -> Sample:
+        return copy_paste_sample(rng, sources, spec, skip, cfg.static_fraction, d,
+                                 cfg.twin_fraction, cfg.crossing_fraction)
 
     def one() -> Sample:
         if n == 1:
             d = distractors()
-            return (copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction, d) if d
-                    else single())
+            return pasted(d) if d else single()
         if n == 2 and rng.random() < cfg.side_by_side_fraction:
             return side_by_side(rng, single(), single())
-        return copy_paste_sample(rng, seqs, spec, skip, cfg.static_fraction, distractors())
+        return pasted(distractors())
 
     return [one() for _ in range(cfg.batch_size)]
 
 
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # frames, masks, valid, qam_masks
+# frames, masks, object_valid, qam_masks, void
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def stack_batch(samples: list[Sample]) -> Batch:
-    """Samples -> frames, masks, object_valid, qam_masks, each stacked over the batch."""
+    """Samples -> frames, masks, object_valid, qam_masks, void, each stacked over the batch."""
     return tuple(np.stack([getattr(s, k) for s in samples])  # type: ignore[return-value]
-                 for k in ("frames", "masks", "object_valid", "qam_masks"))
+                 for k in ("frames", "masks", "object_valid", "qam_masks", "void"))
 
 
 class BatchStream(torch.utils.data.Dataset):
     """Batches `start` .. `end` - 1 of a run, for a DataLoader whose workers build them ahead of
     the training step (on a GPU, building clips is slower than training on them)."""
 
-    def __init__(self, cfg: TrainConfig, seqs: list[Sequence], start: int, end: int):
-        self.cfg, self.seqs, self.start, self.end = cfg, seqs, start, end
+    def __init__(self, cfg: TrainConfig, sources: Sources, start: int, end: int):
+        self.cfg, self.sources, self.start, self.end = cfg, sources, start, end
 
     def __len__(self) -> int:
         return max(0, self.end - self.start)
 
     def __getitem__(self, i: int) -> Batch:
-        return stack_batch(make_batch(self.cfg, self.seqs, self.start + i))
+        return stack_batch(make_batch(self.cfg, self.sources, self.start + i))
 
 
 def _one_thread(_: int) -> None:
@@ -320,7 +355,7 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def batch_loader(cfg: TrainConfig, seqs: list[Sequence], start: int, end: int,
+def batch_loader(cfg: TrainConfig, sources: Sources, start: int, end: int,
                  pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches start .. end - 1 in order, built by cfg.workers processes (or in this one).
 
@@ -329,7 +364,7 @@ def batch_loader(cfg: TrainConfig, seqs: list[Sequence], start: int, end: int,
     if cfg.workers:
         cv2.setNumThreads(1)
     return torch.utils.data.DataLoader(
-        BatchStream(cfg, seqs, start, end), batch_size=None, shuffle=False,
+        BatchStream(cfg, sources, start, end), batch_size=None, shuffle=False,
         num_workers=cfg.workers, pin_memory=pin_memory,
         worker_init_fn=_one_thread if cfg.workers else None,
         prefetch_factor=4 if cfg.workers else None)
@@ -480,7 +515,8 @@ class Trainer:
         tensors)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout, exactly resumable
-        frames, masks, valid, qam_masks = (x.to(self.device, non_blocking=True) for x in batch)
+        frames, masks, valid, qam_masks, void = (x.to(self.device, non_blocking=True)
+                                                  for x in batch)
         use_corrupt = cfg.corrupt_quality_weight > 0
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
@@ -498,7 +534,7 @@ class Trainer:
                 flow = flow_correspondence_loss(out["query_key_2"], out["key_0"][:, 0], frames, 2)
         losses = clip_loss(out, masks, valid, p, cfg.model.score_activation,
                            qam_masks if use_corrupt else None,
-                           (cfg.quality_weight, cfg.corrupt_quality_weight))
+                           (cfg.quality_weight, cfg.corrupt_quality_weight), void)
         losses["loss"] = (losses["loss"] + cfg.correspondence_weight * corr
                           + cfg.flow_correspondence_weight * flow)
         losses["corr_loss"], losses["flow_loss"] = corr, flow
@@ -517,7 +553,7 @@ class Trainer:
             raise FloatingPointError(f"loss is {stats['loss']} at step {self.step}")
         return stats
 
-    def fit(self, seqs: list[Sequence], steps: int | None = None, quiet: bool = False,
+    def fit(self, sources: Sources, steps: int | None = None, quiet: bool = False,
             time_limit: float | None = None) -> list[dict]:
         """Train until `steps` (default cfg.steps), or until `time_limit` seconds have passed
         (then validated and saved as at the last step); returns the per-step stats of this call.
@@ -538,7 +574,7 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new_log:
                 writer.writeheader()
-            batches = iter(batch_loader(self.cfg, seqs, self.step, end,
+            batches = iter(batch_loader(self.cfg, sources, self.step, end,
                                         pin_memory=self.device.type == "cuda")
                            if self.step < end else ())
             while self.step < end:
@@ -614,6 +650,10 @@ def validate(trainer: Trainer) -> dict[str, Any]:
     row: dict[str, Any] = {"step": trainer.step, "jf_all": round(report.jf_all, 4),
                            "jf_single": round(report.jf_single, 4),
                            "jf_multi": round(report.jf_multi, 4)}
+    if np.isfinite(report.jf_many):
+        row["jf_many"] = round(report.jf_many, 4)
+    if report.switches:
+        row["id_switch"] = round(report.switch_rate, 4)
     if q is not None:
         row.update(qam_pearson=round(q.pearson, 4), qam_pearson_within=round(q.pearson_within, 4),
                    score_pearson=round(q.pearson_score, 4),
@@ -630,7 +670,8 @@ def split_sequences(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     names = list(cfg.train_sequences) or list(dict.fromkeys(
         n for f in files for n in list_sequences(cfg.data_root, Path(cfg.data_root) / f)))
     val = list(cfg.val_sequences)
-    train = [n for n in names if n not in val]
+    # a many-object validation video is never trained on either, whichever root lists it
+    train = [n for n in names if n not in val and n not in cfg.val_many]
     if not train:
         raise ConfigError("no training sequences left after removing the validation ones")
     return train, val
@@ -675,7 +716,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, cfg: TrainConfig) -> None:
     train_names, val_names = split_sequences(cfg)
-    seqs = load_sequences(cfg.data_root, train_names, cfg.load_size)
+    videos = load_sequences(cfg.data_root, train_names, cfg.load_size)
+    stills = load_stills(cfg.stills_root) if cfg.stills_root else []
+    sources = Pool(videos, stills, cfg.still_fraction)
     trainer = Trainer(cfg)
     if args.resume and trainer.resume():
         print(f"resumed from step {trainer.step}", file=sys.stderr)
@@ -689,18 +732,20 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> None:
         trainer.note(f"initialised from weights {args.init}, fresh optimizer")
     else:
         trainer.note("started from the ImageNet backbone")
-    trainer.note(f"train on {len(seqs)} sequences, cpu_bf16={cfg.cpu_bf16}, "
+    trainer.note(f"train on {len(videos)} sequences and {len(stills)} stills, cpu_bf16={cfg.cpu_bf16}, "
                  f"threads={cfg.threads or torch.get_num_threads()}, target step "
                  f"{args.steps or cfg.steps}")
     if val_names and (cfg.val_every or args.validate):
         from training.validation import load_val_videos
 
-        trainer.val_videos = load_val_videos(cfg.data_root, val_names)
-    trainer.fit(seqs, args.steps, time_limit=args.time_limit)
+        trainer.val_videos = load_val_videos(cfg.data_root, val_names, cfg.val_many_root or None,
+                                             cfg.val_many, cfg.val_many_resolution)
+    trainer.fit(sources, args.steps, time_limit=args.time_limit)
     if args.validate and trainer.val_videos:
         row = validate(trainer)
         print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "
-              f"two objects {row['jf_multi']:.3f}, QAM pearson {row.get('qam_pearson')}")
+              f"two objects {row['jf_multi']:.3f}, many {row.get('jf_many')}, identity "
+              f"switches {row.get('id_switch')}, QAM pearson {row.get('qam_pearson')}")
     if args.export_fp16:
         save_weights(trainer.eval_model, args.export_fp16, trainer.checkpoint_meta(),
                      half=True)

@@ -27,8 +27,13 @@ from evaluation.datasets import side_by_side, write_clip
 from evaluation.metrics import evaluate_sequence, jaccard
 from runtime.core.manifest import STRIDE
 from runtime.core.memory_policy import DEFAULT_QUALITY_THRESHOLD
-from runtime.core.quality import DEFAULT_QUALITY_SCORE, mask_confidence, object_scores
-from runtime.media.davis import DavisLayout
+from runtime.core.quality import (
+    DEFAULT_QUALITY_SCORE,
+    frame_score,
+    mask_confidence,
+    object_scores,
+)
+from runtime.media.davis import RESOLUTION, DavisLayout
 from training.copy_paste import Cutout, paste
 from training.data import Sequence as ValVideo  # one video held in memory
 from training.data import load_sequence
@@ -69,13 +74,18 @@ def pasted_video(background: ValVideo, donor: ValVideo, scale: float = 0.6) -> V
     return ValVideo(f"{background.name}*{donor.name}", np.stack(frames), np.stack(labels))
 
 
-def load_val_videos(root: str | Path, names: Sequence[str] = DEFAULT_NAMES) -> list[ValVideo]:
-    """The single-object videos, then two two-object videos built from them."""
+def load_val_videos(root: str | Path, names: Sequence[str] = DEFAULT_NAMES,
+                    many_root: str | Path | None = None, many: Sequence[str] = (),
+                    many_resolution: str = RESOLUTION) -> list[ValVideo]:
+    """The single-object videos, two two-object videos built from them, then the many-object
+    videos `many` of the DAVIS-2017-layout `many_root`, as stored."""
     singles = [read_video(Path(root), n) for n in names]
     pairs = []
     if len(singles) >= 3:
         pairs = [side_by_side_video(singles[1], singles[2]), pasted_video(singles[0], singles[2])]
-    return singles + pairs
+    crowds = [load_sequence(Path(many_root), n, resolution=many_resolution)
+              for n in many] if many_root else []
+    return singles + pairs + crowds
 
 
 def write_davis(videos: Sequence[ValVideo], root: str | Path) -> Path:
@@ -99,8 +109,8 @@ class QualityStats:
     pearson: float  # the QAM score, pooled over all object-frames
     pearson_within: float  # the QAM score, mean of the per-video correlations
     pearson_score: float  # the gate's per-object score, pooled over all object-frames
-    pearson_gate: float  # per frame, the gate's final score (eq. 3: mean over objects / the
-    # first frame's, what it thresholds) against the mean IoU, pooled over videos
+    pearson_gate: float  # per frame, the gate's final score (runtime.core.quality.frame_score,
+    # what it thresholds) against the mean IoU, pooled over videos
     reject_bad: float  # share of frames with IoU < 0.5 the gate rejects
     accept_good: float  # share of frames with IoU > 0.8 the gate accepts
     n_frames: int
@@ -114,15 +124,46 @@ class QualityStats:
 @dataclass
 class ValReport:
     jf: dict[str, float]  # per video
-    jf_single: float
-    jf_multi: float
+    jf_single: float  # objects of the one-object videos
+    jf_multi: float  # objects of the two-object videos
     quality: QualityStats | None
+    jf_many: float = float("nan")  # objects of the videos with three or more
+    switches: dict[str, float] = field(default_factory=dict)  # per multi-object video
 
     @property
     def jf_all(self) -> float:
-        """What the best checkpoint is chosen by: single- and multi-object J&F, equally."""
-        multi = self.jf_multi if np.isfinite(self.jf_multi) else self.jf_single
-        return (self.jf_single + multi) / 2
+        """What the best checkpoint is chosen by: the mean of the one-, two- and many-object
+        J&F that were measured."""
+        parts = [x for x in (self.jf_single, self.jf_multi, self.jf_many) if np.isfinite(x)]
+        return float(np.mean(parts)) if parts else float("nan")
+
+    @property
+    def switch_rate(self) -> float:
+        """Identity switches (`identity_switches`) over the multi-object videos' frames."""
+        return float(np.mean(list(self.switches.values()))) if self.switches else float("nan")
+
+
+SWITCH_SHARE = 0.5  # a mask with more than this share on another object's truth has switched
+SWITCH_MIN_PIXELS = 16  # masks smaller than this are too small to say whose they are
+
+
+def identity_switches(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Share of object-frames (after the first, objects with a predicted mask) whose predicted
+    mask lies mostly (> SWITCH_SHARE) on another object's ground truth: the object's id has
+    jumped to its neighbour. truth, pred: (T, H, W) ids."""
+    n = int(truth[0].max())
+    switched = counted = 0
+    for t in range(1, len(truth)):
+        for i in range(1, n + 1):
+            mine = pred[t] == i
+            area = np.count_nonzero(mine)
+            if area < SWITCH_MIN_PIXELS:
+                continue
+            on = np.bincount(truth[t][mine].ravel(), minlength=n + 1)
+            on[[0, i]] = 0
+            counted += 1
+            switched += int(on.max() > SWITCH_SHARE * area)
+    return switched / counted if counted else 0.0
 
 
 @torch.inference_mode()
@@ -147,19 +188,20 @@ def quality_stats(model: QDMN, videos: Sequence[ValVideo], preds: Sequence[np.nd
                   confidences: Sequence[np.ndarray], size: tuple[int, int],
                   sigma: float = GATE_SIGMA, mode: str = DEFAULT_QUALITY_SCORE) -> QualityStats:
     """Scores of every frame's predicted masks vs their IoU. confidences: per video (T, n), the
-    decoder's confidence in each mask (`run_video`). The gate is the runtime's: the mean of the
-    objects' scores (`mode`) / the first frame's QAM score >= sigma."""
+    decoder's confidence in each mask (`run_video`). The gate is the runtime's:
+    runtime.core.quality.frame_score of the objects' scores (`mode`) >= sigma."""
     points, gate, within = [], [], []
     for v, pred, conf in zip(videos, preds, confidences):
         n = v.num_objects
-        first = frame_scores(model, v.frames[0], v.labels[0], n, size).mean()
+        first = frame_scores(model, v.frames[0], v.labels[0], n, size)
         video_points = []
         for t in range(1, len(v.frames)):
             q = frame_scores(model, v.frames[t], pred[t], n, size)
             scores = object_scores(q, conf[t], mode)
             ious = [float(jaccard(v.labels[t] == i + 1, pred[t] == i + 1)) for i in range(n)]
             video_points += [(iou, float(a), float(b)) for iou, a, b in zip(ious, q, scores)]
-            gate.append((float(np.mean(ious)), float(scores.mean() / first) if first > 0 else 0.0))
+            score = frame_score(scores, first, mode)
+            gate.append((float(np.mean(ious)), score if np.isfinite(score) else 0.0))
         points += video_points
         within.append(_pearson([p[:2] for p in video_points]))
     bad = [score >= sigma for iou, score in gate if iou < 0.5]
@@ -199,7 +241,8 @@ def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
              segmenter_factory: Callable[[], object], *, with_quality: bool = True,
              progress: bool = False) -> tuple[ValReport, list[np.ndarray]]:
     """J&F per video (DAVIS toolkit rules) + QAM statistics of the model on `videos`."""
-    jf, single, multi, preds, confidences = {}, [], [], [], []
+    jf, switches, preds, confidences = {}, {}, [], []
+    by_count: dict[str, list[float]] = {"single": [], "multi": [], "many": []}
     mode = DEFAULT_QUALITY_SCORE
     for v in tqdm(videos, desc="validate", leave=False, disable=not progress):
         segmenter = segmenter_factory()
@@ -209,11 +252,14 @@ def validate(model: QDMN, videos: Sequence[ValVideo], size: tuple[int, int],
         confidences.append(conf)
         objs = evaluate_sequence(v.name, v.labels, pred)
         jf[v.name] = float(np.mean([o.jf_mean for o in objs]))
-        (single if v.num_objects == 1 else multi).extend(o.jf_mean for o in objs)
+        kind = "single" if v.num_objects == 1 else "multi" if v.num_objects == 2 else "many"
+        by_count[kind].extend(o.jf_mean for o in objs)
+        if v.num_objects > 1:
+            switches[v.name] = identity_switches(v.labels, pred)
     quality = (quality_stats(model, videos, preds, confidences, size, mode=mode)
                if with_quality else None)
-    report = ValReport(jf, float(np.mean(single)) if single else float("nan"),
-                       float(np.mean(multi)) if multi else float("nan"), quality)
+    mean = {k: float(np.mean(x)) if x else float("nan") for k, x in by_count.items()}
+    report = ValReport(jf, mean["single"], mean["multi"], quality, mean["many"], switches)
     return report, preds
 
 

@@ -12,6 +12,13 @@ its normalised quality score is >= `quality_threshold` (sigma; the paper says >=
 code >). Accepted frames get consecutive insertion indices j (the first frame is j = 1). When all
 dynamic slots are full, the entry k minimising S_k^A + exp(-|j - k|) is evicted (ties: the
 oldest, i.e. smallest k) and its slot is reused.
+
+Given frames (masks a user or a dataset gives on frames after the first, `pin`) are references
+like the first frame: each takes a dynamic slot (a free one, else Algorithm 1's choice) and is
+pinned there, never evicted, while it is one of the `max_pinned` newest given frames; an older
+one is demoted to an ordinary entry (score 1, its own index) that Algorithm 1 may evict. So the
+bank stays the graphs' fixed size however many frames are given, and at least one dynamic slot
+always stays free for the frames the gate accepts.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ DEFAULT_QUALITY_THRESHOLD = 0.8  # sigma: min normalised quality score of an ins
 # STCN) "every mem_every-th frame", and a full bank whatever the weights' scores.
 ACCEPT_ALL = 0.0
 FIXED_SLOTS = 2  # besides the dynamic slots: the first frame's and the temp (previous) slot
+MAX_PINNED = 8  # given frames held as references at once (at most memory_size - 1)
 
 
 def bank_capacity(memory_size: int) -> int:
@@ -46,6 +54,7 @@ class MemoryEntry:
     frame: int
     index: int  # j, the insertion index (first frame = 1)
     score: float  # normalised quality score S^A (1.0 for the first frame)
+    pinned: bool = False  # a given frame still held as a reference: never evicted
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class Decision:
     slot: int
     index: int | None  # insertion index j when accepted
     evicted: MemoryEntry | None  # the long-term entry whose slot was reused
+    given: bool = False  # a given frame, pinned as a reference (`MemoryPolicy.pin`)
+    demoted: int | None = None  # the given frame this one's arrival made an ordinary entry
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,7 +97,8 @@ class MemoryPolicy:
     """Insertion/eviction decisions for one video; call `start` once, then `decide` per frame."""
 
     def __init__(self, memory_size: int, mem_every: int, quality_threshold: float, *,
-                 first_slot: int = 0, temp_slot: int | None = None):
+                 first_slot: int = 0, temp_slot: int | None = None,
+                 max_pinned: int = MAX_PINNED):
         if memory_size < 1:
             raise ValueError(f"memory_size={memory_size}: need at least one dynamic slot")
         if mem_every < 1:
@@ -95,6 +107,7 @@ class MemoryPolicy:
         self.mem_every = mem_every
         self.quality_threshold = float(quality_threshold)
         self.first_slot = first_slot
+        self.max_pinned = max(0, min(max_pinned, memory_size - 1))
         self.dynamic_slots = range(first_slot + 1, first_slot + 1 + memory_size)
         last_slot = first_slot + bank_capacity(memory_size) - 1
         self.temp_slot = last_slot if temp_slot is None else temp_slot
@@ -109,7 +122,7 @@ class MemoryPolicy:
 
     def start(self, frame: int = 0) -> Decision:
         """The annotated first frame: slot `first_slot`, never evicted; resets the policy."""
-        self._first = MemoryEntry(self.first_slot, frame, 1, 1.0)
+        self._first = MemoryEntry(self.first_slot, frame, 1, 1.0, pinned=True)
         self._entries.clear()
         self._temp_frame = None
         self._last_inserted = self._last_frame = frame
@@ -135,6 +148,29 @@ class MemoryPolicy:
         if not (candidate and score >= self.quality_threshold):
             self._temp_frame = frame
             return Decision(frame, score, candidate, False, self.temp_slot, None, None)
+        j, slot, evicted = self._insert(frame, score, pinned=False)
+        return Decision(frame, score, True, True, slot, j, evicted)
+
+    def pin(self, frame: int) -> Decision:
+        """A given frame (its mask given, not predicted): a reference with score 1, pinned in a
+        dynamic slot; the oldest pinned frame is demoted when max_pinned are pinned already.
+        With max_pinned 0 (a single dynamic slot) it is an ordinary entry."""
+        if self._first is None:
+            raise RuntimeError("MemoryPolicy.pin() before start()")
+        if frame <= self._last_frame:
+            raise ValueError(f"frame {frame} is not after the last decided frame {self._last_frame}")
+        self._last_frame = frame
+        demoted = None
+        pinned = sorted((e for e in self._entries.values() if e.pinned), key=lambda e: e.index)
+        if self.max_pinned and len(pinned) >= self.max_pinned:
+            old = pinned[0]
+            self._entries[old.slot] = MemoryEntry(old.slot, old.frame, old.index, old.score)
+            demoted = old.frame
+        j, slot, evicted = self._insert(frame, 1.0, pinned=self.max_pinned > 0)
+        return Decision(frame, 1.0, True, True, slot, j, evicted, True, demoted)
+
+    def _insert(self, frame: int, score: float, *, pinned: bool
+                ) -> tuple[int, int, MemoryEntry | None]:
         j = self._next_index
         self._next_index += 1
         evicted = None
@@ -142,12 +178,12 @@ class MemoryPolicy:
             # Slots fill in order and a freed slot is reused at once, so the free one is next.
             slot = self.dynamic_slots[len(self._entries)]
         else:
-            evicted = choose_eviction(self._entries.values(), j)
+            evicted = choose_eviction((e for e in self._entries.values() if not e.pinned), j)
             slot = evicted.slot
-        self._entries[slot] = MemoryEntry(slot, frame, j, score)
+        self._entries[slot] = MemoryEntry(slot, frame, j, score, pinned)
         self._last_inserted = frame
         self._temp_frame = None
-        return Decision(frame, score, True, True, slot, j, evicted)
+        return j, slot, evicted
 
     @property
     def first(self) -> MemoryEntry | None:
