@@ -31,6 +31,7 @@ OVERLAY = "overlay.mp4"
 def export_zip(session: Session, segmenter: Segmenter, target: Path) -> tuple[Path, Path]:
     """Write the session's masks, log and overlay video into the zip `target`, and the overlay
     video beside it (same name, .mp4); returns both paths."""
+    # the session's lock throughout: no edit or run changes the masks while they are written
     with session.lock:
         session.check_idle()
         video = session.require_video()
@@ -38,32 +39,32 @@ def export_zip(session: Session, segmenter: Segmenter, target: Path) -> tuple[Pa
         records = dict(session.records)
         given = sorted(session.given)
         objects, first_score = session.model_state
-    assert labels is not None
-    movie = target.with_suffix(".mp4")
-    staged = [StagedFile(target)]
-    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=session.folder))
-    try:
-        staged.append(StagedFile(movie))
-        with zipfile.ZipFile(staged[0].path, "w", zipfile.ZIP_STORED) as zf:
-            for i in range(video.length):
-                png = scratch / frame_png(i)
-                save_palette_png(labels.labels(i), png)
-                zf.write(png, f"masks/{frame_png(i)}")
-                png.unlink()
-            log = {"input": video.name, "given_frames": given,
-                   **_log(segmenter, video.source, records, video.length),
-                   "objects": list(objects), "first_score": first_score}
-            zf.writestr(RUN_LOG, json.dumps(log, indent=1), zipfile.ZIP_DEFLATED)
-            write_h264(staged[1].path, _overlays(video, labels.labels), video.fps)
-            zf.write(staged[1].path, OVERLAY)
-        for s in staged:
-            s.commit()
-    except BaseException:
-        for s in staged:
-            s.abort()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        assert labels is not None
+        movie = target.with_suffix(".mp4")
+        staged = [StagedFile(target)]
+        scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=session.folder))
+        try:
+            staged.append(StagedFile(movie))
+            with zipfile.ZipFile(staged[0].path, "w", zipfile.ZIP_STORED) as zf:
+                for i in range(video.length):
+                    png = scratch / frame_png(i)
+                    save_palette_png(labels.labels(i), png)
+                    zf.write(png, f"masks/{frame_png(i)}")
+                    png.unlink()
+                log = {"input": video.name, "given_frames": given,
+                       **_log(segmenter, video.source, records, video.length),
+                       "objects": list(objects), "first_score": first_score}
+                zf.writestr(RUN_LOG, json.dumps(log, indent=1), zipfile.ZIP_DEFLATED)
+                write_h264(staged[1].path, _overlays(video, labels.labels), video.fps)
+                zf.write(staged[1].path, OVERLAY)
+            for s in staged:
+                s.commit()
+        except BaseException:
+            for s in staged:
+                s.abort()
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target, movie
 
 

@@ -4,6 +4,7 @@ session's stop event when the tab cancels or goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -30,11 +31,9 @@ def run_propagation(session: Session, segmenter: Segmenter, model_lock: threadin
     for earlier frames stay as they are. stop: set, the run ends after the current frame.
     emit: called with a message per frame. Returns the closing message: frames done, model FPS
     (as run.json's `fps`), cancelled or not."""
-    video, given = session.begin_run(stop)
+    video, given = session.begin_run(stop, start)
     state = None
     try:
-        if not 0 <= start < video.length:
-            raise InputError(f"start frame {start}: the video has frames 0..{video.length - 1}")
         if not model_lock.acquire(blocking=False):
             raise ModelBusy("the model is propagating another tab's video: try again when it "
                             "is done")
@@ -56,13 +55,15 @@ def _run(session: Session, segmenter: Segmenter, source: Path, given: Mapping[in
     total = length - start
     t0 = time.perf_counter()
     done = 0
-    for out in propagate(segmenter, source, given, start=start, max_frames=length, stop=stop):
-        session.store(out.index, out.labels, out.record)
-        totals.add(out.record)
-        done += 1
-        emit({"type": "frame", "index": out.index, "done": done, "total": total,
-              "fps": totals.summary()["fps"],
-              "wall_fps": round(done / (time.perf_counter() - t0), 3)})
+    frames = propagate(segmenter, source, given, start=start, max_frames=length, stop=stop)
+    with contextlib.closing(frames):  # its reader stops whatever ends the loop
+        for out in frames:
+            session.store(out.index, out.labels, out.record)
+            totals.add(out.record)
+            done += 1
+            emit({"type": "frame", "index": out.index, "done": done, "total": total,
+                  "fps": totals.summary()["fps"],
+                  "wall_fps": round(done / (time.perf_counter() - t0), 3)})
     return {"type": "done", "start": start, "frames": done, "total": total,
             "cancelled": stop.is_set() and done < total, "fps": totals.summary()["fps"],
             "wall_s": round(time.perf_counter() - t0, 3)}

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import uvicorn
@@ -117,9 +118,19 @@ def create_app(segmenter: Segmenter, root: Path, work_dir: Path, *,
     app = FastAPI(title="qdmn-app", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.qdmn = state
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next: Any) -> Response:
+        """A request that changes something comes from the page itself: another site's page
+        in the same browser (which may POST here) is refused by its Origin."""
+        if request.method not in ("GET", "HEAD") and not _own_origin(request.headers, hosts):
+            return JSONResponse({"error": "refused: a request from another site"},
+                                status_code=403)
+        return await call_next(request)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _errors(app)
-    _routes(app, state)
+    _routes(app, state, tuple(hosts))
     return app
 
 
@@ -144,7 +155,7 @@ def _errors(app: FastAPI) -> None:
                             status_code=422)
 
 
-def _routes(app: FastAPI, state: AppState) -> None:
+def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
     sessions, manifest = state.sessions, state.segmenter.manifest
 
     @app.get("/")
@@ -242,6 +253,9 @@ def _routes(app: FastAPI, state: AppState) -> None:
 
     @app.websocket("/api/s/{sid}/propagate")
     async def propagate_ws(ws: WebSocket, sid: str) -> None:
+        if not _own_origin(ws.headers, hosts):
+            await ws.close(code=1008)  # policy violation: another site's page
+            return
         await ws.accept()
         await _propagate(ws, state, sid)
 
@@ -263,6 +277,13 @@ def _routes(app: FastAPI, state: AppState) -> None:
             raise Refused(404, f"no export named {name}: export again")
         return FileResponse(path, media_type=kind,
                             filename=name if kind == "application/zip" else None)
+
+
+def _own_origin(headers: Any, hosts: Sequence[str]) -> bool:
+    """No Origin (not a browser's cross-site request), or one naming a host the page is
+    served as."""
+    origin = headers.get("origin")
+    return origin is None or "*" in hosts or urlsplit(origin).hostname in hosts
 
 
 def _fresh(session: Session, prefix: str, suffix: str) -> Path:

@@ -88,14 +88,13 @@ class Session:
 
     def edit(self, index: int, change: Callable[[np.ndarray], np.ndarray],
              touched: set[int]) -> None:
-        """Apply `change` to frame `index`'s labels and make the result a given mask, deciding
-        the ids it decided before (or showed, on a propagated frame) and those `touched`."""
+        """Apply `change` to frame `index`'s labels and make the result a given mask: the frame
+        as the page shows it, deciding every object (one it does not show is absent there)."""
         with self.lock:
             self.check_idle()
             before = self.frame_labels(index)
             after = change(before)
-            old = self.given.get(index)
-            decided = set(old.decided if old is not None else object_ids(before)) | touched
+            decided = set(self.objects()) | set(object_ids(before)) | touched
             if decided:  # else an eraser on a frame without objects: nothing to remember
                 self._set_given(index, GivenMask(after, tuple(sorted(decided))))
 
@@ -124,14 +123,25 @@ class Session:
         self.labels[index] = mask.labels
 
     # ------------------------------------------------------------------ runs
-    def begin_run(self, stop: threading.Event) -> tuple[Video, dict[int, GivenMask]]:
-        """The video and given masks a run starts from; marks the session busy until
-        `end_run` (`stop`: what ends the run early, set also when the session closes)."""
+    def begin_run(self, stop: threading.Event, start: int
+                  ) -> tuple[Video, dict[int, GivenMask]]:
+        """The video and given masks a run from frame `start` starts from; marks the session
+        busy until `end_run` (`stop`: what ends the run early, set also when the session
+        closes). A run from a frame after a marked one continues from that frame's masks as
+        they are: they become a given mask (runtime.job.propagate starts at a given frame)."""
         with self.lock:
             self.check_idle()
             video = self.require_video()
+            video.frame_path(start)  # range check
             if not self.given:
                 raise MaskError("mark an object first: draw a box around it or paint it")
+            if start not in self.given and min(self.given) < start:
+                assert self.labels is not None
+                shown = self.labels.get(start)
+                if shown is None:
+                    raise MaskError(f"frame {start} has no masks yet: propagate from a marked "
+                                    "frame before it first")
+                self._set_given(start, GivenMask(shown.copy(), tuple(self.objects())))
             self.stop = stop
             return video, dict(self.given)
 

@@ -29,6 +29,7 @@ grayscale JPEG among RGB ones) is converted to RGB with a warning.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -420,24 +421,32 @@ def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
     Frames before the first given frame have no object (empty labels). A given frame's mask
     replaces the propagated one for the ids it decides and is pinned in the memory as a
     reference (`Segmenter.reference`). Frames before `start` are decoded but not segmented or
-    yielded: the given ones among them become the memory's references, so propagating again
-    from a corrected frame t is `start=t` (with frame t given). `stop` set ends the run after the
-    current frame; closing the generator stops its reader thread.
+    yielded: the given ones among them become the memory's references (objects a mask does not
+    decide are absent on its frame, as nothing was propagated there), so propagating again from
+    a corrected frame t is `start=t`. `start` is therefore a given frame, or at most the first
+    one (InputError otherwise: there would be no previous frame to continue from). `stop` set
+    ends the run after the current frame (during the replay before `start` too); closing the
+    generator stops its reader thread.
     """
     masks = as_given(given)
     if not masks:
         raise MaskError("no mask given: at least one frame needs a mask")
     if isinstance(start, bool) or start < 0:
         raise InputError(f"start={start}: expected a frame index >= 0")
+    if start not in masks and start > min(masks):
+        raise InputError(f"start={start}: propagation starts from a frame with a given mask, "
+                         f"or from one up to the first ({min(masks)}); frame {start} has none")
     src = source if isinstance(source, FrameSource) else open_source(source)
     if src.length is not None and (late := [i for i in masks if i >= src.length]):
-        raise MaskError(f"masks given for frames {late[:4]} but {src.description} has "
-                        f"{src.length}")
+        raise MaskError(f"masks given for frames {late[:4]} but {src.description} has frames "
+                        f"0..{src.length - 1}")
     reader = _Reader(segmenter, src, max_frames)
     started = False
     try:
         items = reader if src.live else with_last(reader)
         for i, item in enumerate(items):
+            if stop is not None and stop.is_set():
+                return
             (frame, image), is_last = (item, False) if src.live else item
             g = masks.get(i)
             if g is not None:
@@ -464,8 +473,6 @@ def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
             record = segmenter.last_record if g is not None or started else None
             assert g is None or record is not None
             yield Propagated(i, frame, labels, record or FrameRecord.empty(i))
-            if stop is not None and stop.is_set():
-                return
     finally:
         reader.close()
 
@@ -499,18 +506,20 @@ class _Run:
         t_first: float | None = None
         self.writer.start()
         try:
-            for out in propagate(seg, self.source, self.given, max_frames=self.max_frames):
-                self.decoded = out.index + 1
-                rec = out.record
-                if t_first is None and rec.kind != "empty":
-                    t_first = time.perf_counter()
-                records.append(rec)
-                totals.add(rec)
-                self.writer.put(out.index, out.frame, out.labels)
-                bar.update(1)
-                if rec.kind == "propagated":
-                    bar.set_postfix(model_fps=f"{1e3 / max(rec.ms['total'], 1e-6):.1f}",
-                                    mem=len(seg.policy), refresh=False)
+            frames = propagate(seg, self.source, self.given, max_frames=self.max_frames)
+            with contextlib.closing(frames):  # its reader is joined however the loop ends
+                for out in frames:
+                    self.decoded = out.index + 1
+                    rec = out.record
+                    if t_first is None and rec.kind != "empty":
+                        t_first = time.perf_counter()
+                    records.append(rec)
+                    totals.add(rec)
+                    self.writer.put(out.index, out.frame, out.labels)
+                    bar.update(1)
+                    if rec.kind == "propagated":
+                        bar.set_postfix(model_fps=f"{1e3 / max(rec.ms['total'], 1e-6):.1f}",
+                                        mem=len(seg.policy), refresh=False)
         except KeyboardInterrupt as e:
             interrupted = e
         except BaseException:

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,7 +54,7 @@ STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "qualit
           "post")
 
 
-FRAME_KINDS = ("first", "given", "propagated", "empty")
+FrameKind = Literal["first", "given", "propagated", "empty"]
 
 
 @dataclass
@@ -70,7 +70,7 @@ class FrameRecord:
     decision: dict[str, Any] | None
     slots: dict[int, int]  # slot -> frame held, after this frame
     ms: dict[str, float] = field(default_factory=dict)
-    kind: str = "propagated"
+    kind: FrameKind = "propagated"
 
     @classmethod
     def empty(cls, frame: int) -> FrameRecord:
@@ -149,6 +149,8 @@ class Segmenter:
         m = self.manifest
         if frame.ndim != 3:
             raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        if index < 0:
+            raise InputError(f"frame index {index}: expected >= 0")
         h0, w0 = frame.shape[:2]
         mask = np.asarray(mask)
         if mask.ndim != 2:
@@ -169,8 +171,6 @@ class Segmenter:
         self.object_ids = ids
         self._object_valid[:] = 0.0
         self._object_valid[: len(ids)] = 1.0
-        if index < 0:
-            raise InputError(f"frame index {index}: expected >= 0")
         self.backend.bank.reset()
         decision = self.policy.start(index)
         t1 = time.perf_counter()
@@ -378,7 +378,7 @@ class Segmenter:
 
     def _record(self, decision: Decision | None, quality: np.ndarray | None,
                 score: float | None, ms: dict[str, float], t0: float,
-                confidence: np.ndarray | None, kind: str = "propagated") -> None:
+                confidence: np.ndarray | None, kind: FrameKind = "propagated") -> None:
         ms["total"] = (time.perf_counter() - t0) * 1e3
         self.last_record = FrameRecord(
             frame=self.frame_index,

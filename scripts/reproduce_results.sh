@@ -26,7 +26,14 @@ python training/train.py --config configs/light-davis42.yaml \
     --init models/training/stage2/light-stage2-best.pth
 python scripts/snapshot_training.py runs/light-davis42 models/training/light-davis42 \
     --name light-davis42
-cp models/training/light-davis42/light-davis42-best.pth models/qdmn-light.pth
+#    stage 4, configs/light-identity.yaml from stage 3: clips of up to five objects, look-alikes,
+#    crossings and the pet stills, validated every 400 steps with schoolgirls; best kept
+#    (step 1200; the run was stopped at step 2000)
+python training/train.py --config configs/light-identity.yaml \
+    --init models/training/light-davis42/light-davis42-best.pth --steps 2000
+python scripts/snapshot_training.py runs/light-identity models/training/light-identity \
+    --name light-identity
+cp models/training/light-identity/light-identity-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1
@@ -40,6 +47,12 @@ python benchmarks/evaluate.py --engine-dir engines/light-1obj --data "$DAVIS" --
     --backend openvino-bf16 --out $R/jf-val-openvino-bf16 --no-progress
 python benchmarks/evaluate.py --engine-dir engines/light-1obj-int8 --data "$DAVIS" --sequences $VAL \
     --backend ort-cpu --out $R/jf-val-ort-int8 --no-progress
+#    seven objects: DAVIS 2017's schoolgirls (240p), runtime vs reference; the memory gate per video
+python export/to_onnx.py models/qdmn-light.pth --out engines/light-7obj --max-objects 7
+python benchmarks/evaluate.py --engine-dir engines/light-7obj --data "${DAVIS}/../DAVIS2017" \
+    --resolution 240p --sequences schoolgirls --backend ort-cpu --reference models/qdmn-light.pth \
+    --out $R/jf-schoolgirls-ort-fp32 --no-progress
+python scripts/gate_report.py models/qdmn-light.pth --out $R/gate
 
 # 4. the demo (two real clips, one and two objects), its picture, and the model report (one- and
 # two-object validation through the runtime at 240x432 and 480x864, QAM score vs IoU)

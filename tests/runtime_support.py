@@ -7,11 +7,14 @@ layers' fixtures stay independent).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, demo_root
+from conftest import REPO, demo_root, script_env
 
 from runtime.media.davis import DavisLayout
 
@@ -63,41 +66,6 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
-def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
-    """(checkpoint, exported graphs), built once and kept in pytest's cache between files/runs.
-
-    Keyed by the sources that determine them, so an edit to the model or exporter rebuilds."""
-    import hashlib
-    import shutil
-
-    import torch
-
-    h = hashlib.sha256(torch.__version__.encode())
-    for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
-                     REPO / "runtime/core/manifest.py", Path(__file__)]):
-        h.update(f.name.encode() + f.read_bytes())
-    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
-    if cache is not None:
-        root = Path(cache.mkdir("qdmn-runtime-engines"))
-    else:
-        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "engines"
-        root.mkdir(exist_ok=True)
-    d = root / h.hexdigest()[:16]
-    if not (d / "graphs" / "manifest.json").is_file():
-        shutil.rmtree(d, ignore_errors=True)  # an incomplete earlier build
-        tmp = root / f"{d.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
-        tmp.mkdir()
-        try:
-            export(make_checkpoint(tmp / "light.pt"), tmp / "graphs")
-            tmp.rename(d)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return d / "light.pt", d / "graphs"
-
-
 def export(ckpt: Path, out: Path, size: tuple[int, int] = SIZE, max_objects: int = MAX_OBJECTS,
            memory_size: int = MEMORY_SIZE) -> Path:
     from export.to_onnx import export_checkpoint
@@ -106,13 +74,51 @@ def export(ckpt: Path, out: Path, size: tuple[int, int] = SIZE, max_objects: int
     return out
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over object ids present in either map (1.0 when both are empty)."""
-    ids = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
-    if not ids:
-        return 1.0
-    return float(np.mean([((a == i) & (b == i)).sum() / max(((a == i) | (b == i)).sum(), 1)
-                          for i in ids]))
+def cached_build(request: pytest.FixtureRequest, name: str, key: str,
+                 build: Callable[[Path], None], done: str) -> Path:
+    """A folder `build` fills once per `key`, kept in pytest's cache (folder `name`) between
+    files and runs; `done` is the file whose presence says the build finished. Built in a
+    temporary folder and renamed, so parallel runs never see half of one."""
+    import shutil
+
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    if cache is not None:
+        root = Path(cache.mkdir(name))
+    else:
+        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / name
+        root.mkdir(exist_ok=True)
+    d = root / key[:16]
+    if not (d / done).is_file():
+        shutil.rmtree(d, ignore_errors=True)  # an incomplete earlier build
+        tmp = root / f"{d.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
+        tmp.mkdir()
+        try:
+            build(tmp)
+            tmp.rename(d)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return d
+
+
+def cached_engine(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """(checkpoint, exported graphs), built once and kept in pytest's cache between files/runs.
+
+    Keyed by the sources that determine them, so an edit to the model or exporter rebuilds."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(torch.__version__.encode())
+    for f in sorted([*(REPO / "training").glob("*.py"), *(REPO / "export").glob("*.py"),
+                     REPO / "runtime/core/manifest.py", Path(__file__)]):
+        h.update(f.name.encode() + f.read_bytes())
+    d = cached_build(request, "qdmn-runtime-engines", h.hexdigest(),
+                     lambda tmp: export(make_checkpoint(tmp / "light.pt"), tmp / "graphs"),
+                     "graphs/manifest.json")
+    return d / "light.pt", d / "graphs"
 
 
 SHIPPED = REPO / "models" / "qdmn-light.pth"
@@ -123,27 +129,30 @@ def shipped_engine(request: pytest.FixtureRequest, max_objects: int = 3) -> Path
     """The shipped model's graphs at its own size, exported once per checkpoint and kept in
     pytest's cache: for tests whose assertions need a trained model (tracking real objects)."""
     import hashlib
-    import shutil
 
     from runtime.core.manifest import file_sha256
 
     key = hashlib.sha256(f"{file_sha256(SHIPPED)}-{max_objects}".encode())
     for f in sorted((REPO / "export").glob("*.py")):
         key.update(f.read_bytes())
-    cache = getattr(request.config, "cache", None)
-    root = (Path(cache.mkdir("qdmn-shipped-engines")) if cache is not None
-            else request.getfixturevalue("tmp_path_factory").getbasetemp() / "shipped")
-    root.mkdir(exist_ok=True)
-    d = root / key.hexdigest()[:16]
-    if not (d / "manifest.json").is_file():
-        shutil.rmtree(d, ignore_errors=True)
-        tmp = root / f"{d.name}.tmp-{np.random.default_rng().integers(1 << 30)}"
-        try:
-            export(SHIPPED, tmp, size=SHIPPED_SIZE, max_objects=max_objects, memory_size=8)
-            tmp.rename(d)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return d
+    return cached_build(request, "qdmn-shipped-engines", key.hexdigest(),
+                        lambda tmp: export(SHIPPED, tmp / "graphs", size=SHIPPED_SIZE,
+                                           max_objects=max_objects, memory_size=8),
+                        "graphs/manifest.json") / "graphs"
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    """runtime/run.py in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=REPO,
+                          env=script_env(), capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over object ids present in either map (1.0 when both are empty)."""
+    ids = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
+    if not ids:
+        return 1.0
+    return float(np.mean([((a == i) & (b == i)).sum() / max(((a == i) | (b == i)).sum(), 1)
+                          for i in ids]))
+

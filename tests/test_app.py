@@ -405,3 +405,38 @@ def test_the_speed_benchmark_compares_the_app_with_run_py(clip, tmp_path, reques
     assert doc["app_vs_run_py_model_fps"] == round(
         doc["mean"]["app"]["fps"] / doc["mean"]["run.py"]["fps"], 3)
     assert "app / run.py model FPS:" in capsys.readouterr().out
+
+
+def test_editing_a_corrected_frame_again_and_propagating_from_an_unmarked_frame(client, clip):
+    """A frame corrected, propagated, then corrected again still propagates; propagating from a
+    frame no mask was given on continues from its masks as shown (they become a given mask)."""
+    _, truth = clip
+    sid = new_session(client)
+    client.post(f"/api/s/{sid}/open", json={"path": "clip"})
+    client.post(f"/api/s/{sid}/box", json={"frame": 0, "object": 1, "box": box_of(truth[0])})
+    assert propagate(client, sid, 0)[-1]["type"] == "done"
+    stroke = {"frame": 4, "object": 1, "radius": 6, "points": [[20, 20], [40, 30]]}
+    assert client.post(f"/api/s/{sid}/stroke", json=stroke).status_code == 200
+    assert propagate(client, sid, 4)[-1]["type"] == "done"
+    client.post(f"/api/s/{sid}/stroke", json={**stroke, "erase": True})
+    assert propagate(client, sid, 4)[-1]["type"] == "done"
+    before = [mask_of(client, sid, i) for i in range(FRAMES)]
+    messages = propagate(client, sid, 9)  # never marked: its masks as shown are the start
+    assert messages[-1]["type"] == "done" and messages[0]["index"] == 9
+    st = client.get(f"/api/s/{sid}/state").json()
+    assert st["given"] == [0, 4, 9]
+    assert np.array_equal(mask_of(client, sid, 9), before[9])
+    assert all(np.array_equal(mask_of(client, sid, i), before[i]) for i in range(9))
+
+
+def test_requests_from_another_site_are_refused(client):
+    r = client.post("/api/sessions", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "another site" in r.json()["error"]
+    assert client.post("/api/sessions", headers={"Origin": f"http://{HOST}"}).status_code == 200
+    sid = new_session(client)
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect(
+            f"ws://{HOST}/api/s/{sid}/propagate", headers={"Origin": "https://evil.example"}
+    ) as ws:
+        ws.receive_json()

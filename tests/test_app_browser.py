@@ -3,7 +3,7 @@ Debian's chromedriver (nothing downloads a browser or a driver). The server runs
 app.server` on a free port; the test opens a real clip, draws a box on a frame, propagates,
 corrects a later frame with the brush, propagates again from it, exports, checks the exported
 masks and that the browser plays the overlay video. With QDMN_UPDATE_SCREENSHOT=1 (and the real
-DAVIS frames) it saves the page as docs/app.png, the README's picture."""
+DAVIS frames) it saves the page as docs/images/app.png, the README's picture."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FRAMES = 16
 HEIGHT = 360  # a frame the page shows large enough to mark and for the README's picture
-SCREENSHOT = REPO / "docs" / "app.png"
+SCREENSHOT = REPO / "docs" / "images" / "app.png"
 WAIT = 120  # seconds any one step may take on a loaded 2-core machine
 
 

@@ -174,7 +174,7 @@ def test_dead_worker_restarted_and_video_retried_once(engine, ray_session, corpu
     result = cli.run_corpus(engine, videos, out, settings, cli.Plan(1, 1, 0), config,
                             engine_fingerprint(manifest), progress=False, worker=Dying)
     by = {o.name: o for o in result.outcomes}
-    assert by["swan"].status == "done" and by["swan"].attempts == 2 and by["swan"].frames == 6
+    assert by["swan"].status == "done" and by["swan"].attempts == 2 and by["swan"].frames == 6, by["swan"].error
     assert by["cows"].status == "failed" and by["cows"].attempts == 2
     assert "worker died twice" in by["cows"].error
     # nothing staged is left behind: no hidden folder, no partial overlay, no empty cows/

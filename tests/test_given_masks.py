@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import TWO, script_env
+from conftest import TWO
 from PIL import Image
 
 from evaluation.metrics import jaccard
@@ -157,17 +155,11 @@ def test_pin_never_evicts_a_pinned_reference():
     assert one.pin(1).index is not None and not one.entries[0].pinned
 
 
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
-                          env=script_env(), capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
 def test_run_py_masks_end_to_end(shipped, clip, tmp_path):
     frames, truth = clip
     masks = write_masks(tmp_path / "m", {"00000": only(truth[0], 1),
                                          f"{LATE:05d}": only(truth[LATE], 2)})
-    r = run_cli("--engine-dir", shipped, "--input", frames, "--masks", masks, "--output",
+    r = rs.run_cli("--engine-dir", shipped, "--input", frames, "--masks", masks, "--output",
                 tmp_path / "out", "--max-frames", LATE + 3, "--quiet")
     assert r.returncode == 0, r.stderr
     log = json.loads((tmp_path / "out" / "run.json").read_text())
@@ -188,7 +180,7 @@ def test_bad_given_masks_are_one_line(shipped, clip, tmp_path, case):
     args += ["--masks", write_masks(tmp_path / "m", masks)]
     if case == "twice":
         args += ["--mask", rs.demo_layout().annotation(TWO, "00000")]
-    r = run_cli(*args)
+    r = rs.run_cli(*args)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error: "), r.stderr
     expected = {"size": "00003.png is", "name": "frame-x.png is not named after a frame",
@@ -274,7 +266,7 @@ def test_masks_past_max_frames_are_said_or_refused(shipped, clip, tmp_path):
 
 
 def test_no_mask_at_all_is_a_usage_error(shipped, clip, tmp_path):
-    r = run_cli("--engine-dir", shipped, "--input", clip[0], "--output", tmp_path / "out")
+    r = rs.run_cli("--engine-dir", shipped, "--input", clip[0], "--output", tmp_path / "out")
     assert r.returncode == 2 and "--mask FILE" in r.stderr.splitlines()[-1]
 
 
@@ -286,3 +278,23 @@ def test_a_root_whose_first_annotation_is_on_a_later_frame_gives_it_as_a_given_m
         Image.new("RGB", (6, 4)).save(root / f"JPEGImages/480p/v/{i:05d}.jpg")
     save_palette_png(np.ones((4, 6), np.uint8), root / "Annotations/480p/v/00002.png")
     assert list_videos(root)[0].mask == (root / "Annotations/480p/v").absolute()
+
+
+def test_propagation_starts_at_a_given_frame_and_stops_during_the_replay(shipped, clip):
+    import threading
+
+    from runtime.core.errors import InputError
+    from runtime.job import propagate
+
+    frames, truth = clip
+    given = {0: truth[0], LATE: truth[LATE]}
+    with Segmenter(shipped, backend="ort-cpu") as seg:
+        with pytest.raises(InputError, match="frame 8 has none"):
+            list(propagate(seg, frames, given, start=8))
+        full = {p.index: p.labels for p in propagate(seg, frames, given)}
+        again = list(propagate(seg, frames, given, start=LATE))
+        assert [p.index for p in again] == list(range(LATE, FRAMES))
+        assert np.array_equal(again[0].labels, full[LATE])  # the given frame, as given
+        stop = threading.Event()
+        stop.set()  # set before the replay: nothing runs, nothing is yielded
+        assert list(propagate(seg, frames, given, start=LATE, stop=stop)) == []

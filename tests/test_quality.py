@@ -79,3 +79,8 @@ def test_each_object_is_measured_against_its_own_reference() -> None:
     assert frame_score(np.array([0.3, 0.9]), np.array([0.6, 0.0]), DEFAULT_QUALITY_SCORE) == \
         pytest.approx(0.5)
     assert np.isnan(frame_score(np.array([0.3]), np.array([0.0]), DEFAULT_QUALITY_SCORE))
+    # a poor mask the head scores above its object's ground truth counts as the truth, no more:
+    # one small object cannot carry a frame whose other objects are lost
+    small_over = np.array([0.0, 0.0, 0.75], np.float32)  # three times its reference
+    assert frame_score(small_over, reference, DEFAULT_QUALITY_SCORE) == pytest.approx(1 / 3)
+    assert frame_score(small_over, reference, "qam") == pytest.approx(0.25 / (1.1 / 3))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import runtime_support as rs
-from conftest import ONE, script_env, signal_when_written
+from conftest import ONE, signal_when_written
 from PIL import Image
 
 from runtime import run as cli
@@ -44,16 +44,10 @@ def clip(tmp_path_factory) -> tuple[Path, Path]:
     return d, mask
 
 
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=rs.REPO,
-                          env=script_env(), capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
 def test_script_end_to_end(engine, clip, tmp_path):
     frames, mask = clip
     out, overlay = tmp_path / "out", tmp_path / "vis" / "overlay.mp4"
-    r = run_cli("--engine-dir", engine, "--input", frames, "--mask", mask, "--output", out,
+    r = rs.run_cli("--engine-dir", engine, "--input", frames, "--mask", mask, "--output", out,
                 "--overlay", overlay, "--mem-every", "1", "--quality-threshold", "0")
     assert r.returncode == 0, r.stderr
     pngs = sorted(out.glob("*.png"))

@@ -53,11 +53,11 @@ def test_shipped_model_follows_a_held_out_clip(name, davis_root):
     assert min(ious) > 0.7, ious
 
 
-def test_locality_prior_keeps_two_objects_apart(davis_root):
-    """The demo's two-object clip (held-out cows | libby, side by side): without the locality
-    prior the light model gives much of the dog's pixels to the cow from frame 2 on (the model
-    before the 42-video fine-tune lost it whole); with it (the default) each keeps its own
-    (runtime.core.locality)."""
+def test_two_objects_keep_their_identities_and_the_prior_costs_nothing(davis_root):
+    """The demo's two-object clip (held-out cows | libby, side by side). Without the locality
+    prior the 42-video model gave much of the dog's pixels to the cow from frame 2 on; the
+    identity-trained model keeps the dog either way. With the prior (the default,
+    runtime.core.locality) each object keeps its own, and the prior never costs the dog."""
     require_real_frames()
     seq = load_sequence(davis_root, TWO)
     torch.set_num_threads(2)
@@ -68,8 +68,7 @@ def test_locality_prior_keeps_two_objects_apart(davis_root):
         preds += [seg.step(seq.frames[t], last=t == FRAMES - 1) for t in range(1, FRAMES)]
         ious[locality] = np.array([[float(jaccard(lab == k, p == k)) for k in (1, 2)]
                                    for p, lab in zip(preds[2:], seq.labels[2:FRAMES])])
-    # the failure the prior is for, and what it wins back
-    assert ious[None][:, 1].mean() > ious[0.0][:, 1].mean() + 0.1, (ious[0.0], ious[None])
+    assert ious[None][:, 1].mean() >= ious[0.0][:, 1].mean() - 0.02, (ious[0.0], ious[None])
     assert ious[None][:, 1].min() > 0.5 and ious[None][:, 0].min() > 0.7, ious[None]
 
 

@@ -243,7 +243,8 @@ def test_gate_score_correlation_is_the_papers_normalised_score():
         scores = [frame_scores(model, v.frames[t], pred[t], 2, size) * weight[t]
                   for t in range(1, 7)]
         # the paper's normaliser for "qam", each object's own for the default
-        gate = [s.mean() / first.mean() if mode == "qam" else (s / first).mean() for s in scores]
+        gate = [s.mean() / first.mean() if mode == "qam" else np.minimum(s / first, 1).mean()
+                for s in scores]
         rows = [(np.mean([float(jaccard(v.labels[t] == i, pred[t] == i)) for i in (1, 2)]), g)
                 for t, g in zip(range(1, 7), gate)]
         iou, score = np.array(rows).T
@@ -384,6 +385,9 @@ def test_identity_switches_count_masks_that_lie_on_another_objects_truth():
     swapped = truth.copy()
     swapped[1:] = 3 - truth[1:]  # ids swapped after the first frame
     assert identity_switches(truth, swapped) == 1.0
-    half = truth.copy()
-    half[2] = 1  # object 1 spreads over object 2 in frame 2: neither has switched
-    assert identity_switches(truth, half) == 0.0
+    spread = truth.copy()
+    spread[2, :, 10:14] = 1  # object 1 spreads a little over object 2: neither has switched
+    assert identity_switches(truth, spread) == 0.0
+    void = truth.copy()
+    void[:, 0] = 255  # void in the truth is no object's
+    assert identity_switches(void, truth) == 0.0

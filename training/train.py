@@ -694,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop after this many seconds of training (validated and saved as at "
                          "the last step); for a machine lent for a fixed time")
     ap.add_argument("--validate", action="store_true",
-                    help="after training, report validation J&F on the config's val_sequences")
+                    help="after training, report validation J&F on the config's val_sequences "
+                         "(and append the row to out_dir/validate.csv)")
     ap.add_argument("--export-fp16", metavar="PATH",
                     help="after training, write FP16 weights + config (no optimizer) here")
     args = ap.parse_args(argv)
@@ -743,6 +744,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> None:
     trainer.fit(sources, args.steps, time_limit=args.time_limit)
     if args.validate and trainer.val_videos:
         row = validate(trainer)
+        append_row(trainer.out_dir / "validate.csv", row)  # beside val.csv, the run's own rows
         print(f"validation at step {row['step']}: J&F one object {row['jf_single']:.3f}, "
               f"two objects {row['jf_multi']:.3f}, many {row.get('jf_many')}, identity "
               f"switches {row.get('id_switch')}, QAM pearson {row.get('qam_pearson')}")

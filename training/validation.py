@@ -35,8 +35,8 @@ from runtime.core.quality import (
 )
 from runtime.media.davis import RESOLUTION, DavisLayout
 from training.copy_paste import Cutout, paste
+from training.data import VOID, load_sequence
 from training.data import Sequence as ValVideo  # one video held in memory
-from training.data import load_sequence
 from training.model import QDMN, key_affinity, normalize_uint8
 
 DEFAULT_NAMES = ("blackswan", "cows", "libby")
@@ -151,15 +151,16 @@ def identity_switches(truth: np.ndarray, pred: np.ndarray) -> float:
     """Share of object-frames (after the first, objects with a predicted mask) whose predicted
     mask lies mostly (> SWITCH_SHARE) on another object's ground truth: the object's id has
     jumped to its neighbour. truth, pred: (T, H, W) ids."""
-    n = int(truth[0].max())
+    ids = [int(i) for i in np.unique(truth) if i not in (0, VOID)]
+    n = max(ids, default=0)
     switched = counted = 0
     for t in range(1, len(truth)):
-        for i in range(1, n + 1):
+        for i in ids:
             mine = pred[t] == i
             area = np.count_nonzero(mine)
             if area < SWITCH_MIN_PIXELS:
                 continue
-            on = np.bincount(truth[t][mine].ravel(), minlength=n + 1)
+            on = np.bincount(truth[t][mine].ravel(), minlength=256)[: n + 1]
             on[[0, i]] = 0
             counted += 1
             switched += int(on.max() > SWITCH_SHARE * area)

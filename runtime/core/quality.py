@@ -20,7 +20,9 @@ mean collapses: the QAM head scores a small object's mask low even when it is th
 truth (0.22-0.26 for the six smaller people of DAVIS 2017's schoolgirls against 0.60 for the
 largest), so a frame's mean is ruled by which objects are large, not by how good the masks
 are. By default ("qam*confidence") each object is measured against its own reference, its
-score over its given mask's score, and the frame's score is the mean of those ratios; "qam"
+score over its given mask's score capped at 1 (a predicted mask is no better than the given
+one: a head that scores a poor mask of a small object above its ground truth would otherwise
+let that one object carry the frame), and the frame's score is the mean of those ratios; "qam"
 keeps the paper's normaliser.
 """
 
@@ -53,15 +55,15 @@ def mask_confidence(prob: np.ndarray, k: int) -> np.ndarray:
 
 def frame_score(scores: np.ndarray, reference: np.ndarray, mode: str) -> float:
     """The gate's score of a frame from its objects' scores (`object_scores`) and the QAM
-    scores of their given masks (`reference`, same order): the mean of the per-object ratios
-    (objects whose reference is 0 left out), or for mode "qam" the paper's mean over the mean
-    of the positive references. NaN when no reference is positive."""
+    scores of their given masks (`reference`, same order): the mean of the per-object ratios,
+    each capped at 1 (objects whose reference is 0 left out), or for mode "qam" the paper's
+    mean over the mean of the positive references. NaN when no reference is positive."""
     positive = reference > 0
     if not positive.any():
         return math.nan
     if mode == "qam":
         return float(scores.mean() / reference[positive].mean())
-    return float(np.mean(scores[positive] / reference[positive]))
+    return float(np.mean(np.minimum(scores[positive] / reference[positive], 1.0)))
 
 
 def object_scores(quality: np.ndarray, confidence: np.ndarray, mode: str) -> np.ndarray:
