@@ -55,12 +55,11 @@ from app.propagation import run_propagation
 from app.sessions import Session, Sessions, UnknownSession
 from runtime.backends import create_backend
 from runtime.cli import fail, one_line, warnings_as_lines
-from runtime.core.config import RuntimeConfig
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
 from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
 from runtime.media.palette import PALETTE
-from runtime.options import add_execution_options, add_runtime_options, runtime_settings
+from runtime.options import add_execution_options, add_runtime_options, runtime_config
 from runtime.segmenter import Segmenter
 
 STATIC = Path(__file__).parent / "static"
@@ -461,8 +460,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """The graphs, backend and settings, as `runtime/run.py` builds them."""
     manifest = Manifest.load(args.engine_dir)
-    config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
-                           spin=args.spin).resolve(manifest)
+    config = runtime_config(args, manifest)
     backend = create_backend(args.backend, manifest, args.engine_dir, config)
     return Segmenter.from_backend(manifest, backend, config)
 

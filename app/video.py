@@ -13,6 +13,7 @@ import numpy as np
 
 from app.paths import check_inside
 from runtime.core.errors import InputError
+from runtime.core.resize import resize_frame
 from runtime.media.sources import FolderSource, open_source, read_frame
 
 MAX_FRAMES = 3000  # the page keeps every frame; a longer video is one for `qdmn-run`
@@ -60,7 +61,7 @@ def open_video(source: Path, name: str, frames_dir: Path, root: Path | None = No
         if size is None:
             size = frame.shape[:2]
         elif frame.shape[:2] != size:  # the runtime resizes or refuses it; the page just shows
-            frame = cv2.resize(frame, size[::-1], interpolation=cv2.INTER_AREA)
+            frame = resize_frame(frame, *size)
         bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
         ok = cv2.imwrite(str(frames_dir / f"{n:05d}.jpg"), bgr,
                          [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

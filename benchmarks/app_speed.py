@@ -37,7 +37,7 @@ from runtime.cli import fail
 from runtime.core.errors import QDMNRuntimeError
 from runtime.options import add_execution_options
 
-TARGET = 0.9  # issue 27: the app propagates at >= 90 % of run.py's model FPS
+TARGET = 0.9  # the app propagates at >= 90 % of run.py's model FPS
 
 
 def run_job(segmenter: Any, source: Path, mask: Path, out: Path) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from runtime.core.geometry import same_aspect
 from runtime.core.manifest import Manifest
 from runtime.core.resize import resize_frame
 from runtime.media.given import GivenMask, as_given, check_given, read_given_masks
-from runtime.media.masks import object_ids, read_mask
+from runtime.media.masks import labels_array, object_ids, read_mask
 from runtime.media.outputs import StagedFile, StagedFolder, deferred_signals
 from runtime.media.palette import OverlayWriter, check_overlay_name, save_palette_png
 from runtime.media.sources import FolderSource, FrameSource, open_source, with_last
@@ -107,16 +107,6 @@ def check_apart(output_dir: str | Path, overlay: str | Path | None,
                               "a folder of their own")
         if real == video:
             raise OutputError(f"overlay {overlay} is the {what} {path}: it would be replaced")
-
-
-def _mask_array(mask: np.ndarray) -> np.ndarray:
-    """A first mask given as an array: (H, W) integer object ids in 0..255."""
-    if (mask.ndim != 2 or 0 in mask.shape or not (np.issubdtype(mask.dtype, np.integer)
-                                                  or mask.dtype == bool)
-            or mask.min() < 0 or mask.max() > 255):
-        raise MaskError(f"the first mask must be an (H, W) array of object ids in 0..255, got "
-                        f"shape {mask.shape} {mask.dtype}")
-    return mask.astype(np.uint8)
 
 
 def segment_video(
@@ -206,7 +196,8 @@ def _given(source: FrameSource, mask: str | Path | np.ndarray | None,
             raise MaskError("frame 0 has a mask twice: as the first mask and among the given "
                             "masks; give it once")
         if isinstance(mask, np.ndarray):
-            given[0] = GivenMask(_mask_array(mask), name="the first mask", fit=True)
+            given[0] = GivenMask(labels_array(mask, "the first mask"), name="the first mask",
+                                 fit=True)
         else:
             given[0] = GivenMask(read_mask(mask), name=f"first mask {mask}", fit=True)
     given = dict(sorted(given.items()))

@@ -9,8 +9,10 @@ import argparse
 from typing import Any
 
 from runtime.backends import BACKENDS
+from runtime.core.config import RuntimeConfig
 from runtime.core.geometry import DEFAULT_FIT, FITS
 from runtime.core.locality import DEFAULT_LOCALITY
+from runtime.core.manifest import Manifest
 from runtime.core.quality import DEFAULT_QUALITY_SCORE, QUALITY_SCORES
 
 # RuntimeConfig field -> how it is asked for; None defaults mean "the manifest's value".
@@ -56,6 +58,13 @@ _EXECUTION: dict[str, dict[str, Any]] = {
              "help": "ORT CPU threads busy-wait: a little faster on an idle, dedicated machine, "
                      "much slower on a shared one"},
 }
+
+
+def runtime_config(args: argparse.Namespace, manifest: Manifest) -> RuntimeConfig:
+    """The settings a program's options give (`add_runtime_options`, `add_execution_options`
+    with threads, device and spin), resolved against the graphs' manifest."""
+    return RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
+                         spin=args.spin).resolve(manifest)
 
 
 def add_execution_options(parser: argparse.ArgumentParser,

@@ -26,7 +26,6 @@ from typing import Any
 
 from runtime.backends import BACKENDS, create_backend
 from runtime.cli import fail, warnings_as_lines
-from runtime.core.config import RuntimeConfig
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
 from runtime.job import RUN_LOG, JobInterrupted, check_apart, check_outputs, segment_video
@@ -35,7 +34,7 @@ from runtime.media.masks import read_mask
 from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
 from runtime.media.palette import OVERLAY_CODECS
 from runtime.media.sources import open_source
-from runtime.options import add_execution_options, add_runtime_options, runtime_settings
+from runtime.options import add_execution_options, add_runtime_options, runtime_config
 from runtime.segmenter import Segmenter
 
 
@@ -87,8 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             "--masks": args.masks})
     check_outputs(args.output, args.overlay)
     manifest = Manifest.load(args.engine_dir)
-    config = RuntimeConfig(**runtime_settings(args), threads=args.threads, device=args.device,
-                           spin=args.spin).resolve(manifest)
+    config = runtime_config(args, manifest)
     if args.mask is not None:
         read_mask(args.mask)
     source = open_source(args.input)

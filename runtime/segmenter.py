@@ -31,7 +31,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,20 @@ STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "qualit
 FrameKind = Literal["first", "given", "propagated", "empty"]
 
 
+class _Laps:
+    """One frame's milliseconds per stage: calling it with a stage books the time since the
+    previous call (or the start) to that stage."""
+
+    def __init__(self) -> None:
+        self.t0 = self._t = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
 @dataclass
 class FrameRecord:
     """What run.json logs per frame. kind: the first segmented frame, a frame whose mask was
@@ -66,7 +80,7 @@ class FrameRecord:
     quality: list[float] | None  # raw QAM scores of the real objects; None: not a candidate
     # the decoder's confidence in each object's mask (runtime.core.quality; 1 for the given mask)
     confidence: list[float] | None
-    score: float | None  # normalised frame score (mean object score / first frame's)
+    score: float | None  # what the gate thresholds (runtime.core.quality.frame_score)
     decision: dict[str, Any] | None
     slots: dict[int, int]  # slot -> frame held, after this frame
     ms: dict[str, float] = field(default_factory=dict)
@@ -212,16 +226,7 @@ class Segmenter:
         frames were skipped (default: the one after the last)."""
         index = self._next_index(index, "step")
         be = self.backend
-        ms: dict[str, float] = {}
-        t = time.perf_counter()
-        t0 = t
-
-        def lap(stage: str) -> None:
-            nonlocal t
-            now = time.perf_counter()
-            ms[stage] = ms.get(stage, 0.0) + (now - t) * 1e3
-            t = now
-
+        lap = _Laps()
         h0, w0 = frame.shape[:2]
         place = self._placement(frame)
         image = place.image(frame)[None] if image is None else image
@@ -253,7 +258,7 @@ class Segmenter:
         self.last_prob = prob
         labels = place.labels(prob, self.object_ids, h0, w0)
         lap("post")
-        self._record(decision, quality, score, ms, t0, confidence)
+        self._record(decision, quality, score, lap.ms, lap.t0, confidence)
         return labels
 
     def _next_index(self, index: int | None, what: str) -> int:
@@ -268,7 +273,7 @@ class Segmenter:
                              f"{self.frame_index}")
         return index
 
-    def _propagate(self, image: np.ndarray, lap: Callable[[str], None]) -> np.ndarray:
+    def _propagate(self, image: np.ndarray, lap: _Laps) -> np.ndarray:
         """encoder -> memory read -> decoder -> locality prior: (N+1, H, W) probabilities."""
         be = self.backend
         be.run("encoder", {"image": image, "prev_prob": self._prev_prob})
@@ -296,17 +301,8 @@ class Segmenter:
         absent) and lose the pixels the given objects take. An id not tracked before starts
         being tracked here. Returns the frame's labels; mask: (H0, W0) ids at the frame's size."""
         index = self._next_index(index, "reference")
-        ms: dict[str, float] = {}
-        t0 = t = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal t
-            now = time.perf_counter()
-            ms[stage] = ms.get(stage, 0.0) + (now - t) * 1e3
-            t = now
-
-        if frame.ndim != 3:
-            raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        lap = _Laps()
+        place = self._placement(frame)
         h0, w0 = frame.shape[:2]
         mask = np.asarray(mask)
         if mask.shape != (h0, w0):
@@ -321,7 +317,6 @@ class Segmenter:
         new = tuple(o for o in present if o not in self.object_ids)
         self.manifest.check_object_count(len(self.object_ids) + len(new),
                                          f"the video with the mask of frame {index}")
-        place = self._placement(frame)
         image = place.image(frame)[None] if image is None else image
         lap("pre")
         kept = [i for i, o in enumerate(self.object_ids) if o not in decided]
@@ -356,7 +351,7 @@ class Segmenter:
         out[np.isin(out, decided)] = 0
         out[labels > 0] = labels[labels > 0]
         lap("post")
-        self._record(decision, None, 1.0, ms, t0, np.ones(k, np.float32), "given")
+        self._record(decision, None, 1.0, lap.ms, lap.t0, np.ones(k, np.float32), "given")
         return out
 
     def segment(self, frames: Iterable[np.ndarray], mask: np.ndarray, *,

@@ -355,5 +355,6 @@ def side_by_side(rng: np.random.Generator, a: Sample, b: Sample) -> Sample:
         masks[:, k - 1, :, :labels.shape[2]] = labels == k
     valid = np.zeros(n, np.float32)
     valid[:2] = [a.object_valid[0], b.object_valid[0]]
-    void = datasets.side_by_side((a.frames, a.void), (b.frames, b.void))[1] > 0
+    void = (datasets.side_by_side((a.frames, a.void), (b.frames, b.void))[1] > 0
+            if a.void.any() or b.void.any() else np.zeros(labels.shape, bool))
     return Sample(frames, masks, valid, corrupt_masks(rng, masks[2]), void)

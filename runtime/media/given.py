@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.core.errors import MaskError
-from runtime.media.masks import MaskMode, object_ids, read_labels
+from runtime.media.masks import MaskMode, labels_array, object_ids, read_labels
 from runtime.media.sources import FolderSource, FrameSource
 
 
@@ -48,14 +48,9 @@ def as_given(masks: Mapping[int, GivenMask | np.ndarray]) -> dict[int, GivenMask
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
             raise MaskError(f"given masks are keyed by frame index >= 0, got {index!r}")
         g = m if isinstance(m, GivenMask) else GivenMask(np.asarray(m))
-        arr = g.labels
-        if (arr.ndim != 2 or 0 in arr.shape
-                or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool)
-                or arr.min() < 0 or arr.max() > 255):
-            raise MaskError(f"the mask of frame {index} must be an (H, W) array of object ids in "
-                            f"0..255, got shape {arr.shape} {arr.dtype}")
-        g = GivenMask(arr.astype(np.uint8), None if g.objects is None
-                      else tuple(int(o) for o in g.objects), g.name, g.fit)
+        objects = None if g.objects is None else tuple(int(o) for o in g.objects)
+        g = GivenMask(labels_array(g.labels, f"the mask of frame {index}"), objects, g.name,
+                      g.fit)
         if not g.decided:
             raise MaskError(f"the mask of frame {index} marks no object")
         out[int(index)] = g

@@ -77,6 +77,17 @@ def read_labels(path: str | Path, mode: MaskMode | str) -> np.ndarray:
     return labels
 
 
+def labels_array(mask: np.ndarray, what: str) -> np.ndarray:
+    """A mask given as an array -> (H, W) uint8 object ids; MaskError naming `what` unless it
+    is (H, W) integer (or bool) ids in 0..255."""
+    if (mask.ndim != 2 or 0 in mask.shape or not (np.issubdtype(mask.dtype, np.integer)
+                                                  or mask.dtype == bool)
+            or mask.min() < 0 or mask.max() > 255):
+        raise MaskError(f"{what} must be an (H, W) array of object ids in 0..255, got shape "
+                        f"{mask.shape} {mask.dtype}")
+    return mask.astype(np.uint8, copy=False)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A video's first-frame mask -> (H, W) uint8 object ids (`read_labels`, mode first)."""
     return read_labels(path, MaskMode.FIRST)
