@@ -16,6 +16,11 @@ class OutsideRoot(InputError):
     """A path that leaves the root (or does not exist under it)."""
 
 
+def _real(path: Path) -> Path:
+    """The path with every link and `..` resolved: what would really be read."""
+    return Path(os.path.realpath(path))
+
+
 def under_root(root: Path, name: str) -> Path:
     """The real path of `name` (relative to `root`; "" is the root itself), refused unless it
     exists and it and everything it resolves through stay inside `root`."""
@@ -24,8 +29,8 @@ def under_root(root: Path, name: str) -> Path:
     if os.path.isabs(name) or Path(name).drive:
         raise OutsideRoot(f"{name}: absolute paths are refused; name a path inside the root "
                           "folder the server was started with")
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(real_root / name))
+    real_root = _real(root)
+    real = _real(real_root / name)
     if not real.is_relative_to(real_root):
         raise OutsideRoot(f"{name} is outside the root folder the server was started with")
     if not real.exists():
@@ -35,9 +40,9 @@ def under_root(root: Path, name: str) -> Path:
 
 def check_inside(root: Path, files: list[Path]) -> None:
     """Refuse a folder of frames some of whose files are links that point out of `root`."""
-    real_root = Path(os.path.realpath(root))
+    real_root = _real(root)
     for f in files:
-        if not Path(os.path.realpath(f)).is_relative_to(real_root):
+        if not _real(f).is_relative_to(real_root):
             raise OutsideRoot(f"{f.name} links to a file outside the root folder: refused")
 
 
@@ -55,10 +60,10 @@ def list_folder(root: Path, name: str) -> list[Entry]:
     folder = under_root(root, name)
     if not folder.is_dir():
         raise OutsideRoot(f"{name} is not a folder")
-    real_root = Path(os.path.realpath(root))
+    real_root = _real(root)
     out = []
     for p in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
-        real = Path(os.path.realpath(p))
+        real = _real(p)
         if p.name.startswith(".") or not real.is_relative_to(real_root) or not real.exists():
             continue
         if real.is_dir():

@@ -52,7 +52,7 @@ from app import annotate
 from app.export import export_zip
 from app.paths import list_folder, under_root
 from app.propagation import run_propagation
-from app.sessions import Session, Sessions, UnknownSession
+from app.sessions import DEFAULT_IDLE_S, Session, Sessions, UnknownSession
 from runtime.backends import create_backend
 from runtime.cli import fail, one_line, warnings_as_lines
 from runtime.core.errors import QDMNRuntimeError
@@ -110,10 +110,13 @@ class Stroke(BaseModel):
 
 def create_app(segmenter: Segmenter, root: Path, work_dir: Path, *,
                max_upload_mb: float = DEFAULT_UPLOAD_MB,
-               hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> FastAPI:
+               hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+               session_idle_s: float = DEFAULT_IDLE_S) -> FastAPI:
     """The web app over one loaded segmenter. hosts: the names the page may be reached by
-    (others are refused, against DNS rebinding by a web page the browser shows)."""
-    state = AppState(segmenter, root, Sessions(work_dir, segmenter.manifest), max_upload_mb)
+    (others are refused, against DNS rebinding by a web page the browser shows);
+    session_idle_s: how long a session no tab asks about is kept."""
+    sessions = Sessions(work_dir, segmenter.manifest, session_idle_s)
+    state = AppState(segmenter, root, sessions, max_upload_mb)
     app = FastAPI(title="qdmn-app", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.qdmn = state
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
@@ -173,6 +176,12 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
     @app.post("/api/s/{sid}/close")
     def close(sid: str) -> dict[str, Any]:
         sessions.close(sid)
+        return {}
+
+    @app.get("/api/s/{sid}/alive")
+    def alive(sid: str) -> dict[str, Any]:
+        """The open page's heartbeat: its session is not idle."""
+        sessions.get(sid)
         return {}
 
     @app.get("/api/browse")
@@ -419,6 +428,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "removed at exit)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB,
                    help=f"largest upload accepted (default {DEFAULT_UPLOAD_MB})")
+    p.add_argument("--session-idle-min", type=float, default=DEFAULT_IDLE_S / 60,
+                   help="forget a tab's session (and remove its files) when its page has not "
+                        f"been heard from for this long, e.g. it crashed (default "
+                        f"{DEFAULT_IDLE_S / 60:g}; an open page is heard from every minute)")
     add_execution_options(p)
     add_runtime_options(p)
     return p.parse_args(argv)
@@ -433,6 +446,9 @@ def _check(args: argparse.Namespace) -> None:
         raise _Fail(f"--root {args.root}: not a folder")
     if not 0 < args.max_upload_mb <= 1 << 20:
         raise _Fail(f"--max-upload-mb {args.max_upload_mb:g}: expected a size in MB > 0")
+    if not args.session_idle_min >= 2:
+        raise _Fail(f"--session-idle-min {args.session_idle_min:g}: expected at least 2 (an open "
+                    "page is heard from every minute)")
     if not 0 <= args.port <= 65535:
         raise _Fail(f"--port {args.port}: expected 0..65535")
     if not (args.engine_dir / "manifest.json").is_file():
@@ -483,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interrupt here, so that the sessions' folders are removed before the process ends
         with terminate_as_interrupt():
             app = create_app(segmenter, args.root.resolve(), work,
-                             max_upload_mb=args.max_upload_mb, hosts=_hosts(args.host, sock))
+                             max_upload_mb=args.max_upload_mb, hosts=_hosts(args.host, sock),
+                             session_idle_s=60 * args.session_idle_min)
             sessions = app.state.qdmn.sessions
             _serve(app, sock, args, work)
     except KeyboardInterrupt as e:

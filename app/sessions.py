@@ -8,6 +8,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from runtime.media.masks import MaskMode, object_ids, read_labels
 from runtime.segmenter import FrameRecord
 
 MAX_OBJECT_ID = 254  # palette index 255 is DAVIS's void
+# A tab's page asks for its state every minute while it is open, and closes its session when it
+# is closed; a tab that crashed (or whose browser went away) is forgotten after this long.
+DEFAULT_IDLE_S = 3600.0
 
 
 class Busy(InputError):
@@ -43,6 +47,7 @@ class Session:
         # what run.json reads from the segmenter, as this session's last run left it (the one
         # segmenter serves every tab): object ids and the first given frame's quality
         self.model_state: tuple[tuple[int, ...], float | None] = ((), None)
+        self.seen = time.monotonic()  # the last request that named this session
 
     # ------------------------------------------------------------------ opening a video
     def open(self, source: Path, name: str, root: Path | None = None) -> None:
@@ -166,14 +171,28 @@ class Session:
 
 
 class Sessions:
-    """The sessions of one server, each in a sub-folder of the work folder."""
+    """The sessions of one server, each in a sub-folder of the work folder. A session no request
+    has named for idle_s seconds, and that is not propagating, is closed (its folder removed)
+    when another session is created or named: a crashed tab's upload does not stay on disk
+    until the server stops."""
 
-    def __init__(self, work_dir: Path, manifest: Manifest):
-        self.work_dir, self.manifest = work_dir, manifest
+    def __init__(self, work_dir: Path, manifest: Manifest, idle_s: float = DEFAULT_IDLE_S):
+        self.work_dir, self.manifest, self.idle_s = work_dir, manifest, idle_s
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
+    def expire(self) -> list[str]:
+        """Close the sessions idle for longer than idle_s; returns their ids."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [sid for sid, s in self._sessions.items()
+                    if now - s.seen > self.idle_s and s.stop is None]
+        for sid in gone:
+            self.close(sid)
+        return gone
+
     def create(self) -> Session:
+        self.expire()
         sid = secrets.token_urlsafe(16)
         folder = self.work_dir / sid
         folder.mkdir(parents=True)
@@ -183,8 +202,11 @@ class Sessions:
         return session
 
     def get(self, sid: str) -> Session:
+        self.expire()
         with self._lock:
             session = self._sessions.get(sid)
+            if session is not None:
+                session.seen = time.monotonic()
         if session is None:
             raise UnknownSession("this page's session is gone (the server restarted, or the tab "
                                  "was closed): reload the page")

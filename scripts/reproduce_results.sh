@@ -52,6 +52,9 @@ python export/to_onnx.py models/qdmn-light.pth --out engines/light-7obj --max-ob
 python benchmarks/evaluate.py --engine-dir engines/light-7obj --data "${DAVIS}/../DAVIS2017" \
     --resolution 240p --sequences schoolgirls --backend ort-cpu --reference models/qdmn-light.pth \
     --out $R/jf-schoolgirls-ort-fp32 --no-progress
+python benchmarks/evaluate.py --engine-dir engines/light-7obj --data "${DAVIS}/../DAVIS2017" \
+    --resolution 240p --sequences schoolgirls --backend openvino-bf16 \
+    --out $R/jf-schoolgirls-openvino-bf16 --no-progress
 python scripts/gate_report.py models/qdmn-light.pth --out $R/gate
 
 # 4. the demo (two real clips, one and two objects), its picture, and the model report (one- and

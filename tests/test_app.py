@@ -340,6 +340,40 @@ def test_a_run_ends_when_cancelled_or_when_its_tab_goes_away(client, clip):
     assert messages[-1]["frames"] == FRAMES and not messages[-1]["cancelled"]
 
 
+def test_sessions_no_page_asks_about_are_forgotten_with_their_files(segmenter, clip, tmp_path):
+    """A crashed tab's session goes after session_idle_s without a request; an open page's
+    heartbeat keeps its own, and a running propagation is never cut."""
+    root, truth = clip
+    client = make_client(segmenter, root, tmp_path / "work", session_idle_s=120)
+    sessions = client.app.state.qdmn.sessions
+    crashed, open_tab, running = (new_session(client) for _ in range(3))
+    for s in (crashed, open_tab, running):
+        client.post(f"/api/s/{s}/open", json={"path": "clip"})
+        client.post(f"/api/s/{s}/box", json={"frame": 0, "object": 1, "box": box_of(truth[0])})
+    folders = {s: sessions.get(s).folder for s in (crashed, open_tab, running)}
+
+    def idle_for(sid: str, seconds: float) -> None:
+        sessions.get(sid).seen -= seconds  # as if no request had named it for that long
+
+    with client.websocket_connect(f"ws://{HOST}/api/s/{running}/propagate") as ws:
+        ws.send_json({"start": 0})
+        assert ws.receive_json()["index"] == 0
+        idle_for(crashed, 121)
+        idle_for(running, 121)
+        idle_for(open_tab, 60)
+        assert client.get(f"/api/s/{open_tab}/alive").json() == {}  # the page's heartbeat
+        assert not folders[crashed].exists()
+        assert "reload the page" in error(client.get(f"/api/s/{crashed}/state"))
+        assert folders[running].exists() and folders[open_tab].exists()
+        ws.send_json({"cancel": True})
+        while ws.receive_json()["type"] == "frame":
+            pass
+    idle_for(open_tab, 100)  # 160 s in all, but the heartbeat came 100 s ago
+    new_session(client)  # the run is over: its session, idle for 121 s, goes now
+    assert folders[open_tab].exists() and not folders[running].exists()
+    assert client.get(f"/api/s/{open_tab}/state").json()["given"] == [0]
+
+
 def test_nothing_is_written_outside_the_work_folder(segmenter, clip, tmp_path):
     """Sessions, uploads, decoded frames and exports all stay in the app's work folder; the root
     is only read."""
@@ -369,6 +403,9 @@ def test_nothing_is_written_outside_the_work_folder(segmenter, clip, tmp_path):
     (["--root", ".", "--max-upload-mb", "0"],
      "error: --max-upload-mb 0: expected a size in MB > 0"),
     (["--root", ".", "--port", "70000"], "error: --port 70000: expected 0..65535"),
+    (["--root", ".", "--session-idle-min", "0.5"],
+     ("error: --session-idle-min 0.5: expected at least 2 (an open page is heard from every "
+      "minute)")),
 ])
 def test_bad_arguments_are_one_line(args, message, capsys, request):
     engines = ["--engine-dir", str(shipped_engine(request))] if "--engine-dir" not in args else []

@@ -391,3 +391,23 @@ def test_identity_switches_count_masks_that_lie_on_another_objects_truth():
     void = truth.copy()
     void[:, 0] = 255  # void in the truth is no object's
     assert identity_switches(void, truth) == 0.0
+
+
+def test_objects_that_leave_come_back_and_small_objects_are_small(demo_seqs):
+    spec = SampleSpec(crop=(96, 160), num_objects=4, image_size=(128, 224),
+                      scale_range=(0.8, 2.0))
+    left, small_areas, large_areas = 0, [], []
+    for seed in range(10):
+        s = copy_paste_sample(np.random.default_rng(seed), demo_seqs, spec, 3, 0.3,
+                              leave_fraction=1.0, small_fraction=1.0)
+        valid = np.flatnonzero(s.object_valid)
+        assert all(s.masks[0, i].any() for i in valid)
+        # every pasted target is gone from the middle frame and back in the last
+        gone = [i for i in valid if not s.masks[1, i].any()]
+        assert len(gone) >= len(valid) - 1, (seed, valid, gone)  # all but the clip's own
+        left += sum(s.masks[2, i].any() for i in gone)
+        small_areas += [s.masks[0, i].mean() for i in gone]
+        big = copy_paste_sample(np.random.default_rng(seed), demo_seqs, spec, 3, 0.3)
+        large_areas += [big.masks[0, i].mean() for i in np.flatnonzero(big.object_valid)[1:]]
+    assert left >= 15, left
+    assert max(small_areas) < 0.05 and np.median(small_areas) < np.median(large_areas) / 3

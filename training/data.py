@@ -280,14 +280,18 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
 
 def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSpec,
                       max_skip: int, static_fraction: float, distractors: int = 0,
-                      twin_fraction: float = 0.25, crossing_fraction: float = 0.0) -> Sample:
+                      twin_fraction: float = 0.25, crossing_fraction: float = 0.0,
+                      leave_fraction: float = 0.0, small_fraction: float = 0.0) -> Sample:
     """A clip with objects of other clips pasted onto it, moving, until it holds
     spec.num_objects objects. Each pasted target is, with probability twin_fraction, a second
     copy of an object already in the clip (a look-alike: same appearance, another identity),
     else an object of another clip or still. With probability crossing_fraction it moves
     through an object already there (paths that cross), else along a random line. Each paste
     goes in front of or behind what is there, so objects occlude each other both ways; objects
-    hidden in frame 0 are dropped.
+    hidden in frame 0 are dropped. With probability leave_fraction a pasted target is out of
+    the frame in the middle frame and back in the last: the model must find it again from the
+    first frame's memory, not from the frame before. With probability small_fraction every
+    paste of the clip is small (many small objects in one frame, each a few feature cells).
 
     Then `distractors` more objects are pasted the same way but left unlabelled: background in
     every mask. Without them every salient thing in a training clip is a target, and the model
@@ -304,6 +308,8 @@ def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSp
     ch, cw = spec.crop
     next_id = max(int(lb[lb != VOID].max(initial=0)) for lb in labels) + 1
     donors = [(base, objects[0])] if objects else []  # what a twin copies
+    # No draw at 0: runs from before these options keep their exact sample stream.
+    small = bool(small_fraction) and rng.random() < small_fraction
     pasted = 0
     for _ in range(3 * spec.num_objects + 2 + 2 * distractors):  # a donor may be absent
         target = len(objects) < spec.num_objects
@@ -322,11 +328,13 @@ def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSp
             continue
         ph, pw = cut.masks[0].shape
         fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
-        cut = cut.scaled(fit * float(rng.uniform(0.4, 1.0)))
+        cut = cut.scaled(fit * float(rng.uniform(0.1, 0.3) if small else rng.uniform(0.4, 1.0)))
         through = None
         if objects and crossing_fraction and rng.random() < crossing_fraction:
             through = _centre(labels[0] == objects[int(rng.integers(len(objects)))])
         positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3, through)
+        if target and leave_fraction and rng.random() < leave_fraction:
+            positions[1] = (positions[1][0], cw)  # starts at the right edge: wholly outside
         # A distractor may have to be undone (it hid a target in frame 0): keep the clip.
         kept = None if target else ([f.copy() for f in frames], [lb.copy() for lb in labels])
         paste(frames, labels, cut, next_id, positions, in_front=rng.random() < 0.7)

@@ -374,6 +374,8 @@ async function startSession() {
 }
 
 window.addEventListener("pagehide", () => { if (S.sid) navigator.sendBeacon(sessionPath("close")); });
+// the server forgets a session no page has asked about for a while (app/sessions.py)
+setInterval(() => { if (S.sid) fetch(sessionPath("alive")).catch(() => {}); }, 60_000);
 $("upload").onchange = (ev) => { if (ev.target.files[0]) upload(ev.target.files[0]); ev.target.value = ""; };
 $("open-path").onclick = () => openPath($("path").value.trim());
 $("path").onkeydown = (ev) => { if (ev.key === "Enter") openPath($("path").value.trim()); };
