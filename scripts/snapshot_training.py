@@ -4,7 +4,7 @@ the ignored runs/ folder is gone) can continue it:
     python scripts/snapshot_training.py runs/light models/training
 
 writes light-latest.pth and light-best.pth (FP16 weights + config + step, no optimizer: ~13 MB
-each), the run's log.csv, val.csv and segments.txt, and its curves (curves.png). Continue with
+each; with the weight average of a run that keeps one, twice that), the run's log.csv, val.csv and segments.txt, and its curves (curves.png). Continue with
     python training/train.py --config configs/light.yaml --resume-weights models/training/light-latest.pth
 (fresh optimizer with a short warm-up; `--resume` is exact when runs/light/checkpoint.pt exists).
 """
@@ -23,12 +23,14 @@ FILES = ("log.csv", "val.csv", "segments.txt")
 
 
 def half_copy(src: Path, dst: Path) -> int:
-    """src checkpoint -> dst with FP16 floating tensors and no optimizer state; returns its step."""
+    """src checkpoint -> dst with FP16 floating tensors (the weights and, in a run that averages
+    them, the average) and no optimizer state; returns its step."""
     obj = read_checkpoint(src)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in obj["model"].items()}
-    meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")}
+    halves = {key: {k: v.half() if v.is_floating_point() else v for k, v in obj[key].items()}
+              for key in ("model", "ema") if key in obj}
+    meta = {k: v for k, v in obj.items() if k not in ("model", "ema", "optimizer")}
     tmp = dst.with_suffix(".tmp")
-    torch.save({"model": state, **meta}, tmp)
+    torch.save({**halves, **meta}, tmp)
     tmp.replace(dst)
     return int(meta.get("step", 0))
 

@@ -209,6 +209,16 @@ def test_weight_average_is_what_gets_validated_and_kept(davis_root, tmp_path):
     assert not torch.equal(got, dict(trainer.model.named_parameters())[name])
     best = read_checkpoint(trainer.save("best.pt", optimizer=False))["model"][name]
     torch.testing.assert_close(best, want)
+    # the committed snapshot (FP16) carries the average, and --resume-weights goes on with it
+    trainer.save("checkpoint.pt")
+    half_copy = load_script("snapshot_training").half_copy
+    assert half_copy(Path(trainer.cfg.out_dir) / "checkpoint.pt", tmp_path / "latest.pth") == 3
+    again = Trainer(_tiny(tmp_path, davis_root, steps=3, pretrained_backbone=False,
+                          ema_decay=decay, out_dir=str(tmp_path / "again")), torch.device("cpu"))
+    again.load_weights(tmp_path / "latest.pth", continue_run=True)
+    assert again.step == 3 and again.eval_model is not again.model  # an average, restored
+    torch.testing.assert_close(dict(again.eval_model.named_parameters())[name], want,
+                               rtol=1e-3, atol=1e-3)  # FP16
     with pytest.raises(ConfigError, match="ema_decay"):
         _tiny(tmp_path, davis_root, ema_decay=1.0)
 
@@ -296,3 +306,26 @@ def test_several_split_files_are_trained_on_together(tmp_path):
     cfg = TrainConfig(data_root=str(tmp_path), val_sequences=("d",),
                       split_file=("ImageSets/train.txt", "ImageSets/val.txt"))
     assert split_sequences(cfg) == (["a", "b", "c"], ["d"])
+
+
+def test_ctrl_c_ends_a_training_segment_with_one_line(davis_root, tmp_path):
+    """Ctrl-C is how a segment is ended by hand: a line that says how to continue, exit 130,
+    the checkpoint kept; not a traceback from inside torch."""
+    import signal
+
+    import yaml
+    from conftest import signal_when_written
+
+    out = tmp_path / "run"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_root": str(davis_root), "split_file": "ImageSets/demo.txt", "image_size": list(SIZE),
+        "crop_size": [96, 160], "batch_size": 1, "steps": 100_000, "ckpt_every": 1,
+        "pretrained_backbone": False, "threads": 1, "out_dir": str(out)}))
+    code, err = signal_when_written("training/train.py", ["--config", str(config)], out,
+                                    "checkpoint.pt", signal.SIGINT)
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: continue from the run's last checkpoint with `--config {config} --resume`")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1

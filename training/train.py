@@ -33,7 +33,7 @@ from runtime.core.config import check_threads
 from runtime.core.errors import OutputError
 from runtime.core.manifest import STRIDE
 from runtime.media.davis import list_sequences
-from runtime.media.outputs import OutputLock, replacing
+from runtime.media.outputs import OutputLock, interrupt_exit_code, replacing
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.correspondence import correspondence_loss, flow_correspondence_loss
@@ -501,6 +501,9 @@ class Trainer:
             self.step = int(obj.get("step", 0))
             self.best_jf = float(obj.get("best_jf", -math.inf))
             self._truncate_log()
+            if self.ema is not None and "ema" in obj:  # the average goes on where it was
+                self.ema.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                          for k, v in obj["ema"].items()})
         self.warmup_from = self.step  # a fresh Adam on trained weights: ramp the lr up
 
     def _truncate_log(self) -> None:
@@ -715,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
             lock.release()
     except (ConfigError, ValueError, FileNotFoundError, OutputError) as e:
         return fail(e)
+    except KeyboardInterrupt as e:  # Ctrl-C is how a training segment is ended by hand
+        print(f"interrupted: continue from the run's last checkpoint with `--config "
+              f"{args.config} --resume`", file=sys.stderr)
+        return interrupt_exit_code(e)
     return 0
 
 
