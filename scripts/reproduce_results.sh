@@ -33,7 +33,14 @@ python training/train.py --config configs/light-identity.yaml \
     --init models/training/light-davis42/light-davis42-best.pth --steps 2000
 python scripts/snapshot_training.py runs/light-identity models/training/light-identity \
     --name light-identity
-cp models/training/light-identity/light-identity-best.pth models/qdmn-light.pth
+#    stage 5, configs/light-identity-long.yaml from stage 4's best: objects that leave and come
+#    back, many small objects, a weight average validated; best kept (step 1600; the run was
+#    stopped at step 2400)
+python training/train.py --config configs/light-identity-long.yaml \
+    --init models/training/light-identity/light-identity-best.pth --steps 2400
+python scripts/snapshot_training.py runs/light-identity-long models/training/light-identity-long \
+    --name light-identity-long
+cp models/training/light-identity-long/light-identity-long-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1

@@ -4,7 +4,8 @@ the ignored runs/ folder is gone) can continue it:
     python scripts/snapshot_training.py runs/light models/training
 
 writes light-latest.pth and light-best.pth (FP16 weights + config + step, no optimizer: ~13 MB
-each; with the weight average of a run that keeps one, twice that), the run's log.csv, val.csv and segments.txt, and its curves (curves.png). Continue with
+each; with the weight average of a run that keeps one, twice that), the run's log.csv, val.csv
+and segments.txt, and its curves (curves.png). Continue with
     python training/train.py --config configs/light.yaml --resume-weights models/training/light-latest.pth
 (fresh optimizer with a short warm-up; `--resume` is exact when runs/light/checkpoint.pt exists).
 """
