@@ -181,15 +181,14 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def expire(self) -> list[str]:
-        """Close the sessions idle for longer than idle_s; returns their ids."""
+    def expire(self) -> None:
+        """Close the sessions idle for longer than idle_s."""
         now = time.monotonic()
         with self._lock:
             gone = [sid for sid, s in self._sessions.items()
                     if now - s.seen > self.idle_s and s.stop is None]
         for sid in gone:
             self.close(sid)
-        return gone
 
     def create(self) -> Session:
         self.expire()

@@ -158,11 +158,9 @@ class Segmenter:
 
         image: `prepare(frame)`, when already computed; index: the frame's number in the video
         (the memory's temporal order; frames before it are not segmented)."""
-        ms: dict[str, float] = {}
-        t0 = time.perf_counter()
+        lap = _Laps()
         m = self.manifest
-        if frame.ndim != 3:
-            raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        place = self._placement(frame)
         if index < 0:
             raise InputError(f"frame index {index}: expected >= 0")
         h0, w0 = frame.shape[:2]
@@ -174,7 +172,6 @@ class Segmenter:
         if not ids:
             raise MaskError("the first mask marks no object")
         m.check_object_count(len(ids))
-        place = self._placement(frame)
         self._warn_aspect(place, (h0, w0))
         image = place.image(frame)[None] if image is None else image
         probs = place.masks(labels, ids, m.max_objects)
@@ -187,12 +184,12 @@ class Segmenter:
         self._object_valid[: len(ids)] = 1.0
         self.backend.bank.reset()
         decision = self.policy.start(index)
-        t1 = time.perf_counter()
+        lap("pre")
         self.backend.run("qam", {"image": image, "masks": probs})
         quality = self.backend.run("quality", fetch=("quality",))["quality"][: len(ids)]
-        t2 = time.perf_counter()
+        lap("qam")
         self.backend.bank.write(decision.slot)
-        t3 = time.perf_counter()
+        lap("bank")
         self.first_scores = np.array(quality, np.float32)
         if not (quality > 0).any():  # the official code drops zero (ReLU) scores here
             warnings.warn("the first frame's quality scores are all zero: no frame will be "
@@ -202,9 +199,8 @@ class Segmenter:
         self._ended = False
         bg = 1.0 - probs[: len(ids)].sum(0, keepdims=True)
         self.last_prob = np.concatenate([bg, probs], 0)
-        ms.update(pre=(t1 - t0) * 1e3, qam=(t2 - t1) * 1e3, bank=(t3 - t2) * 1e3,
-                  post=(time.perf_counter() - t3) * 1e3)
-        self._record(decision, quality, 1.0, ms, t0, np.ones(len(ids), np.float32), "first")
+        lap("post")
+        self._record(decision, quality, 1.0, lap, np.ones(len(ids), np.float32), "first")
         return labels
 
     def _warn_aspect(self, place: Placement, frame_hw: tuple[int, int]) -> None:
@@ -258,7 +254,7 @@ class Segmenter:
         self.last_prob = prob
         labels = place.labels(prob, self.object_ids, h0, w0)
         lap("post")
-        self._record(decision, quality, score, lap.ms, lap.t0, confidence)
+        self._record(decision, quality, score, lap, confidence)
         return labels
 
     def _next_index(self, index: int | None, what: str) -> int:
@@ -351,7 +347,7 @@ class Segmenter:
         out[np.isin(out, decided)] = 0
         out[labels > 0] = labels[labels > 0]
         lap("post")
-        self._record(decision, None, 1.0, lap.ms, lap.t0, np.ones(k, np.float32), "given")
+        self._record(decision, None, 1.0, lap, np.ones(k, np.float32), "given")
         return out
 
     def segment(self, frames: Iterable[np.ndarray], mask: np.ndarray, *,
@@ -372,9 +368,9 @@ class Segmenter:
             yield self.step(frame, last=is_last)
 
     def _record(self, decision: Decision | None, quality: np.ndarray | None,
-                score: float | None, ms: dict[str, float], t0: float,
-                confidence: np.ndarray | None, kind: FrameKind = "propagated") -> None:
-        ms["total"] = (time.perf_counter() - t0) * 1e3
+                score: float | None, lap: _Laps, confidence: np.ndarray | None,
+                kind: FrameKind = "propagated") -> None:
+        lap.ms["total"] = (time.perf_counter() - lap.t0) * 1e3
         self.last_record = FrameRecord(
             frame=self.frame_index,
             quality=None if quality is None else [round(float(q), 6) for q in quality],
@@ -382,7 +378,7 @@ class Segmenter:
             score=None if score is None or not math.isfinite(score) else round(score, 6),
             decision=None if decision is None else decision.to_dict(),
             slots=self.policy.contents(),
-            ms=ms,
+            ms=lap.ms,
             kind=kind,
         )
 

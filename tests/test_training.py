@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import ONE, TWO, load_script
+import yaml
+from conftest import ONE, TWO, load_script, signal_when_written
 from PIL import Image
 
 from training.config import ConfigError
@@ -311,11 +313,6 @@ def test_several_split_files_are_trained_on_together(tmp_path):
 def test_ctrl_c_ends_a_training_segment_with_one_line(davis_root, tmp_path):
     """Ctrl-C is how a segment is ended by hand: a line that says how to continue, exit 130,
     the checkpoint kept; not a traceback from inside torch."""
-    import signal
-
-    import yaml
-    from conftest import signal_when_written
-
     out = tmp_path / "run"
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
