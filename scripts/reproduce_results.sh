@@ -40,7 +40,13 @@ python training/train.py --config configs/light-identity-long.yaml \
     --init models/training/light-identity/light-identity-best.pth --steps 2400
 python scripts/snapshot_training.py runs/light-identity-long models/training/light-identity-long \
     --name light-identity-long
-cp models/training/light-identity-long/light-identity-long-best.pth models/qdmn-light.pth
+#    stage 6, configs/light-identity-carry.yaml from stage 5's best: objects carried by others
+#    (a bag on a person), the base lr throughout; best kept (step 2400, its last)
+python training/train.py --config configs/light-identity-carry.yaml \
+    --init models/training/light-identity-long/light-identity-long-best.pth
+python scripts/snapshot_training.py runs/light-identity-carry models/training/light-identity-carry \
+    --name light-identity-carry
+cp models/training/light-identity-carry/light-identity-carry-best.pth models/qdmn-light.pth
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1
@@ -63,6 +69,15 @@ python benchmarks/evaluate.py --engine-dir engines/light-7obj --data "${DAVIS}/.
     --resolution 240p --sequences schoolgirls --backend openvino-bf16 \
     --out $R/jf-schoolgirls-openvino-bf16 --no-progress
 python scripts/gate_report.py models/qdmn-light.pth --out $R/gate
+#    schoolgirls exported at 480x864 (its small objects, the backpacks, cover four times the
+#    feature cells), and whether the model can express each object at a size at all
+python export/to_onnx.py models/qdmn-light.pth --out engines/light-7obj-480x864 --max-objects 7 \
+    --size 480 864
+python benchmarks/evaluate.py --engine-dir engines/light-7obj-480x864 --data "${DAVIS}/../DAVIS2017" \
+    --resolution 240p --sequences schoolgirls --backend ort-cpu \
+    --out $R/jf-schoolgirls-480x864-ort-fp32 --no-progress
+python scripts/read_back.py models/qdmn-light.pth --sizes 240x432 480x864 720x1296 \
+    --out models/report/read_back.json
 
 # 4. the demo (two real clips, one and two objects), its picture, and the model report (one- and
 # two-object validation through the runtime at 240x432 and 480x864, QAM score vs IoU)

@@ -121,3 +121,21 @@ def test_gate_oracle_scores_candidates_by_their_true_iou(davis_root):
     assert 0 <= inserted["oracle"] <= 2
     with pytest.raises(ValueError, match="unknown gate 'perfect'"):
         GatedReference(model, video, "perfect")
+
+
+def test_read_back_loses_small_objects_first(davis_root):
+    """scripts/read_back.py: segmenting the annotated frame from a memory of itself, the shipped
+    model gives both demo objects (held out) most of their probability at its own size; shrink
+    the graphs and both lose some, the dog, the smaller one, the larger share (as `schoolgirls`'
+    backpacks do at 240x432)."""
+    require_real_frames()
+    seq = load_sequence(davis_root, TWO)
+    read_back = load_script("read_back").read_back
+    torch.set_num_threads(2)
+    shares = {size: read_back(ReferenceSegmenter.from_checkpoint(MODELS / "qdmn-light.pth",
+                                                                 size=size),
+                              seq.frames[0], seq.labels[0])
+              for size in ((240, 432), (96, 176))}
+    assert min(shares[240, 432]) > 0.6, shares
+    (cow, dog), (cow_small, dog_small) = shares[240, 432], shares[96, 176]
+    assert cow_small < cow and dog_small / dog < cow_small / cow, shares

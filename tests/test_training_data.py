@@ -20,6 +20,7 @@ from training.data import (
     VOID,
     Pool,
     SampleSpec,
+    carried,
     copy_paste_sample,
     load_sequences,
     load_stills,
@@ -411,3 +412,38 @@ def test_objects_that_leave_come_back_and_small_objects_are_small(demo_seqs):
         large_areas += [big.masks[0, i].mean() for i in np.flatnonzero(big.object_valid)[1:]]
     assert left >= 15, left
     assert max(small_areas) < 0.05 and np.median(small_areas) < np.median(large_areas) / 3
+
+
+def test_a_carried_object_sits_on_its_host_and_moves_with_it():
+    h, w = 80, 120
+    host = [_box(h, w, 20 + 5 * t, 60 + 5 * t, 30 + 8 * t, 70 + 8 * t) for t in range(3)]
+    host[1][:] = False  # hidden in the middle frame: the carried object holds its place
+    cut = Cutout([np.zeros((50, 50, 3), np.uint8)] * 3, [np.ones((50, 50), bool)] * 3)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        small, positions = carried(rng, cut, host)
+        ph, pw = small.masks[0].shape
+        assert 0.2 * 40 - 1 <= ph <= 0.5 * 40 + 1 and ph == pw  # a fifth to a half of the host
+        (y0, x0), (y1, x1), (y2, x2) = positions
+        assert host[0][round(y0 + ph / 2), round(x0 + pw / 2)]  # centred on the host
+        assert (y1, x1) == (y0, x0)
+        assert (y2 - y0, x2 - x0) == (10, 16)  # the host's motion
+
+
+def test_carried_targets_lie_on_other_objects(demo_seqs):
+    spec = SampleSpec(crop=(96, 160), num_objects=3, image_size=(128, 224),
+                      scale_range=(0.8, 2.0))
+    on_host = pasted = 0
+    for seed in range(10):
+        s = copy_paste_sample(np.random.default_rng(seed), demo_seqs, spec, 3, 0.3,
+                              carry_fraction=1.0)
+        valid = np.flatnonzero(s.object_valid)
+        assert all(s.masks[0, i].any() for i in valid) and s.masks.sum(1).max() <= 1
+        for i in valid:
+            # a carried object is in front of its host: the host's pixels ring it
+            m = np.pad(s.masks[0, i] > 0, 2)
+            ring = (m[:-4, 2:-2] | m[4:, 2:-2] | m[2:-2, :-4] | m[2:-2, 4:]) & ~m[2:-2, 2:-2]
+            others = s.masks[0, [j for j in valid if j != i]].any(0)
+            pasted += 1
+            on_host += int(others[ring].mean() > 0.3)
+    assert on_host >= pasted // 2, (on_host, pasted)

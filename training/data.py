@@ -278,10 +278,32 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
     return float(ys.mean()), float(xs.mean())
 
 
+def carried(rng: np.random.Generator, cut: Cutout,
+            host: list[np.ndarray]) -> tuple[Cutout, list[tuple[int, int]]]:
+    """`cut` scaled to a fifth to a half of its host's box in frame 0, and its top-left
+    corners over the clip: centred on a random pixel of the host in frame 0, then moving as
+    the host's centre moves (held where the host is hidden)."""
+    ys, xs = np.nonzero(host[0])
+    ph, pw = cut.masks[0].shape
+    box = min((ys.max() - ys.min() + 1) / ph, (xs.max() - xs.min() + 1) / pw)
+    cut = cut.scaled(box * float(rng.uniform(0.2, 0.5)))
+    ph, pw = cut.masks[0].shape
+    k = int(rng.integers(len(ys)))
+    centre = _centre(host[0])
+    dy, dx = ys[k] - centre[0] - ph / 2, xs[k] - centre[1] - pw / 2
+    positions = []
+    for mask in host:
+        if mask.any():
+            centre = _centre(mask)
+        positions.append((round(centre[0] + dy), round(centre[1] + dx)))
+    return cut, positions
+
+
 def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSpec,
                       max_skip: int, static_fraction: float, distractors: int = 0,
                       twin_fraction: float = 0.25, crossing_fraction: float = 0.0,
-                      leave_fraction: float = 0.0, small_fraction: float = 0.0) -> Sample:
+                      leave_fraction: float = 0.0, small_fraction: float = 0.0,
+                      carry_fraction: float = 0.0) -> Sample:
     """A clip with objects of other clips pasted onto it, moving, until it holds
     spec.num_objects objects. Each pasted target is, with probability twin_fraction, a second
     copy of an object already in the clip (a look-alike: same appearance, another identity),
@@ -292,6 +314,9 @@ def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSp
     the frame in the middle frame and back in the last: the model must find it again from the
     first frame's memory, not from the frame before. With probability small_fraction every
     paste of the clip is small (many small objects in one frame, each a few feature cells).
+    With probability carry_fraction a pasted target is carried by an object already there: a
+    fifth to a half of its host's size, in front of it and moving with it (a bag on a person, a
+    rider on a horse), so one object's id must not take what lies on it (`carried`).
 
     Then `distractors` more objects are pasted the same way but left unlabelled: background in
     every mask. Without them every salient thing in a training clip is a target, and the model
@@ -326,18 +351,27 @@ def copy_paste_sample(rng: np.random.Generator, sources: Sources, spec: SampleSp
         cut = Cutout.from_clip(d_frames, d_labels, d_obj)
         if cut is None:
             continue
-        ph, pw = cut.masks[0].shape
-        fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
-        cut = cut.scaled(fit * float(rng.uniform(0.1, 0.3) if small else rng.uniform(0.4, 1.0)))
-        through = None
-        if objects and crossing_fraction and rng.random() < crossing_fraction:
-            through = _centre(labels[0] == objects[int(rng.integers(len(objects)))])
-        positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3, through)
-        if target and leave_fraction and rng.random() < leave_fraction:
-            positions[1] = (positions[1][0], cw)  # starts at the right edge: wholly outside
+        # No draw at 0: runs from before the option keep their exact sample stream.
+        host = (objects[int(rng.integers(len(objects)))]
+                if target and objects and carry_fraction and rng.random() < carry_fraction
+                else None)
+        if host is not None:
+            cut, positions = carried(rng, cut, [lb == host for lb in labels])
+        else:
+            ph, pw = cut.masks[0].shape
+            fit = min(1.0, 0.7 * ch / ph, 0.7 * cw / pw)  # at most ~70 % of the crop
+            cut = cut.scaled(fit * float(rng.uniform(0.1, 0.3) if small
+                                         else rng.uniform(0.4, 1.0)))
+            through = None
+            if objects and crossing_fraction and rng.random() < crossing_fraction:
+                through = _centre(labels[0] == objects[int(rng.integers(len(objects)))])
+            positions = trajectory(rng, (ch, cw), cut.masks[0].shape, 3, through)
+            if target and leave_fraction and rng.random() < leave_fraction:
+                positions[1] = (positions[1][0], cw)  # starts at the right edge: wholly outside
         # A distractor may have to be undone (it hid a target in frame 0): keep the clip.
         kept = None if target else ([f.copy() for f in frames], [lb.copy() for lb in labels])
-        paste(frames, labels, cut, next_id, positions, in_front=rng.random() < 0.7)
+        paste(frames, labels, cut, next_id, positions,
+              in_front=host is not None or rng.random() < 0.7)
         if target:
             objects = [o for o in objects if (labels[0] == o).any()]
             if (labels[0] == next_id).any():

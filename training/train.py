@@ -92,6 +92,7 @@ class TrainConfig:
     crossing_fraction: float = 0.0  # share of pasted objects whose path crosses an object's
     leave_fraction: float = 0.0  # share of pasted targets out of the middle frame, back after
     small_fraction: float = 0.0  # share of copy-paste clips whose pastes are all small
+    carry_fraction: float = 0.0  # share of pasted targets carried by an object (a bag, a rider)
     # Photos with masks (a folder with images/ and masks/, e.g. ../shared/data/pets): static
     # pseudo-videos and objects to paste; a clip's source is one with probability still_fraction.
     stills_root: str = ""
@@ -316,7 +317,7 @@ def make_batch(cfg: TrainConfig, sources: Sources, step: int) -> list[Sample]:
     def pasted(d: int) -> Sample:
         return copy_paste_sample(rng, sources, spec, skip, cfg.static_fraction, d,
                                  cfg.twin_fraction, cfg.crossing_fraction,
-                                 cfg.leave_fraction, cfg.small_fraction)
+                                 cfg.leave_fraction, cfg.small_fraction, cfg.carry_fraction)
 
     def one() -> Sample:
         if n == 1:

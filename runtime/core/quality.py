@@ -16,14 +16,14 @@ as the official code computes it.
 
 The frame's score, what the gate thresholds (`frame_score`): the paper divides the mean of the
 objects' scores by the mean of the first frame's. With many objects of different sizes that
-mean collapses: the QAM head scores a small object's mask low even when it is the ground
-truth (0.22-0.26 for the six smaller people of DAVIS 2017's schoolgirls against 0.60 for the
-largest), so a frame's mean is ruled by which objects are large, not by how good the masks
-are. By default ("qam*confidence") each object is measured against its own reference, its
-score over its given mask's score capped at 1 (a predicted mask is no better than the given
-one: a head that scores a poor mask of a small object above its ground truth would otherwise
-let that one object carry the frame), and the frame's score is the mean of those ratios; "qam"
-keeps the paper's normaliser.
+mean collapses: the QAM head scores a small object's mask low even when it is the ground truth
+(0.22-0.26 for the six other objects of DAVIS 2017's schoolgirls, three girls and three
+backpacks, against 0.60 for the largest girl), so a frame's mean is ruled by which objects are
+large, not by how good the masks are. By default ("qam*confidence") each object is measured
+against its own reference, its score over its given mask's score capped at 1 (a predicted mask
+is no better than the given one: a head that scores a poor mask of a small object above its
+ground truth would otherwise let that one object carry the frame), and the frame's score is the
+mean of those ratios; "qam" keeps the paper's normaliser.
 """
 
 from __future__ import annotations
