@@ -25,6 +25,7 @@ import torch
 from evaluation.datasets import shared_data
 from runtime.cli import fail
 from runtime.core.errors import InputError
+from runtime.media.masks import VOID_ID
 from training.checkpoint import CheckpointError
 from training.reference import ReferenceSegmenter
 from training.validation import load_val_videos
@@ -39,12 +40,12 @@ def size_arg(text: str) -> tuple[int, int]:
 
 
 def read_back(segmenter: ReferenceSegmenter, frame: np.ndarray, labels: np.ndarray) -> list[float]:
-    """Per object id 1..n: the mean of its own probability plane over its pixels in `labels`,
-    when `frame` is segmented from a memory of (frame, labels)."""
+    """Per object id 1..n (void pixels are no object's): the mean of its own probability plane
+    over its pixels in `labels`, when `frame` is segmented from a memory of (frame, labels)."""
     segmenter.start(frame, labels)
     segmenter.step(frame)
     prob = segmenter.last_prob
-    n = int(labels.max())
+    n = int(labels[labels != VOID_ID].max(initial=0))
     if prob.shape[1:] != labels.shape:  # back to the frame's size, bilinear as the runtime's
         prob = np.stack([cv2.resize(p, labels.shape[::-1], interpolation=cv2.INTER_LINEAR)
                          for p in prob])
