@@ -9,6 +9,7 @@ Ctrl-C / SIGTERM (`runtime.media.outputs.interrupt_exit_code`, the shell's 128 +
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 
@@ -33,6 +34,18 @@ def fail(e: BaseException | str) -> int:
     """Print `error: <one line>` on stderr; the exit code of a refused or failed command."""
     print(f"error: {e if isinstance(e, str) else one_line(e)}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """An argparse type for an image size written `HxW` (240x432): a usage error, not a
+    traceback, when it is not two positive integers."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 240x432") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be >= 1")
+    return h, w
 
 
 def warnings_as_lines() -> None:

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from evaluation.datasets import PROJECT_ROOT
+from runtime.cli import size_arg
 from runtime.core.config import RuntimeConfig
 from runtime.core.locality import DEFAULT_LOCALITY
 from runtime.core.manifest import Manifest, ManifestError, file_sha256
@@ -110,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
     ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--sizes", nargs="+", default=["240x432", "480x864"])
+    ap.add_argument("--sizes", nargs="+", type=size_arg, default=[(240, 432), (480, 864)],
+                    metavar="HxW")
     ap.add_argument("--engines", type=Path, default=REPO / "engines" / "report")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--locality", type=float, default=DEFAULT_LOCALITY,
                     help="the runtime's locality prior (runtime.core.locality; 0: off)")
     args = ap.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    sizes = args.sizes
+    names = [f"{h}x{w}" for h, w in sizes]
     args.out.mkdir(parents=True, exist_ok=True)
     videos = load_val_videos(args.data, args.names)
     model, _ = load_model(args.checkpoint)
@@ -125,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ref = ReferenceSegmenter(model, size=sizes[0], threads=args.threads, locality=args.locality)
     report, _ = validate(model, videos, sizes[0], lambda: ref, progress=True)
-    result[f"reference_{args.sizes[0]}"] = summary(report)
+    result[f"reference_{names[0]}"] = summary(report)
     assert report.quality is not None
     write_quality_points(report.quality, args.out / "qam_points.csv")
     scatter(report.quality, args.out / "qam_vs_iou.png",
-            f"QAM score vs true IoU, held-out videos ({args.sizes[0]})")
+            f"QAM score vs true IoU, held-out videos ({names[0]})")
 
-    for size, name in zip(sizes, args.sizes):
+    for size, name in zip(sizes, names):
         engine = export(args.checkpoint, size, args.engines / f"{args.checkpoint.stem}-{name}")
         seg = Segmenter(engine, backend="ort-cpu", config=RuntimeConfig(locality=args.locality))
         try:

@@ -23,20 +23,12 @@ import numpy as np
 import torch
 
 from evaluation.datasets import shared_data
-from runtime.cli import fail
+from runtime.cli import fail, size_arg
 from runtime.core.errors import InputError
 from runtime.media.masks import VOID_ID
 from training.checkpoint import CheckpointError
 from training.reference import ReferenceSegmenter
 from training.validation import load_val_videos
-
-
-def size_arg(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 240x432") from None
-    return h, w
 
 
 def read_back(segmenter: ReferenceSegmenter, frame: np.ndarray, labels: np.ndarray) -> list[float]:

@@ -139,3 +139,17 @@ def test_read_back_loses_small_objects_first(davis_root):
     assert min(shares[240, 432]) > 0.6, shares
     (cow, dog), (cow_small, dog_small) = shares[240, 432], shares[96, 176]
     assert cow_small < cow and dog_small / dog < cow_small / cow, shares
+
+
+@pytest.mark.parametrize("script", ["read_back", "model_report"])
+@pytest.mark.parametrize("size, message", [("240x", "expected HxW"), ("240-432", "expected HxW"),
+                                           ("0x432", "must be >= 1")])
+def test_bad_sizes_are_a_usage_error_in_one_line(script, size, message, tmp_path, capsys):
+    """Both research scripts read `--sizes HxW` through runtime.cli.size_arg: argparse's usage
+    error naming the value, before any model or data is loaded."""
+    with pytest.raises(SystemExit) as stop:
+        load_script(script).main([str(tmp_path / "absent.pth"), "--data", str(tmp_path),
+                                  "--out", str(tmp_path / "out"), "--sizes", "240x432", size])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and repr(size) in err, err
