@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.core.errors import InputError
-from runtime.media.sources import FRAME_EXTS
+from runtime.media.sources import FRAME_EXTS, is_utf8
 
 
 class OutsideRoot(InputError):
@@ -56,18 +56,27 @@ class Entry:
 
 def list_folder(root: Path, name: str) -> list[Entry]:
     """What the picker shows in a folder under `root`: sub-folders and files, not hidden ones,
-    not links that point out of the root."""
+    not links that point out of the root, not names that are not UTF-8 (a page cannot name
+    them back). A sub-folder this user may not read is listed as a folder; opening it says so."""
     folder = under_root(root, name)
     if not folder.is_dir():
         raise OutsideRoot(f"{name} is not a folder")
     real_root = _real(root)
+    try:
+        children = sorted(folder.iterdir(), key=lambda p: p.name.lower())
+    except OSError as e:
+        raise InputError(f"{name or 'the root folder'}: cannot list it ({e.strerror or e})") from None
     out = []
-    for p in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
+    for p in children:
         real = _real(p)
-        if p.name.startswith(".") or not real.is_relative_to(real_root) or not real.exists():
+        if (p.name.startswith(".") or not is_utf8(p.name) or not real.is_relative_to(real_root)
+                or not real.exists()):
             continue
         if real.is_dir():
-            frames = any(c.suffix.lower() in FRAME_EXTS for c in real.iterdir() if c.is_file())
+            try:
+                frames = any(c.suffix.lower() in FRAME_EXTS for c in real.iterdir() if c.is_file())
+            except OSError:
+                frames = False
             out.append(Entry(p.name, "frames" if frames else "folder"))
         elif real.is_file():
             out.append(Entry(p.name, "file"))

@@ -32,7 +32,7 @@ from runtime.core.manifest import Manifest, file_sha256
 from runtime.job import RUN_LOG
 from runtime.media.davis import DavisLayout
 from runtime.media.outputs import OutputLock, write_atomic
-from runtime.media.sources import FRAME_EXTS
+from runtime.media.sources import frame_files
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -85,7 +85,7 @@ def _davis_videos(root: Path, every_mask: bool) -> list[Video]:
     for folder in sorted(p for p in layout.frames_root.iterdir() if p.is_dir()):
         masks = layout.annotations_dir(folder.name)
         first = min((p for p in masks.glob("*.png")), default=masks / "00000.png")
-        frames = sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS)
+        frames = [p.stem for p in frame_files(folder)]
         # a first annotation on a later frame is that frame's mask, not the first frame's
         later = masks.is_dir() and bool(frames) and first.stem != frames[0]
         videos.append(Video(folder.name, folder.absolute(),
@@ -120,7 +120,7 @@ def _listed_videos(path: Path) -> list[Video]:
             rows.append((cells[0], cells[1], cells[2] if len(cells) == 3 else None))
     videos = []
     for inp, mask, name in rows:
-        if "://" in inp or inp.isdigit():
+        if "://" in inp or (inp.isdigit() and not (base / inp).exists()):
             raise CorpusError(f"--videos {path}: {inp} is a live source; the corpus runner "
                               "takes video files and frame folders (runtime/run.py takes streams)")
         src = (base / inp).absolute()
@@ -172,7 +172,8 @@ def video_key(fingerprint: Mapping[str, str], settings: Mapping[str, Any],
     if video.mask.is_dir():  # masks on any frames: each file's name and content
         files = sorted(p for p in video.mask.glob("*.png") if p.is_file())
         mask: str | None = hashlib.sha256("".join(
-            f"{p.name}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
+            f"{p.name}:{file_sha256(p)}\n" for p in files).encode(errors="surrogateescape")
+        ).hexdigest()
     else:
         mask = file_sha256(video.mask) if video.mask.is_file() else None
     return {"engine": dict(fingerprint), "settings": dict(settings), "input": str(video.input),

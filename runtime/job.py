@@ -10,8 +10,9 @@ run's life, so a second run into it is refused.
 
 Pipelined: a reader thread decodes and prepares (resizes) the next frames and a writer thread
 saves the previous frames' PNGs and overlay while the calling thread runs the graphs; both
-queues are small and bounded, so memory stays flat however long the video (a camera's or
-stream's run.json lists its last LIVE_LOG_FRAMES frames; the summary counts them all). When the
+queues are small and bounded. What grows with the video is run.json's per-frame log, held until
+the end (a small record per frame of a file; a camera's or stream's run.json lists its last
+LIVE_LOG_FRAMES frames, so a live run stays flat; the summary counts them all). When the
 run ends, however it ends, the reader is stopped and joined before `segment_video` returns.
 run.json reports the model's FPS (time inside the segmenter) and the end-to-end FPS over the
 same frames, and the frames the input declared and those decoded: a video that ends early is
@@ -82,6 +83,7 @@ def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> 
     `segment_video` does first, for callers that want to know before loading the graphs."""
     if overlay is not None:
         check_overlay_name(overlay)
+        check_overlay_owned(Path(output_dir), overlay)
     targets: list[StagedFolder | StagedFile] = [_staged_folder(Path(output_dir))]
     try:
         if overlay is not None:
@@ -155,13 +157,17 @@ def segment_video(
     folder = _staged_folder(Path(output_dir))
     video: StagedFile | None = None
     try:
-        video = StagedFile(overlay) if overlay is not None else None
+        if overlay is not None:
+            check_overlay_owned(Path(output_dir), overlay)  # with OUT locked
+            video = StagedFile(overlay)
         log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
                                 progress).run()
         log = {"input": src.description,
                "mask": str(mask) if isinstance(mask, (str, Path)) else None,
                "masks": str(masks) if isinstance(masks, (str, Path)) else None,
-               "given_frames": sorted(given), **dict(extra or {}), **log}
+               "given_frames": sorted(given),
+               "overlay": os.path.realpath(overlay) if overlay is not None else None,
+               **dict(extra or {}), **log}
         with deferred_signals():
             (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))
             if video is not None:
@@ -223,6 +229,21 @@ def _owned(output_dir: Path) -> set[str]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{log} is not a run log of runtime/run.py ({e}): refusing to "
                           "overwrite it; choose another output folder") from None
+
+
+def check_overlay_owned(output_dir: Path, overlay: str | Path) -> None:
+    """Refuse (OutputError) to replace a file at the overlay path that no earlier run into
+    `output_dir` wrote (its run.json names the overlay it wrote): as for OUT's own files."""
+    if not os.path.isfile(overlay):
+        return  # nothing to lose (a folder or a dangling link is refused by its own check)
+    log = output_dir / RUN_LOG
+    try:
+        earlier = json.loads(log.read_text()).get("overlay") if log.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if earlier != os.path.realpath(overlay):
+        raise OutputError(f"overlay {overlay} exists and no earlier run into {output_dir} "
+                          "wrote it: remove it or choose another name")
 
 
 def check_mask(mask: np.ndarray, frame: np.ndarray, name: str, manifest: Manifest) -> None:
@@ -409,7 +430,8 @@ def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
     """Segment `source` from the masks `given` on some of its frames (frame index -> mask at
     the frame's size; see runtime.media.given): the loop `segment_video` and the app share.
 
-    Frames before the first given frame have no object (empty labels). A given frame's mask
+    Frames before the first given frame that marks an object have none (empty labels; a given
+    mask there without one says no more). A given frame's mask
     replaces the propagated one for the ids it decides and is pinned in the memory as a
     reference (`Segmenter.reference`). Frames before `start` are decoded but not segmented or
     yielded: the given ones among them become the memory's references (objects a mask does not
@@ -422,6 +444,11 @@ def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
     masks = as_given(given)
     if not masks:
         raise MaskError("no mask given: at least one frame needs a mask")
+    first = next((i for i, g in masks.items() if object_ids(g.labels)), None)
+    if first is None:
+        raise MaskError("no given mask marks an object: at least one frame needs one")
+    # masks before the first with an object say "absent here", as every frame before it is
+    masks = {i: g for i, g in masks.items() if i >= first}
     if isinstance(start, bool) or start < 0:
         raise InputError(f"start={start}: expected a frame index >= 0")
     if start not in masks and start > min(masks):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import zipfile
 from pathlib import Path
@@ -287,6 +288,21 @@ def test_paths_outside_the_root_are_refused(client, clip, tmp_path):
     assert "outside the root" in error(client.get("/api/browse", params={"path": ".."}))
 
 
+def test_the_picker_lists_a_folder_holding_a_name_that_is_not_utf8(segmenter, clip, tmp_path):
+    """One file named in Latin-1 made the whole folder's listing a bare 500 (its name cannot
+    be JSON text); the picker leaves it out, as the page could not name it back."""
+    root = tmp_path / "root"
+    (root / "clip").mkdir(parents=True)
+    shutil.copy(clip[0] / "clip" / "00000.jpg", root / "clip")
+    (root / "ok.mp4").write_bytes(b"")
+    Path(os.fsdecode(os.fsencode(root) + b"/vid\xe9o.mp4")).write_bytes(b"")
+    client = make_client(segmenter, root, tmp_path / "work")
+    r = client.get("/api/browse")
+    assert r.status_code == 200, r.text
+    assert r.json()["entries"] == [{"name": "clip", "kind": "frames"},
+                                   {"name": "ok.mp4", "kind": "file"}]
+
+
 def test_two_sessions_do_not_see_each_other(client, clip):
     _, truth = clip
     a, b = new_session(client), new_session(client)
@@ -464,6 +480,29 @@ def test_editing_a_corrected_frame_again_and_propagating_from_an_unmarked_frame(
     assert st["given"] == [0, 4, 9]
     assert np.array_equal(mask_of(client, sid, 9), before[9])
     assert all(np.array_equal(mask_of(client, sid, i), before[i]) for i in range(9))
+
+
+def test_an_object_erased_where_it_was_marked_and_marked_later_propagates(client, clip):
+    """Marked on frame 0, erased there, marked on frame 3: frame 0's mask now says "absent
+    here", and a run goes from frame 3, the first that shows it. Before, every run failed with
+    "the first mask marks no object" and only reopening the video (losing the work) got out."""
+    _, truth = clip
+    sid = new_session(client)
+    client.post(f"/api/s/{sid}/open", json={"path": "clip"})
+    client.post(f"/api/s/{sid}/box", json={"frame": 0, "object": 1, "box": box_of(truth[0])})
+    h, w = truth[0].shape
+    wipe = {"frame": 0, "object": 1, "radius": 500, "points": [[w / 2, h / 2]], "erase": True}
+    assert client.post(f"/api/s/{sid}/stroke", json=wipe).status_code == 200
+    assert not mask_of(client, sid, 0).any()
+    st = client.post(f"/api/s/{sid}/box",
+                     json={"frame": 3, "object": 1, "box": box_of(truth[3])}).json()
+    assert st["given"] == [0, 3] and st["objects"] == [1]
+    for start in (0, 3):
+        messages = propagate(client, sid, start)
+        assert messages[-1]["type"] == "done", messages[-1]
+        assert [m["index"] for m in messages[:-1]] == list(range(start, FRAMES))
+        masks = [mask_of(client, sid, i) for i in range(FRAMES)]
+        assert not any(m.any() for m in masks[:3]) and all((m == 1).any() for m in masks[3:])
 
 
 def test_requests_from_another_site_are_refused(client):

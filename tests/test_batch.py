@@ -366,6 +366,10 @@ def test_list_videos_from_csv_json_and_davis(tmp_path):
     (tmp_path / "l.json").write_text(json.dumps([{"input": "cam1.mp4", "mask": "m.png"},
                                                  ["cam2.mp4", "n.png", "two"]]))
     assert [v.name for v in list_videos(tmp_path / "l.json")] == ["cam1", "two"]
+    (tmp_path / "2024").mkdir()  # a frame folder named like a camera index is a folder
+    (tmp_path / "n.csv").write_text("2024,m.png\n")
+    assert [(v.name, v.input) for v in list_videos(tmp_path / "n.csv")] == [
+        ("2024", tmp_path / "2024")]
 
 
 @pytest.mark.parametrize("content, expect", [

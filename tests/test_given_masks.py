@@ -23,7 +23,7 @@ from runtime.core.errors import MaskError, TooManyObjectsError
 from runtime.core.memory_policy import MemoryPolicy, bank_capacity
 from runtime.corpus import Video, list_videos, video_key
 from runtime.job import segment_video
-from runtime.media.given import read_given_masks
+from runtime.media.given import GivenMask, read_given_masks
 from runtime.media.masks import MaskMode, read_labels
 from runtime.media.palette import save_palette_png
 from runtime.media.sources import FrameSource
@@ -298,3 +298,12 @@ def test_propagation_starts_at_a_given_frame_and_stops_during_the_replay(shipped
         stop = threading.Event()
         stop.set()  # set before the replay: nothing runs, nothing is yielded
         assert list(propagate(seg, frames, given, start=LATE, stop=stop)) == []
+        # objects decided absent on the first given frame: it changes nothing; none anywhere:
+        # one line, not a run of empty frames
+        empty = GivenMask(np.zeros_like(truth[0]), (1,))
+        absent = {p.index: p.labels for p in propagate(seg, frames, {0: empty, LATE: truth[LATE]})}
+        assert not any(absent[i].any() for i in range(LATE))
+        assert np.array_equal(absent[LATE], truth[LATE])  # where it starts, as given
+        assert all(absent[i].any() for i in range(LATE, FRAMES))
+        with pytest.raises(MaskError, match="no given mask marks an object"):
+            list(propagate(seg, frames, {0: empty}))

@@ -30,7 +30,7 @@ from runtime.core.errors import MaskError, OutputError, RuntimeConfigError
 from runtime.core.manifest import Manifest
 from runtime.job import segment_video
 from runtime.media.outputs import OutputLock, StagedFolder, check_writable_dir
-from runtime.media.palette import save_palette_png
+from runtime.media.palette import OverlayWriter, save_palette_png
 from runtime.media.sources import FrameSource, open_source
 from runtime.segmenter import Segmenter
 
@@ -215,6 +215,28 @@ def test_second_corpus_run_into_the_same_output_is_refused(engine, video, tmp_pa
 
 
 # ------------------------------------------------------------------------- threads
+def test_names_that_are_not_utf8(engine, tmp_path):
+    """File names are bytes on Linux: a frame folder, mask and output named in Latin-1 run like
+    any other (writing the lock once raised UnicodeEncodeError and left the lock file behind);
+    OpenCV crashes the process on such a video or overlay path, so those are refused in one
+    line, before anything is written."""
+    latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/fr\xe9"))
+    rgb, mask = frames(4, 120, 200)
+    folder = write_folder(latin / "images", rgb)
+    first = write_mask(latin / "mask.png", mask)
+    r = run_cli("--engine-dir", engine, "--input", folder, "--mask", first, "--output",
+                latin / "out", "--backend", "ort-cpu", "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (latin / "out").glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    movie = write_video(tmp_path / "clip.mp4", rgb).rename(latin / "clip.mp4")
+    for args in (("--input", movie, "--output", tmp_path / "a"),
+                 ("--input", folder, "--output", tmp_path / "b", "--overlay", latin / "o.mp4")):
+        r = run_cli("--engine-dir", engine, "--mask", first, *args, "--backend", "ort-cpu")
+        assert r.returncode == 1 and "not valid UTF-8" in one_error_line(r.stderr), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fr\udce9"]  # no output, no lock
+    assert sorted(p.name for p in latin.iterdir()) == ["clip.mp4", "images", "mask.png", "out"]
+
+
 def test_threads_above_the_usable_cores_are_refused(engine, video, tmp_path, capsys):
     _, folder, mask = video
     n = default_threads() + 1
@@ -284,6 +306,47 @@ def test_overlay_in_every_supported_container(engine, video, tmp_path, suffix):
         n += 1
     cap.release()
     assert n == 6
+
+
+def test_an_overlay_replaces_only_a_file_an_earlier_run_wrote(engine, video, tmp_path):
+    """`--overlay` over a file of the user's is refused before the run, like OUT's own files
+    (before, it was replaced without a word); the overlay of an earlier run into the same OUT
+    is replaced, so the same command runs again."""
+    _, folder, mask = video
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes(b"the user's own video")
+    args = ["--engine-dir", engine, "--input", folder, "--mask", mask, "--backend", "ort-cpu",
+            "--max-frames", "3", "--quiet"]
+    r = run_cli(*args, "--output", tmp_path / "out", "--overlay", mine)
+    assert r.returncode == 1
+    assert "exists and no earlier run into" in one_error_line(r.stderr), r.stderr
+    assert mine.read_bytes() == b"the user's own video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.mp4"]
+    vis = tmp_path / "vis.mp4"
+    for _ in range(2):
+        r = run_cli(*args, "--output", tmp_path / "out", "--overlay", vis)
+        assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["overlay"] == str(vis.resolve())
+    r = run_cli(*args, "--output", tmp_path / "other", "--overlay", vis)  # not that run's OUT
+    assert r.returncode == 1 and "no earlier run into" in one_error_line(r.stderr)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
+def test_an_overlay_of_a_source_with_a_clock_rate_for_its_fps(tmp_path, suffix):
+    """Some streams report their 90 kHz clock as the frame rate. Before, the mp4 writer would
+    not open and the mkv one's frame count came back negative, read as frames lost: the run
+    failed either way. A rate no camera has is treated as unknown (24 fps, as for no rate)."""
+    rgb, mask = frames(5, 48, 64)
+    writer = OverlayWriter(tmp_path / f"vis{suffix}", fps=90000.0)
+    for f in rgb:
+        writer.write(f, mask)
+    writer.close()
+    cap = cv2.VideoCapture(str(tmp_path / f"vis{suffix}"))
+    fps, n = cap.get(cv2.CAP_PROP_FPS), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5 and fps == pytest.approx(24.0, abs=0.5)
 
 
 # ---------------------------------------------------------------------- full disk

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -150,6 +152,22 @@ def test_gate_score_comes_from_the_manifest_unless_overridden():
         dataclasses.replace(m, quality_score="iou").validate()
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not text", "not valid JSON"), (b'"abc"', "a JSON object expected"),
+    (b"[]", "a JSON object expected"), ("height", "malformed manifest"),
+    ("graphs", "malformed manifest")])
+def test_a_corrupt_manifest_is_one_manifest_error(tmp_path, content, message):
+    """Whatever is in manifest.json, loading it raises ManifestError (run.py's one line),
+    never UnicodeDecodeError, ValueError or TypeError from inside the reader."""
+    if isinstance(content, str):  # one field of the wrong type in a valid manifest
+        d = json.loads(manifest().to_json())
+        d[content] = "wide" if content == "height" else ["encoder"]
+        content = json.dumps(d).encode()
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.load(tmp_path)
+
+
 def test_host_bank_slot_semantics():
     m = manifest(2)  # 2 objects, 2 x 3 positions, CK 4, CV 6
     src = {f"mem_key_{i}": np.full((6, 4), 1 + i, np.float32) for i in range(2)}
@@ -186,6 +204,19 @@ def test_sources(tmp_path):
         open_source(tmp_path / "00000.png")
     with pytest.raises(InputError, match="cannot decode"):
         next(iter(src))
+
+
+def test_unpadded_frame_names_keep_their_time_order(tmp_path):
+    """`ffmpeg -i v.mp4 %d.jpg` writes 1.jpg ... 10.jpg: sorted as text, 10 came before 2 and
+    every mask was written for another frame than its name says, without a word."""
+    folder = tmp_path / "123"  # a folder named like a camera index is still the folder
+    folder.mkdir()
+    for n in (10, 2, 1, 11, 9):
+        (folder / f"{n}.jpg").write_bytes(b"")
+    for arg in (folder, "123"):
+        with contextlib.chdir(tmp_path):
+            src = open_source(arg)
+        assert [p.name for p in src.files] == ["1.jpg", "2.jpg", "9.jpg", "10.jpg", "11.jpg"]
 
 
 def test_unknown_backend():

@@ -262,6 +262,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if not isinstance(d, dict):
+            raise ManifestError(f"malformed manifest: a JSON object expected, got {type(d).__name__}")
         try:
             d = dict(d)
             d["graphs"] = {k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()}
@@ -272,9 +274,11 @@ class Manifest:
             if unknown:
                 raise ManifestError(f"unknown manifest field(s) {unknown}")
             m = cls(**d)
-        except (KeyError, TypeError, AttributeError) as e:
+            m.validate()  # a field of the wrong type fails here as TypeError/ValueError
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ManifestError(f"malformed manifest: {e}") from None
-        m.validate()
         return m
 
     def check_object_count(self, n: int, what: str = "the first mask") -> None:
@@ -298,7 +302,7 @@ class Manifest:
                                 "`python export/to_onnx.py CKPT --out DIR` first")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or not text (UnicodeDecodeError)
             raise ManifestError(f"{path} is not valid JSON: {e}") from None
         m = cls.from_dict(data)
         for name, g in m.graphs.items():

@@ -16,7 +16,7 @@ import numpy as np
 from runtime.core.errors import InputError
 from runtime.media.masks import MaskMode, read_labels
 from runtime.media.palette import save_palette_png
-from runtime.media.sources import FRAME_EXTS
+from runtime.media.sources import frame_files
 
 RESOLUTION = "480p"
 
@@ -95,7 +95,7 @@ def read_sequence(root: str | Path, seq: str, resolution: str = RESOLUTION) -> D
     frame_dir = layout.frames_dir(seq)
     if not frame_dir.is_dir():
         raise DatasetError(f"sequence {seq!r}: no frame folder {frame_dir}")
-    frames = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_EXTS)
+    frames = frame_files(frame_dir)
     if not frames:
         raise DatasetError(f"sequence {seq!r}: no frames in {frame_dir}")
     masks = [layout.annotation(seq, f) for f in frames]

@@ -151,7 +151,8 @@ class OutputLock:
                 self._fd = fd
                 os.ftruncate(fd, 0)
                 nests = f" {NESTS}" if self.nested else ""
-                os.write(fd, f"pid {os.getpid()}{nests}: {' '.join(sys.argv)[:500]}".encode())
+                command = " ".join(sys.argv)[:500]  # bytes that are not UTF-8 kept as they came
+                os.write(fd, f"pid {os.getpid()}{nests}: {command}".encode(errors="surrogateescape"))
                 try:
                     self._refuse_inside_another_output()
                 except OutputError:
@@ -338,7 +339,8 @@ class StagedFolder:
 
 class StagedFile:
     """One output file written under a hidden temporary name in its own folder, renamed by
-    `commit()` (an explicitly named output file such as `--overlay` is replaced)."""
+    `commit()`, replacing the target (the caller decides whether it may: `--overlay` only
+    replaces the overlay of an earlier run into the same output, runtime.job)."""
 
     def __init__(self, target: str | Path):
         self.target = Path(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.core.errors import OutputError
+from runtime.media.sources import is_utf8
 
 
 def davis_palette() -> np.ndarray:
@@ -50,6 +52,7 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
 # Overlay video containers by file extension, each with a codec this OpenCV build writes
 # silently (its FFmpeg has no H.264 encoder; WebM with VP9 works but prints a warning).
 OVERLAY_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "VP90"}
+MAX_FPS = 1000.0  # frame rates above are no camera's
 
 
 def check_overlay_name(path: str | Path) -> None:
@@ -60,6 +63,9 @@ def check_overlay_name(path: str | Path) -> None:
     if suffix not in OVERLAY_CODECS:
         raise OutputError(f"overlay {path}: {suffix or 'no extension'} is not a video file "
                           f"type this tool writes; use {', '.join(OVERLAY_CODECS)}")
+    if not is_utf8(os.path.abspath(path)):
+        raise OutputError(f"overlay {path}: OpenCV writes no video whose path is not valid "
+                          "UTF-8; choose another name")
 
 
 class OverlayWriter:
@@ -71,7 +77,8 @@ class OverlayWriter:
         self.name = Path(name) if name is not None else self.path
         check_overlay_name(self.name)
         self.codec = OVERLAY_CODECS[self.path.suffix.lower()]
-        self.fps = fps if fps and fps > 0 else 24.0
+        # unknown, or a stream's clock rate reported as its frame rate (90 kHz: no writer takes it)
+        self.fps = fps if fps and 0 < fps <= MAX_FPS else 24.0
         self._writer: cv2.VideoWriter | None = None
         self.frames = 0
 

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
+from natsort import natsorted, ns
 
 from runtime.core.errors import InputError
 
@@ -31,10 +32,16 @@ class FrameSource:
         raise NotImplementedError
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images in `folder` in time order: by name, numbers by value, so that unpadded
+    names (1.jpg, 2.jpg, 10.jpg, as `ffmpeg -i v.mp4 %d.jpg` writes them) keep their order."""
+    return natsorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTS),
+                     key=lambda p: p.name, alg=ns.IGNORECASE)
+
+
 class FolderSource(FrameSource):
     def __init__(self, folder: Path):
-        files = sorted(p for p in folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in FRAME_EXTS)
+        files = frame_files(folder)
         if not files:
             raise InputError(f"input folder {folder} holds no frames ({', '.join(FRAME_EXTS)})")
         super().__init__(f"folder {folder} ({len(files)} frames)", len(files), None, False)
@@ -45,10 +52,24 @@ class FolderSource(FrameSource):
             yield read_frame(f)
 
 
+def is_utf8(path: str | Path) -> bool:
+    """Whether `path` is valid UTF-8 (file names are bytes; Python keeps other bytes as
+    surrogates). OpenCV's video reader and writer crash the process (SIGSEGV) on one that is
+    not, and a web page cannot name it."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class CaptureSource(FrameSource):
     """A video file, camera index or stream URL read with cv2.VideoCapture."""
 
     def __init__(self, target: str | int, live: bool):
+        if not is_utf8(target):
+            raise InputError(f"cannot open {target!s}: OpenCV reads no video whose path is not "
+                             "valid UTF-8; rename it")
         self.target = target
         cap = self._open()
         fps = cap.get(cv2.CAP_PROP_FPS) or None
@@ -81,13 +102,14 @@ class CaptureSource(FrameSource):
 
 
 def open_source(src: str | Path) -> FrameSource:
-    """Folder of frames, video file, camera index ("0") or stream URL ("rtsp://...")."""
+    """Folder of frames, video file, camera index ("0") or stream URL ("rtsp://..."); a path
+    that exists is a path, even one named like a camera index (a folder `123`)."""
     s = str(src)
-    if s.isdigit():
+    path = Path(s)
+    if s.isdigit() and not path.exists():
         return CaptureSource(int(s), live=True)
     if "://" in s:
         return CaptureSource(s, live=True)
-    path = Path(s)
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
