@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.core.errors import OutputError
+from runtime.media.palette import overlay_fps
 
 CODEC = "libx264"
 # yuv420p: the one H.264 pixel format every browser decodes; crf 23 / veryfast: x264's default
@@ -22,7 +23,7 @@ def write_h264(path: Path, frames: Iterable[np.ndarray], fps: float | None) -> i
     count. Odd sizes are padded by a pixel (4:2:0 needs even ones)."""
     import av  # the [app] extra
 
-    rate = Fraction(fps if fps and fps > 0 else 24.0).limit_denominator(1001)
+    rate = Fraction(overlay_fps(fps)).limit_denominator(1001)
     n = 0
     try:
         # +faststart: the index goes first, so a browser plays the file while it loads

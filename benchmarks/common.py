@@ -28,6 +28,7 @@ from runtime.core.geometry import same_aspect
 from runtime.core.manifest import file_sha256
 from runtime.media.davis import DavisLayout, list_sequences
 from runtime.media.outputs import write_atomic
+from runtime.media.sources import in_name_order
 from runtime.options import add_execution_options
 
 REPO = PROJECT_ROOT
@@ -117,7 +118,7 @@ def davis_mask_for(frames_dir: Path) -> Path | None:
     if found is None:
         return None
     layout, seq = found
-    first = sorted(layout.annotations_dir(seq).glob("*.png"))[:1]
+    first = in_name_order(layout.annotations_dir(seq).glob("*.png"))[:1]
     return first[0] if first else None
 
 

@@ -32,7 +32,7 @@ from runtime.core.manifest import Manifest, file_sha256
 from runtime.job import RUN_LOG
 from runtime.media.davis import DavisLayout
 from runtime.media.outputs import OutputLock, write_atomic
-from runtime.media.sources import frame_files
+from runtime.media.sources import frame_files, in_name_order
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -84,7 +84,7 @@ def _davis_videos(root: Path, every_mask: bool) -> list[Video]:
     videos = []
     for folder in sorted(p for p in layout.frames_root.iterdir() if p.is_dir()):
         masks = layout.annotations_dir(folder.name)
-        first = min((p for p in masks.glob("*.png")), default=masks / "00000.png")
+        first = next(iter(in_name_order(masks.glob("*.png"))), masks / "00000.png")
         frames = [p.stem for p in frame_files(folder)]
         # a first annotation on a later frame is that frame's mask, not the first frame's
         later = masks.is_dir() and bool(frames) and first.stem != frames[0]

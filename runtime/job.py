@@ -83,11 +83,11 @@ def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> 
     `segment_video` does first, for callers that want to know before loading the graphs."""
     if overlay is not None:
         check_overlay_name(overlay)
-        check_overlay_owned(Path(output_dir), overlay)
     targets: list[StagedFolder | StagedFile] = [_staged_folder(Path(output_dir))]
     try:
         if overlay is not None:
             targets.append(StagedFile(overlay))
+            check_overlay_owned(Path(output_dir), overlay)
     finally:
         for t in targets:
             t.abort()
@@ -158,15 +158,15 @@ def segment_video(
     video: StagedFile | None = None
     try:
         if overlay is not None:
-            check_overlay_owned(Path(output_dir), overlay)  # with OUT locked
             video = StagedFile(overlay)
+            check_overlay_owned(Path(output_dir), overlay)  # with OUT and the overlay locked
         log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
                                 progress).run()
         log = {"input": src.description,
                "mask": str(mask) if isinstance(mask, (str, Path)) else None,
                "masks": str(masks) if isinstance(masks, (str, Path)) else None,
                "given_frames": sorted(given),
-               "overlay": os.path.realpath(overlay) if overlay is not None else None,
+               "overlay": written_path(overlay) if overlay is not None else None,
                **dict(extra or {}), **log}
         with deferred_signals():
             (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))
@@ -217,33 +217,50 @@ def _staged_folder(output_dir: Path) -> StagedFolder:
                         reserved=lambda name: bool(_FRAME_PNG.fullmatch(name)))
 
 
-def _owned(output_dir: Path) -> set[str]:
-    """The files an earlier run wrote into `output_dir`, from its run.json."""
+def _earlier_log(output_dir: Path) -> dict[str, Any] | None:
+    """The run.json an earlier run left in `output_dir` (None: none), with `frames_written`:
+    the frames whose PNGs it wrote. OutputError for a run.json that is not one of ours, which
+    no run may replace."""
     log = output_dir / RUN_LOG
     if not log.is_file():
-        return set()
+        return None
     try:
         data = json.loads(log.read_text())
         listed = {int(f["frame"]) for f in data["frames"]}  # a live run lists its last ones
-        return {RUN_LOG, *map(frame_png, listed | set(range(int(data["summary"]["frames"]))))}
+        return {**data, "frames_written": listed | set(range(int(data["summary"]["frames"])))}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{log} is not a run log of runtime/run.py ({e}): refusing to "
                           "overwrite it; choose another output folder") from None
 
 
+def _owned(output_dir: Path) -> set[str]:
+    """The files an earlier run wrote into `output_dir`, from its run.json."""
+    earlier = _earlier_log(output_dir)
+    return set() if earlier is None else {RUN_LOG, *map(frame_png, earlier["frames_written"])}
+
+
+def written_path(path: str | Path) -> str:
+    """The file a staged output replaces at `path`: its folder's real path and its own name
+    (os.replace replaces a link there, it does not follow it)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
+
+
 def check_overlay_owned(output_dir: Path, overlay: str | Path) -> None:
     """Refuse (OutputError) to replace a file at the overlay path that no earlier run into
-    `output_dir` wrote (its run.json names the overlay it wrote): as for OUT's own files."""
-    if not os.path.isfile(overlay):
-        return  # nothing to lose (a folder or a dangling link is refused by its own check)
-    log = output_dir / RUN_LOG
-    try:
-        earlier = json.loads(log.read_text()).get("overlay") if log.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        earlier = None
-    if earlier != os.path.realpath(overlay):
-        raise OutputError(f"overlay {overlay} exists and no earlier run into {output_dir} "
-                          "wrote it: remove it or choose another name")
+    `output_dir` wrote, as for OUT's own files. Owned: the overlay its run.json names; one in
+    OUT itself (the corpus runner's OUT/<video>/overlay.mp4) when OUT holds a run.json; any, for
+    a run.json from before runs named their overlay (those replaced it unasked)."""
+    target = written_path(overlay)
+    if not os.path.lexists(target):
+        return
+    earlier = _earlier_log(output_dir)
+    if earlier is not None and (
+            "overlay" not in earlier or earlier["overlay"] == target
+            or os.path.dirname(target) == os.path.realpath(output_dir)):
+        return
+    raise OutputError(f"overlay {overlay} exists and no earlier run into {output_dir} wrote "
+                      "it: remove it or choose another name")
 
 
 def check_mask(mask: np.ndarray, frame: np.ndarray, name: str, manifest: Manifest) -> None:

@@ -28,7 +28,7 @@ from runtime import run as cli
 from runtime.core.config import default_threads
 from runtime.core.errors import MaskError, OutputError, RuntimeConfigError
 from runtime.core.manifest import Manifest
-from runtime.job import segment_video
+from runtime.job import check_overlay_owned, segment_video, written_path
 from runtime.media.outputs import OutputLock, StagedFolder, check_writable_dir
 from runtime.media.palette import OverlayWriter, save_palette_png
 from runtime.media.sources import FrameSource, open_source
@@ -329,6 +329,35 @@ def test_an_overlay_replaces_only_a_file_an_earlier_run_wrote(engine, video, tmp
     assert json.loads((tmp_path / "out" / "run.json").read_text())["overlay"] == str(vis.resolve())
     r = run_cli(*args, "--output", tmp_path / "other", "--overlay", vis)  # not that run's OUT
     assert r.returncode == 1 and "no earlier run into" in one_error_line(r.stderr)
+    vis.unlink()
+    vis.symlink_to(mine)  # a link at the overlay path is replaced, never followed
+    assert run_cli(*args, "--output", tmp_path / "out", "--overlay", vis).returncode == 0
+    assert not vis.is_symlink() and mine.read_bytes() == b"the user's own video"
+
+
+def test_which_existing_overlay_a_run_may_replace(tmp_path):
+    """check_overlay_owned: the overlay OUT's run.json names; one inside OUT (the corpus
+    runner's layout) when OUT holds a run log; any, for a run log from before runs named their
+    overlay (the demo's and corpus outputs of earlier versions run again); nothing else."""
+    out, mine = tmp_path / "out", tmp_path / "mine.mp4"
+    out.mkdir()
+    mine.write_bytes(b"mine")
+    check_overlay_owned(out, tmp_path / "new.mp4")  # nothing there to lose
+    log = {"frames": [], "summary": {"frames": 0}}
+    for content in (None, {**log, "overlay": None}, {**log, "overlay": str(out / "x.mp4")}):
+        if content is not None:
+            (out / "run.json").write_text(json.dumps(content))
+        with pytest.raises(OutputError, match="no earlier run into"):
+            check_overlay_owned(out, mine)
+    (out / "overlay.mp4").write_bytes(b"an earlier corpus run's")
+    check_overlay_owned(out, out / "overlay.mp4")
+    (out / "run.json").write_text(json.dumps({**log, "overlay": written_path(mine)}))
+    check_overlay_owned(out, mine)
+    (out / "run.json").write_text(json.dumps(log))  # written before the field existed
+    check_overlay_owned(out, mine)
+    (out / "run.json").write_text("{}")
+    with pytest.raises(OutputError, match="not a run log"):
+        check_overlay_owned(out, mine)
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])

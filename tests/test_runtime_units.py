@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -154,14 +153,13 @@ def test_gate_score_comes_from_the_manifest_unless_overridden():
 
 @pytest.mark.parametrize("content, message", [
     (b"\xff\xfe not text", "not valid JSON"), (b'"abc"', "a JSON object expected"),
-    (b"[]", "a JSON object expected"), ("height", "malformed manifest"),
-    ("graphs", "malformed manifest")])
+    (b"[]", "a JSON object expected"), ("height", "malformed manifest")])
 def test_a_corrupt_manifest_is_one_manifest_error(tmp_path, content, message):
     """Whatever is in manifest.json, loading it raises ManifestError (run.py's one line),
     never UnicodeDecodeError, ValueError or TypeError from inside the reader."""
     if isinstance(content, str):  # one field of the wrong type in a valid manifest
         d = json.loads(manifest().to_json())
-        d[content] = "wide" if content == "height" else ["encoder"]
+        d[content] = "wide"
         content = json.dumps(d).encode()
     (tmp_path / "manifest.json").write_bytes(content)
     with pytest.raises(ManifestError, match=message):
@@ -206,16 +204,16 @@ def test_sources(tmp_path):
         next(iter(src))
 
 
-def test_unpadded_frame_names_keep_their_time_order(tmp_path):
+def test_unpadded_frame_names_keep_their_time_order(tmp_path, monkeypatch):
     """`ffmpeg -i v.mp4 %d.jpg` writes 1.jpg ... 10.jpg: sorted as text, 10 came before 2 and
     every mask was written for another frame than its name says, without a word."""
     folder = tmp_path / "123"  # a folder named like a camera index is still the folder
     folder.mkdir()
     for n in (10, 2, 1, 11, 9):
         (folder / f"{n}.jpg").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
     for arg in (folder, "123"):
-        with contextlib.chdir(tmp_path):
-            src = open_source(arg)
+        src = open_source(arg)
         assert [p.name for p in src.files] == ["1.jpg", "2.jpg", "9.jpg", "10.jpg", "11.jpg"]
 
 

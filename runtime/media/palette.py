@@ -55,6 +55,12 @@ OVERLAY_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "VP90"}
 MAX_FPS = 1000.0  # frame rates above are no camera's
 
 
+def overlay_fps(fps: float | None) -> float:
+    """The rate an overlay video is written at: the source's, or 24 where it has none or reports
+    one no camera has (a stream's 90 kHz clock, which no writer takes)."""
+    return fps if fps and 0 < fps <= MAX_FPS else 24.0
+
+
 def check_overlay_name(path: str | Path) -> None:
     """Refuse (OutputError) an overlay path whose extension names no video container we write."""
     if Path(path).is_dir():
@@ -63,7 +69,7 @@ def check_overlay_name(path: str | Path) -> None:
     if suffix not in OVERLAY_CODECS:
         raise OutputError(f"overlay {path}: {suffix or 'no extension'} is not a video file "
                           f"type this tool writes; use {', '.join(OVERLAY_CODECS)}")
-    if not is_utf8(os.path.abspath(path)):
+    if not is_utf8(os.path.realpath(path)):
         raise OutputError(f"overlay {path}: OpenCV writes no video whose path is not valid "
                           "UTF-8; choose another name")
 
@@ -77,8 +83,7 @@ class OverlayWriter:
         self.name = Path(name) if name is not None else self.path
         check_overlay_name(self.name)
         self.codec = OVERLAY_CODECS[self.path.suffix.lower()]
-        # unknown, or a stream's clock rate reported as its frame rate (90 kHz: no writer takes it)
-        self.fps = fps if fps and 0 < fps <= MAX_FPS else 24.0
+        self.fps = overlay_fps(fps)
         self._writer: cv2.VideoWriter | None = None
         self.frames = 0
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
-from natsort import natsorted, ns
+from natsort import natsorted
 
 from runtime.core.errors import InputError
 
@@ -32,11 +32,16 @@ class FrameSource:
         raise NotImplementedError
 
 
+def in_name_order(paths: Iterable[Path]) -> list[Path]:
+    """Files of one video (frames, masks) in time order: by name, numbers by value, so that
+    unpadded names (1.jpg, 2.jpg, 10.jpg, as `ffmpeg -i v.mp4 %d.jpg` writes them) keep it."""
+    return natsorted(paths, key=lambda p: p.name)
+
+
 def frame_files(folder: Path) -> list[Path]:
-    """The frame images in `folder` in time order: by name, numbers by value, so that unpadded
-    names (1.jpg, 2.jpg, 10.jpg, as `ffmpeg -i v.mp4 %d.jpg` writes them) keep their order."""
-    return natsorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTS),
-                     key=lambda p: p.name, alg=ns.IGNORECASE)
+    """The frame images in `folder`, in time order."""
+    return in_name_order(p for p in folder.iterdir()
+                         if p.is_file() and p.suffix.lower() in FRAME_EXTS)
 
 
 class FolderSource(FrameSource):
