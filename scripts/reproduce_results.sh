@@ -47,6 +47,8 @@ python training/train.py --config configs/light-identity-carry.yaml \
 python scripts/snapshot_training.py runs/light-identity-carry models/training/light-identity-carry \
     --name light-identity-carry
 cp models/training/light-identity-carry/light-identity-carry-best.pth models/qdmn-light.pth
+#    (continued to step 4000 once, no check above step 2400: a record, models/training/
+#    light-identity-carry-continued/; docs/training-log.md)
 
 # 2. export: one-object graphs for DAVIS-2016 (FP32 and INT8 QDQ)
 python export/to_onnx.py models/qdmn-light.pth --out engines/light-1obj --max-objects 1

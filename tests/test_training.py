@@ -30,6 +30,19 @@ def test_bootstrap_schedule_values():
     assert s.fraction(300) == pytest.approx(0.15) and s.fraction(10_000) == pytest.approx(0.15)
 
 
+def test_past_its_steps_a_run_keeps_every_schedule_at_its_end():
+    """Continuing a run with `--steps` beyond the config's `steps` trains on as its last step
+    did: the last frame skip, the last bootstrap share, the lr as it ended (never decayed when
+    `lr_decay_at` >= 1). Raising `steps` in the config instead re-enters the curricula."""
+    cfg = TrainConfig(steps=100, lr=1e-4, lr_decay_at=1.0)
+    end, beyond = 99, 250
+    assert cfg.lr_at(beyond) == cfg.lr_at(end) == 1e-4
+    assert cfg.skip_at(beyond) == cfg.skip_at(end) == cfg.max_skip[-1][1]
+    assert cfg.bootstrap.fraction(beyond) == cfg.bootstrap.fraction(end) == cfg.top_p
+    decays = TrainConfig(steps=100, lr=1e-4, lr_decay_at=0.8)
+    assert decays.lr_at(79) == 1e-4 and decays.lr_at(80) == decays.lr_at(beyond) == 1e-4 * 0.1
+
+
 def test_bootstrapped_ce_keeps_hardest_pixels():
     logits = torch.log(torch.tensor([[[[0.9, 0.6, 0.2, 0.5]], [[0.1, 0.4, 0.8, 0.5]]]]))
     target = torch.zeros(1, 1, 4, dtype=torch.long)

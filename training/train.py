@@ -126,7 +126,9 @@ class TrainConfig:
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
-    lr_decay_at: float = 0.8  # fraction of steps after which lr is multiplied by lr_gamma
+    # fraction of steps after which lr is multiplied by lr_gamma; >= 1: never, also when a run
+    # is continued past `steps` (`--steps`), where every other schedule stays at its end
+    lr_decay_at: float = 0.8
     lr_gamma: float = 0.1
     weight_decay: float = 1e-7
     grad_clip: float = 3.0
@@ -193,7 +195,8 @@ class TrainConfig:
         return int(self.max_skip[-1][1])
 
     def lr_at(self, step: int) -> float:
-        return self.lr * (self.lr_gamma if step >= self.lr_decay_at * self.steps else 1.0)
+        decayed = self.lr_decay_at < 1.0 and step >= self.lr_decay_at * self.steps
+        return self.lr * (self.lr_gamma if decayed else 1.0)
 
     @property
     def bootstrap(self) -> BootstrapSchedule:
