@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from natsort import natsorted
+
 from runtime.core.errors import InputError
 from runtime.media.sources import FRAME_EXTS, is_utf8
 
@@ -63,7 +65,7 @@ def list_folder(root: Path, name: str) -> list[Entry]:
         raise OutsideRoot(f"{name} is not a folder")
     real_root = _real(root)
     try:
-        children = sorted(folder.iterdir(), key=lambda p: p.name.lower())
+        children = natsorted(folder.iterdir(), key=lambda p: p.name.lower())  # 2.jpg before 10.jpg
     except OSError as e:
         raise InputError(f"{name or 'the root folder'}: cannot list it ({e.strerror or e})") from None
     out = []

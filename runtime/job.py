@@ -160,13 +160,16 @@ def segment_video(
         if overlay is not None:
             video = StagedFile(overlay)
             check_overlay_owned(Path(output_dir), overlay)  # with OUT and the overlay locked
+            overlay_log = written_path(overlay)
+        else:  # an earlier run's overlay stays this OUT's, for a later --overlay to replace
+            overlay_log = (_earlier_log(Path(output_dir)) or {}).get("overlay")
         log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
                                 progress).run()
         log = {"input": src.description,
                "mask": str(mask) if isinstance(mask, (str, Path)) else None,
                "masks": str(masks) if isinstance(masks, (str, Path)) else None,
                "given_frames": sorted(given),
-               "overlay": written_path(overlay) if overlay is not None else None,
+               "overlay": overlay_log,
                **dict(extra or {}), **log}
         with deferred_signals():
             (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))

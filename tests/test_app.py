@@ -290,16 +290,20 @@ def test_paths_outside_the_root_are_refused(client, clip, tmp_path):
 
 def test_the_picker_lists_a_folder_holding_a_name_that_is_not_utf8(segmenter, clip, tmp_path):
     """One file named in Latin-1 made the whole folder's listing a bare 500 (its name cannot
-    be JSON text); the picker leaves it out, as the page could not name it back."""
+    be JSON text); the picker leaves it out, as the page could not name it back. Names are in
+    the order the frames of a folder are read: numbers by value."""
     root = tmp_path / "root"
     (root / "clip").mkdir(parents=True)
     shutil.copy(clip[0] / "clip" / "00000.jpg", root / "clip")
-    (root / "ok.mp4").write_bytes(b"")
+    for name in ("ok.mp4", "10.mp4", "2.mp4"):
+        (root / name).write_bytes(b"")
     Path(os.fsdecode(os.fsencode(root) + b"/vid\xe9o.mp4")).write_bytes(b"")
     client = make_client(segmenter, root, tmp_path / "work")
     r = client.get("/api/browse")
     assert r.status_code == 200, r.text
-    assert r.json()["entries"] == [{"name": "clip", "kind": "frames"},
+    assert r.json()["entries"] == [{"name": "2.mp4", "kind": "file"},  # numbers by value
+                                   {"name": "10.mp4", "kind": "file"},
+                                   {"name": "clip", "kind": "frames"},
                                    {"name": "ok.mp4", "kind": "file"}]
 
 

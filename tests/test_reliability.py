@@ -215,6 +215,16 @@ def test_second_corpus_run_into_the_same_output_is_refused(engine, video, tmp_pa
 
 
 # ------------------------------------------------------------------------- threads
+def test_a_video_ffmpeg_cannot_read_is_our_one_line_alone(engine, video, tmp_path):
+    """FFmpeg inside OpenCV printed its own "moov atom not found" line beside ours."""
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"not a video at all")
+    r = run_cli("--engine-dir", engine, "--input", bad, "--mask", video[2], "--output",
+                tmp_path / "out", "--backend", "ort-cpu")
+    assert r.returncode == 1
+    assert "not a readable video" in one_error_line(r.stderr), r.stderr  # its only line
+
+
 def test_names_that_are_not_utf8(engine, tmp_path):
     """File names are bytes on Linux: a frame folder, mask and output named in Latin-1 run like
     any other (writing the lock once raised UnicodeEncodeError and left the lock file behind);
@@ -327,6 +337,8 @@ def test_an_overlay_replaces_only_a_file_an_earlier_run_wrote(engine, video, tmp
         r = run_cli(*args, "--output", tmp_path / "out", "--overlay", vis)
         assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "run.json").read_text())["overlay"] == str(vis.resolve())
+    assert run_cli(*args, "--output", tmp_path / "out").returncode == 0  # no overlay this time:
+    assert run_cli(*args, "--output", tmp_path / "out", "--overlay", vis).returncode == 0  # still OUT's
     r = run_cli(*args, "--output", tmp_path / "other", "--overlay", vis)  # not that run's OUT
     assert r.returncode == 1 and "no earlier run into" in one_error_line(r.stderr)
     vis.unlink()

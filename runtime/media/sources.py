@@ -5,6 +5,7 @@ Frames are RGB uint8 (H0, W0, 3) at their original size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ from natsort import natsorted
 from runtime.core.errors import InputError
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# FFmpeg inside OpenCV prints its own lines ("moov atom not found") beside our one `error:` line
+# for a video it cannot read; quiet unless the user asks for them (read at its first use).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 @dataclass
