@@ -451,15 +451,14 @@ def propagate(segmenter: Segmenter, source: str | Path | FrameSource,
     the frame's size; see runtime.media.given): the loop `segment_video` and the app share.
 
     Frames before the first given frame that marks an object have none (empty labels; a given
-    mask there without one says no more). A given frame's mask
-    replaces the propagated one for the ids it decides and is pinned in the memory as a
-    reference (`Segmenter.reference`). Frames before `start` are decoded but not segmented or
-    yielded: the given ones among them become the memory's references (objects a mask does not
-    decide are absent on its frame, as nothing was propagated there), so propagating again from
-    a corrected frame t is `start=t`. `start` is therefore a given frame, or at most the first
-    one (InputError otherwise: there would be no previous frame to continue from). `stop` set
-    ends the run after the current frame (during the replay before `start` too); closing the
-    generator stops its reader thread.
+    mask there without one says no more). A given frame's mask replaces the propagated one for
+    the ids it decides and is pinned in the memory as a reference (`Segmenter.reference`).
+    Frames before `start` are decoded but not segmented or yielded: the given ones among them
+    become the memory's references (objects a mask does not decide are absent on its frame, as
+    nothing was propagated there), so propagating again from a corrected frame t is `start=t`.
+    `start` is therefore a given frame, or at most the first one (InputError otherwise: there
+    would be no previous frame to continue from). `stop` set ends the run after the current
+    frame (during the replay before `start` too); closing the generator stops its reader thread.
     """
     masks = as_given(given)
     if not masks:
