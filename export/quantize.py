@@ -45,8 +45,8 @@ def find_frames(folder: str | Path, max_sequences: int = MAX_SEQUENCES,
     if not folder.is_dir():
         raise ExportError(f"calibration folder not found: {folder}")
 
-    seqs = [sources.frame_files(folder)] if sources.frame_files(folder) else \
-        [sources.frame_files(d) for d in sorted(folder.iterdir()) if d.is_dir()]
+    own = sources.frame_files(folder)
+    seqs = [own] if own else [sources.frame_files(d) for d in sorted(folder.iterdir()) if d.is_dir()]
     seqs = [s[:frames_per_sequence] for s in seqs if len(s) >= 2][:max_sequences]
     if not seqs:
         raise ExportError(f"no calibration frames (at least 2 {'/'.join(sources.FRAME_EXTS)} "

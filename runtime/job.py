@@ -87,7 +87,7 @@ def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> 
     try:
         if overlay is not None:
             targets.append(StagedFile(overlay))
-            check_overlay_owned(Path(output_dir), overlay)
+            check_overlay_owned(Path(output_dir), overlay, _earlier_log(Path(output_dir)))
     finally:
         for t in targets:
             t.abort()
@@ -157,12 +157,13 @@ def segment_video(
     folder = _staged_folder(Path(output_dir))
     video: StagedFile | None = None
     try:
+        earlier = _earlier_log(Path(output_dir))  # OUT is locked: no other run changes it
         if overlay is not None:
             video = StagedFile(overlay)
-            check_overlay_owned(Path(output_dir), overlay)  # with OUT and the overlay locked
+            check_overlay_owned(Path(output_dir), overlay, earlier)  # with the overlay locked
             overlay_log = written_path(overlay)
         else:  # an earlier run's overlay stays this OUT's, for a later --overlay to replace
-            overlay_log = (_earlier_log(Path(output_dir)) or {}).get("overlay")
+            overlay_log = (earlier or {}).get("overlay")
         log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
                                 progress).run()
         log = {"input": src.description,
@@ -249,15 +250,16 @@ def written_path(path: str | Path) -> str:
     return os.path.join(os.path.realpath(folder), name)
 
 
-def check_overlay_owned(output_dir: Path, overlay: str | Path) -> None:
+def check_overlay_owned(output_dir: Path, overlay: str | Path,
+                        earlier: dict[str, Any] | None) -> None:
     """Refuse (OutputError) to replace a file at the overlay path that no earlier run into
-    `output_dir` wrote, as for OUT's own files. Owned: the overlay its run.json names; one in
-    OUT itself (the corpus runner's OUT/<video>/overlay.mp4) when OUT holds a run.json; any, for
-    a run.json from before runs named their overlay (those replaced it unasked)."""
+    `output_dir` wrote, as for OUT's own files; `earlier`: its run.json (`_earlier_log`). Owned:
+    the overlay that names; one in OUT itself (the corpus runner's OUT/<video>/overlay.mp4) when
+    OUT holds a run.json; any, for a run.json from before runs named their overlay (those
+    replaced it unasked)."""
     target = written_path(overlay)
     if not os.path.lexists(target):
         return
-    earlier = _earlier_log(output_dir)
     if earlier is not None and (
             "overlay" not in earlier or earlier["overlay"] == target
             or os.path.dirname(target) == os.path.realpath(output_dir)):

@@ -24,6 +24,7 @@ import runtime_support as rs
 from conftest import interrupt, interruptible, script_env, signal_when_written, wait_for_file
 from PIL import Image
 
+from runtime import job
 from runtime import run as cli
 from runtime.core.config import default_threads
 from runtime.core.errors import MaskError, OutputError, RuntimeConfigError
@@ -351,25 +352,28 @@ def test_which_existing_overlay_a_run_may_replace(tmp_path):
     """check_overlay_owned: the overlay OUT's run.json names; one inside OUT (the corpus
     runner's layout) when OUT holds a run log; any, for a run log from before runs named their
     overlay (the demo's and corpus outputs of earlier versions run again); nothing else."""
+    def owned(out: Path, overlay: Path) -> None:
+        check_overlay_owned(out, overlay, job._earlier_log(out))
+
     out, mine = tmp_path / "out", tmp_path / "mine.mp4"
     out.mkdir()
     mine.write_bytes(b"mine")
-    check_overlay_owned(out, tmp_path / "new.mp4")  # nothing there to lose
+    owned(out, tmp_path / "new.mp4")  # nothing there to lose
     log = {"frames": [], "summary": {"frames": 0}}
     for content in (None, {**log, "overlay": None}, {**log, "overlay": str(out / "x.mp4")}):
         if content is not None:
             (out / "run.json").write_text(json.dumps(content))
         with pytest.raises(OutputError, match="no earlier run into"):
-            check_overlay_owned(out, mine)
+            owned(out, mine)
     (out / "overlay.mp4").write_bytes(b"an earlier corpus run's")
-    check_overlay_owned(out, out / "overlay.mp4")
+    owned(out, out / "overlay.mp4")
     (out / "run.json").write_text(json.dumps({**log, "overlay": written_path(mine)}))
-    check_overlay_owned(out, mine)
+    owned(out, mine)
     (out / "run.json").write_text(json.dumps(log))  # written before the field existed
-    check_overlay_owned(out, mine)
+    owned(out, mine)
     (out / "run.json").write_text("{}")
     with pytest.raises(OutputError, match="not a run log"):
-        check_overlay_owned(out, mine)
+        owned(out, mine)
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
