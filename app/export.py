@@ -6,7 +6,6 @@ which is also kept beside the zip for the page to play. Both are written through
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import zipfile
@@ -19,7 +18,7 @@ import numpy as np
 from app.h264 import write_h264
 from app.sessions import Session
 from app.video import Video
-from runtime.job import RUN_LOG, frame_png, run_log
+from runtime.job import RUN_LOG, dump_run_log, frame_line, frame_png, run_log
 from runtime.media.outputs import StagedFile
 from runtime.media.palette import overlay, save_palette_png
 from runtime.media.sources import open_source
@@ -36,7 +35,7 @@ def export_zip(session: Session, segmenter: Segmenter, target: Path) -> tuple[Pa
         session.check_idle()
         video = session.require_video()
         labels = session.labels
-        records = dict(session.records)
+        records = [session.records.get(i) or FrameRecord.empty(i) for i in range(video.length)]
         given = sorted(session.given)
         objects, first_score = session.model_state
         assert labels is not None
@@ -52,9 +51,10 @@ def export_zip(session: Session, segmenter: Segmenter, target: Path) -> tuple[Pa
                     zf.write(png, f"masks/{frame_png(i)}")
                     png.unlink()
                 log = {"input": video.name, "given_frames": given,
-                       **_log(segmenter, video.source, records, video.length),
+                       **_log(segmenter, video.source, records),
                        "objects": list(objects), "first_score": first_score}
-                zf.writestr(RUN_LOG, json.dumps(log, indent=1), zipfile.ZIP_DEFLATED)
+                text = "".join(dump_run_log(log, map(frame_line, records)))
+                zf.writestr(RUN_LOG, text, zipfile.ZIP_DEFLATED)
                 write_h264(staged[1].path, _overlays(video, labels.labels), video.fps)
                 zf.write(staged[1].path, OVERLAY)
             for s in staged:
@@ -74,13 +74,12 @@ def _overlays(video: Video, labels_of: Callable[[int], np.ndarray]) -> Iterator[
         yield overlay(video.frame(i), labels_of(i))[..., ::-1]
 
 
-def _log(segmenter: Segmenter, source: Path, records: dict[int, FrameRecord],
-         length: int) -> dict[str, Any]:
-    """run.json as run.py writes it, over the latest result of each frame (runs from several
-    start frames add up). The segmenter serves every tab: the fields it holds per video
-    (objects, first_score) are this session's own, set by the caller."""
-    ordered = [records.get(i) or FrameRecord.empty(i) for i in range(length)]
+def _log(segmenter: Segmenter, source: Path, records: list[FrameRecord]) -> dict[str, Any]:
+    """run.json's fields as run.py writes them, over the latest result of each frame (`records`,
+    in frame order: runs from several start frames add up). The segmenter serves every tab: the
+    fields it holds per video (objects, first_score) are this session's own, set by the
+    caller."""
     totals = RunTotals()
-    for r in ordered:
+    for r in records:
         totals.add(r)
-    return run_log(segmenter, open_source(source), ordered, totals, False, decoded=length)
+    return run_log(segmenter, open_source(source), totals, False, decoded=len(records))

@@ -10,10 +10,13 @@ run's life, so a second run into it is refused.
 
 Pipelined: a reader thread decodes and prepares (resizes) the next frames and a writer thread
 saves the previous frames' PNGs and overlay while the calling thread runs the graphs; both
-queues are small and bounded. What grows with the video is run.json's per-frame log, held until
-the end (a small record per frame of a file; a camera's or stream's run.json lists its last
-LIVE_LOG_FRAMES frames, so a live run stays flat; the summary counts them all). When the
-run ends, however it ends, the reader is stopped and joined before `segment_video` returns.
+queues are small and bounded, so memory stays flat however long the video is. The writer also
+logs each frame once its mask is on disk: its run.json record goes, as one JSON line, to an
+anonymous temporary file in the staging folder (nothing to clean up, whatever ends the run),
+and run.json is streamed from it at the end; a camera's or stream's run.json lists its last
+LIVE_LOG_FRAMES frames, kept in memory (its summary counts them all). `segment_video` returns
+run.json's fields without the per-frame list. When the run ends, however it ends, the reader is
+stopped and joined before `segment_video` returns.
 run.json reports the model's FPS (time inside the segmenter) and the end-to-end FPS over the
 same frames, and the frames the input declared and those decoded: a video that ends early is
 reported with a warning.
@@ -35,13 +38,14 @@ import json
 import os
 import queue
 import re
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -124,7 +128,8 @@ def segment_video(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment `source` from its first-frame `mask` and/or masks on later frames into
-    `output_dir`; return run.json's content.
+    `output_dir`; return run.json's fields but "frames" (the per-frame records are only in
+    `output_dir/run.json`, so that no run holds them all).
 
     source: folder of frames, video file, camera index ("0"), stream URL, or a FrameSource.
     mask: the first frame's mask: a mask file (see `runtime.media.masks.read_mask`) or (H0, W0)
@@ -164,19 +169,21 @@ def segment_video(
             overlay_log = written_path(overlay)
         else:  # an earlier run's overlay stays this OUT's, for a later --overlay to replace
             overlay_log = (earlier or {}).get("overlay")
-        log, interrupted = _Run(segmenter, src, given, folder, video, max_frames,
-                                progress).run()
-        log = {"input": src.description,
-               "mask": str(mask) if isinstance(mask, (str, Path)) else None,
-               "masks": str(masks) if isinstance(masks, (str, Path)) else None,
-               "given_frames": sorted(given),
-               "overlay": overlay_log,
-               **dict(extra or {}), **log}
-        with deferred_signals():
-            (folder.path / RUN_LOG).write_text(json.dumps(log, indent=1))
-            if video is not None:
-                video.commit()
-            folder.commit()
+        with contextlib.closing(_FrameLog(folder.path, live=src.live)) as frames:
+            log, interrupted = _Run(segmenter, src, given, folder, video, frames, max_frames,
+                                    progress).run()
+            log = {"input": src.description,
+                   "mask": str(mask) if isinstance(mask, (str, Path)) else None,
+                   "masks": str(masks) if isinstance(masks, (str, Path)) else None,
+                   "given_frames": sorted(given),
+                   "overlay": overlay_log,
+                   **dict(extra or {}), **log}
+            with deferred_signals():
+                with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
+                    f.writelines(dump_run_log(log, frames.lines()))
+                if video is not None:
+                    video.commit()
+                folder.commit()
     except BaseException as e:
         folder.abort()
         if video is not None:
@@ -332,34 +339,75 @@ class _FrameChecks:
         return resize_frame(frame, h, w)
 
 
-class _Writer(threading.Thread):
-    """Saves (index, frame, labels) items in order: PNG, then the overlay frame."""
+class _FrameLog:
+    """run.json's per-frame records as JSON lines, kept out of memory: spooled to an anonymous
+    temporary file in `folder` (the system removes it however the run ends, and it is never
+    among the outputs); for a live source, which runs for ever, its last LIVE_LOG_FRAMES lines
+    in memory instead."""
 
-    def __init__(self, folder: StagedFolder, overlay: OverlayWriter | None):
+    def __init__(self, folder: Path, *, live: bool):
+        self.recent: collections.deque[str] | None = None
+        self.spool: IO[str] | None = None
+        if live:
+            self.recent = collections.deque(maxlen=LIVE_LOG_FRAMES)
+        else:
+            self.spool = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+                "w+", encoding="utf-8", dir=folder)
+
+    def append(self, record: FrameRecord) -> None:
+        if self.spool is None:
+            assert self.recent is not None
+            self.recent.append(frame_line(record))
+        else:
+            self.spool.write(frame_line(record) + "\n")
+
+    def lines(self) -> Iterator[str]:
+        """The logged records in order, one JSON line each (without its newline)."""
+        if self.spool is None:
+            assert self.recent is not None
+            yield from self.recent
+            return
+        self.spool.seek(0)
+        for line in self.spool:
+            yield line.rstrip("\n")
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+class _Writer(threading.Thread):
+    """Saves (index, frame, labels, record) items in order: PNG, then the overlay frame, then
+    the record into the log and the totals, so that both count only frames on disk."""
+
+    def __init__(self, folder: StagedFolder, overlay: OverlayWriter | None, log: _FrameLog):
         super().__init__(name="qdmn-writer", daemon=True)
-        self.folder, self.overlay = folder, overlay
-        self.items: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(
-            QUEUE_FRAMES)
+        self.folder, self.overlay, self.log = folder, overlay, log
+        self.items: queue.Queue[tuple[int, np.ndarray, np.ndarray, FrameRecord] | None] = (
+            queue.Queue(QUEUE_FRAMES))
         self.error: BaseException | None = None
+        self.totals = RunTotals()
         self.written = 0  # frames 0..written-1 are on disk
 
     def run(self) -> None:
         while (item := self.items.get()) is not None:
             if self.error is not None:
                 continue  # keep draining so that put() never blocks
-            i, frame, labels = item
+            i, frame, labels, record = item
             try:
                 save_palette_png(labels, self.folder.path / frame_png(i),
                                  self.folder.target / frame_png(i))
                 if self.overlay is not None:
                     self.overlay.write(frame, labels)
+                self.log.append(record)
+                self.totals.add(record)
                 self.written = i + 1
             except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 self.error = e
 
-    def put(self, i: int, frame: np.ndarray, labels: np.ndarray) -> None:
+    def put(self, out: Propagated) -> None:
         self._raise()
-        self.items.put((i, frame, labels))
+        self.items.put((out.index, out.frame, out.labels, out.record))
 
     def finish(self) -> None:
         self.items.put(None)
@@ -520,22 +568,19 @@ class _Run:
     """One video through `propagate`, with a writer thread."""
 
     def __init__(self, segmenter: Segmenter, source: FrameSource, given: Mapping[int, GivenMask],
-                 folder: StagedFolder, video: StagedFile | None, max_frames: int | None,
-                 progress: bool):
+                 folder: StagedFolder, video: StagedFile | None, log: _FrameLog,
+                 max_frames: int | None, progress: bool):
         self.seg, self.source, self.given = segmenter, source, given
         self.max_frames = max_frames
         self.progress = progress
         self.decoded = 0
         self.writer = _Writer(folder, None if video is None
-                              else OverlayWriter(video.path, source.fps, video.target))
+                              else OverlayWriter(video.path, source.fps, video.target), log)
 
     def run(self) -> tuple[dict[str, Any], KeyboardInterrupt | None]:
-        """run.json's content, and the interrupt that stopped the run early (if any)."""
+        """run.json's fields but "frames" (the writer logs those into the `_FrameLog`), and the
+        interrupt that stopped the run early (if any)."""
         seg = self.seg
-        # a live source runs for ever: its log keeps the last frames, the totals count them all
-        records: collections.deque[FrameRecord] = collections.deque(
-            maxlen=LIVE_LOG_FRAMES if self.source.live else None)
-        totals = RunTotals()
         interrupted: KeyboardInterrupt | None = None
         total = self.source.length
         if self.max_frames is not None:
@@ -552,9 +597,7 @@ class _Run:
                     rec = out.record
                     if t_first is None and rec.kind != "empty":
                         t_first = time.perf_counter()
-                    records.append(rec)
-                    totals.add(rec)
-                    self.writer.put(out.index, out.frame, out.labels)
+                    self.writer.put(out)
                     bar.update(1)
                     if rec.kind == "propagated":
                         bar.set_postfix(model_fps=f"{1e3 / max(rec.ms['total'], 1e-6):.1f}",
@@ -571,23 +614,22 @@ class _Run:
             bar.close()
         with deferred_signals():
             self.writer.finish()
-        while records and records[-1].frame >= self.writer.written:  # not on disk: dropped
-            totals.add(records.pop(), -1)
-        if not records:
+        if not self.writer.written:
             if interrupted is not None:
                 raise interrupted
             raise InputError(f"{self.source.description}: no frames")
         t_end = time.perf_counter()
-        log = run_log(seg, self.source, records, totals, interrupted is not None,
+        log = run_log(seg, self.source, self.writer.totals, interrupted is not None,
                       decoded=self.decoded,
                       wall=(t_end - t_start, t_end - (t_first or t_end)))
         return log, interrupted
 
 
-def run_log(segmenter: Segmenter, source: FrameSource, records: Iterable[FrameRecord],
-            totals: RunTotals, interrupted: bool, *, decoded: int | None = None,
-            wall: tuple[float, float] | None = None) -> dict[str, Any]:
-    """run.json's content for these frames: settings, graphs, objects, summary, per frame.
+def run_log(segmenter: Segmenter, source: FrameSource, totals: RunTotals, interrupted: bool, *,
+            decoded: int | None = None, wall: tuple[float, float] | None = None,
+            ) -> dict[str, Any]:
+    """run.json's fields for the frames `totals` counts: settings, graphs, objects, summary;
+    the per-frame records ("frames") follow them in `dump_run_log`.
 
     wall: (seconds of the whole run, seconds from the first segmented frame's result to the
     last frame's end), for the end-to-end FPS over the frames the model FPS counts."""
@@ -607,8 +649,24 @@ def run_log(segmenter: Segmenter, source: FrameSource, records: Iterable[FrameRe
         "input_frames": {"declared": source.length, "decoded": decoded},
         "interrupted": interrupted,
         "summary": summary,
-        "frames": [r.to_dict() for r in records],
     }
+
+
+def frame_line(record: FrameRecord) -> str:
+    """One frame's record in run.json: a JSON line (no newline inside)."""
+    return json.dumps(record.to_dict())
+
+
+def dump_run_log(log: Mapping[str, Any], frames: Iterable[str]) -> Iterator[str]:
+    """run.json's text in pieces: `log`'s fields (`run_log`), then "frames", one record per
+    line (`frame_line`), so that a writer streams records it never holds all at once."""
+    head = json.dumps(dict(log), indent=1)
+    yield head[:-2] + ',\n "frames": ['  # json.dumps(indent=1) ends an object with "\n}"
+    sep = "\n  "
+    for line in frames:
+        yield sep + line
+        sep = ",\n  "
+    yield "\n ]\n}\n"
 
 
 def _finite(x: float) -> float | None:
@@ -616,5 +674,5 @@ def _finite(x: float) -> float | None:
 
 
 __all__ = ["RUN_LOG", "GivenMask", "JobInterrupted", "Propagated", "QDMNRuntimeError",
-           "check_apart", "check_mask", "check_outputs", "frame_png", "propagate", "run_log",
-           "segment_video"]
+           "check_apart", "check_mask", "check_outputs", "dump_run_log", "frame_line", "frame_png",
+           "propagate", "run_log", "segment_video"]

@@ -395,7 +395,7 @@ class Segmenter:
 @dataclass
 class RunTotals:
     """Running totals behind run.json's summary, so that a log need not keep every frame (a
-    live source runs for ever). `add(record, -1)` takes a record back out."""
+    live source runs for ever)."""
 
     frames: int = 0
     steps: int = 0  # propagated frames, which the means and fps are over
@@ -403,16 +403,16 @@ class RunTotals:
     insertions: int = 0
     evictions: int = 0
 
-    def add(self, record: FrameRecord, sign: int = 1) -> None:
-        self.frames += sign
+    def add(self, record: FrameRecord) -> None:
+        self.frames += 1
         if record.decision and record.kind != "first":
-            self.insertions += sign * bool(record.decision["accepted"])
-            self.evictions += sign * (record.decision["evicted"] is not None)
+            self.insertions += bool(record.decision["accepted"])
+            self.evictions += record.decision["evicted"] is not None
         if record.kind != "propagated":
             return
-        self.steps += sign
+        self.steps += 1
         for stage in self.ms:
-            self.ms[stage] += sign * record.ms.get(stage, 0.0)
+            self.ms[stage] += record.ms.get(stage, 0.0)
 
     def summary(self) -> dict[str, Any]:
         """Frames, fps over the propagated frames, mean ms per stage, memory decisions."""

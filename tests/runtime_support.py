@@ -7,6 +7,7 @@ layers' fixtures stay independent).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -146,6 +147,11 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "runtime/run.py", *map(str, args)], cwd=REPO,
                           env=script_env(), capture_output=True, text=True, timeout=300,
                           check=False)
+
+
+def run_frames(out: Path) -> list[dict]:
+    """The per-frame records of OUT/run.json (segment_video returns the other fields only)."""
+    return json.loads((out / "run.json").read_text())["frames"]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -83,9 +83,10 @@ def test_an_object_that_first_appears_later_is_absent_before_and_tracked_after(s
     assert after.mean() > 0.5, after
     assert ious(preds, truth, 1, range(1, FRAMES)).mean() > 0.5
     assert log["objects"] == [1, 2] and log["given_frames"] == [0, LATE]
-    kinds = [f["kind"] for f in log["frames"]]
+    records = rs.run_frames(tmp_path / "out")
+    kinds = [f["kind"] for f in records]
     assert kinds[0] == "first" and kinds[LATE] == "given" and kinds.count("propagated") == 12
-    assert log["frames"][LATE]["decision"]["given"]
+    assert records[LATE]["decision"]["given"]
 
 
 def test_a_correction_changes_the_frames_after_it_and_not_those_before(shipped, clip, tmp_path):
@@ -111,7 +112,8 @@ def test_frames_before_the_first_mask_are_empty_and_propagation_starts_there(shi
     preds = outputs(tmp_path / "out")
     assert not any(p.any() for p in preds[:LATE])
     assert ious(preds, truth, 1, range(LATE + 1, FRAMES)).mean() > 0.5
-    assert [f["kind"] for f in log["frames"][:LATE + 1]] == ["empty"] * LATE + ["first"]
+    records = rs.run_frames(tmp_path / "out")
+    assert [f["kind"] for f in records[:LATE + 1]] == ["empty"] * LATE + ["first"]
     assert log["summary"]["frames"] == FRAMES
 
 
@@ -121,12 +123,13 @@ def test_every_frame_given_keeps_the_bank_its_fixed_size(shipped, clip, tmp_path
     frames, truth = clip
     masks = write_masks(tmp_path / "m", {f"{t:05d}": truth[t] for t in range(FRAMES)})
     with Segmenter(shipped, backend="ort-cpu") as seg:
-        log = segment_video(seg, frames, None, tmp_path / "out", masks=masks)
+        segment_video(seg, frames, None, tmp_path / "out", masks=masks)
         capacity = bank_capacity(seg.policy.memory_size)
         pinned = [e for e in seg.policy.entries if e.pinned]
         assert len(pinned) == seg.policy.max_pinned
-    assert all(len(f["slots"]) <= capacity for f in log["frames"])
-    decisions = [f["decision"] for f in log["frames"][1:]]
+    records = rs.run_frames(tmp_path / "out")
+    assert all(len(f["slots"]) <= capacity for f in records)
+    decisions = [f["decision"] for f in records[1:]]
     assert all(d["given"] and d["accepted"] for d in decisions)
     assert any(d["demoted"] is not None for d in decisions)
     assert any(d["evicted"] is not None for d in decisions)

@@ -5,6 +5,7 @@ The demo clips (conftest.demo_root), the tests' small exported graphs.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_one_segmenter_many_videos_equals_fresh_ones(engine, clips, tmp_path):
     with Segmenter(engine, backend="ort-cpu") as seg:
         a1 = segment_video(seg, *clips[ONE], tmp_path / "a1")
         b = segment_video(seg, *clips[TWO], tmp_path / "b")
-        a2 = segment_video(seg, *clips[ONE], tmp_path / "a2")
+        segment_video(seg, *clips[ONE], tmp_path / "a2")
     with Segmenter(engine, backend="ort-cpu") as fresh:
         segment_video(fresh, *clips[TWO], tmp_path / "b_fresh")
     assert b["objects"] == [1, 2] and a1["objects"] == [1]
@@ -61,11 +62,49 @@ def test_one_segmenter_many_videos_equals_fresh_ones(engine, clips, tmp_path):
         px, py = pngs(x), pngs(y)
         assert len(px) == len(py) == 5
         assert all(rs.iou(u, v) > 0.99 for u, v in zip(px, py))
-    assert [f["decision"] for f in a1["frames"]] == [f["decision"] for f in a2["frames"]]
+    assert ([f["decision"] for f in rs.run_frames(tmp_path / "a1")]
+            == [f["decision"] for f in rs.run_frames(tmp_path / "a2")])
     s = a1["summary"]
     assert s["frames"] == 5 and s["fps"] > 0 and s["wall_fps"] > 0 and not a1["interrupted"]
     assert json.loads((tmp_path / "a1" / "run.json").read_text())["summary"] == s
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_run_json_lists_every_frame_but_no_run_holds_them_all(engine, tmp_path, monkeypatch):
+    """A run kept every frame's record until its end, so its memory grew with the video; the
+    writer now logs each to disk with its frame, and run.json is streamed from there."""
+    from runtime import job
+    from runtime.segmenter import FrameRecord
+
+    n = 40
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(n):
+        rgb = np.full((64, 112, 3), 90, np.uint8)
+        rgb[16:48, 10 + i:60 + i] = (200, 60, 60)
+        Image.fromarray(rgb).save(frames / f"{i:05d}.png")
+    mask = np.zeros((64, 112), np.uint8)
+    mask[16:48, 10:60] = 1
+    alive: list[int] = []  # FrameRecords in memory after each frame went to the writer
+    propagate = job.propagate
+
+    def counted(*args, **kwargs):
+        for out in propagate(*args, **kwargs):
+            yield out
+            alive.append(sum(type(o) is FrameRecord for o in gc.get_objects()))
+
+    monkeypatch.setattr(job, "propagate", counted)
+    out = tmp_path / "out"
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        log = segment_video(seg, frames, mask, out)
+    assert len(alive) == n and max(alive) <= 2 * job.QUEUE_FRAMES + 2, alive
+    assert "frames" not in log and log["summary"]["frames"] == n
+    records = rs.run_frames(out)
+    assert [f["frame"] for f in records] == list(range(n))
+    assert [f["kind"] for f in records] == ["first"] + ["propagated"] * (n - 1)
+    assert sorted(p.name for p in out.iterdir()) == [*(f"{i:05d}.png" for i in range(n)),
+                                                     "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "out"]
 
 
 def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):

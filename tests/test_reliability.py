@@ -526,22 +526,22 @@ def test_live_run_log_is_bounded_and_counts_every_frame(engine, tmp_path, monkey
     assert cli.main(argv) == 0  # a rerun owns all 12 PNGs, not only the 4 listed
 
 
-def test_run_totals_take_records_back_out():
-    from runtime.segmenter import FrameRecord, RunTotals, summarize
+def test_run_totals_count_what_the_summary_says():
+    """The running totals (what a run keeps instead of its records) behind run.json's summary."""
+    from runtime.segmenter import FrameRecord, RunTotals
 
     def record(i: int) -> FrameRecord:
         decision = {"accepted": i % 2 == 0, "evicted": 1 if i % 3 == 0 else None}
         return FrameRecord(i, None, None, None, decision if i else None, {},
                            {"encoder": float(i), "total": 2.0 * i + 1})
 
-    records = [record(i) for i in range(9)]
+    records = [record(i) for i in range(6)]
     totals = RunTotals()
     for r in records:
         totals.add(r)
-    for r in records[6:]:
-        totals.add(r, -1)
-    assert totals.summary() == summarize(records[:6])
-    assert totals.summary()["insertions"] == 2 and totals.summary()["evictions"] == 1
+    s = totals.summary()
+    assert s["frames"] == 6 and s["insertions"] == 2 and s["evictions"] == 1
+    assert s["mean_ms"]["encoder"] == 2.5 and s["mean_ms"]["total"] == 6.0
 
 
 # ------------------------------------------- what a tester found next (same classes)
