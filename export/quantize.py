@@ -119,9 +119,8 @@ def calibration_feeds(graphs: dict[str, onnx.ModelProto], specs: dict[str, Graph
             qk, qv, f8, f4 = run("encoder", {"image": image, "prev_prob": prob})
             (readout,) = run("memory_read", {"query_key": qk, "mem_keys": keys,
                                              "mem_values": values, "mem_valid": valid})
-            decoder = {"readout": readout, "query_value": qv, "f8": f8, "f4": f4,
-                       "object_valid": np.ones((n,), np.float32), "prev_prob": prob}
-            (full,) = run("decoder", {t.name: decoder[t.name] for t in specs["decoder"].inputs})
+            (full,) = run("decoder", {"readout": readout, "query_value": qv, "f8": f8,
+                                      "f4": f4, "object_valid": np.ones((n,), np.float32)})
             prob = np.ascontiguousarray(full[1:])
             k, v = memorise(image, prob)
             slot = s - 1  # the previous frame's temporary slot

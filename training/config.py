@@ -42,10 +42,6 @@ class ModelConfig:
     score_activation: Literal["sigmoid", "relu"] = "sigmoid"
     value_encoder_channels: int = 5  # RGB + own mask + other objects (4 = single-object ckpt)
     top_k: int = 50
-    # Not in the paper: the decoder also sees each object's and the other objects' previous-frame
-    # masks at strides 8 and 4 (model.PreviousMasks), where the memory read (stride 16) cannot
-    # place an object that shares its cells with another, such as a bag on a person.
-    previous_masks: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_DIMS:

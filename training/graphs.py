@@ -125,14 +125,12 @@ class DecoderGraph(nn.Module):
 
     def forward(
         self, readout: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
-        f4: torch.Tensor, object_valid: torch.Tensor, prev_prob: torch.Tensor | None = None,
+        f4: torch.Tensor, object_valid: torch.Tensor,
     ) -> torch.Tensor:
         """readout: (N, CV, h, w); query_value: (1, CV, h, w); f8, f4: (1, C, H/s, W/s);
-        object_valid: (N,) 1/0; prev_prob: (N, H, W), the encoder's input, for a model with
-        cfg.previous_masks -> prob (N+1, H, W), background first"""
-        _, prob = self.model.decode(
-            readout.unsqueeze(0), query_value, f8, f4, object_valid.unsqueeze(0),
-            upsample=self.upsample, prev_prob=None if prev_prob is None else prev_prob.unsqueeze(0))
+        object_valid: (N,) 1/0 -> prob (N+1, H, W), background first"""
+        _, prob = self.model.decode(readout.unsqueeze(0), query_value, f8, f4,
+                                    object_valid.unsqueeze(0), upsample=self.upsample)
         return prob.squeeze(0)
 
 
@@ -153,7 +151,7 @@ def specs_for(model: QDMN, height: int, width: int, max_objects: int,
     """The manifest's I/O declaration for `model` at one static configuration."""
     cfg = model.cfg
     return graph_specs(height, width, max_objects, memory_size, cfg.key_dim, cfg.value_dim,
-                       cfg.feature_dims, cfg.qam_size, previous_masks=cfg.previous_masks)
+                       cfg.feature_dims, cfg.qam_size)
 
 
 def example_inputs(spec: GraphSpec, generator: torch.Generator | None = None

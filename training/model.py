@@ -75,32 +75,6 @@ class UpsampleBlock(nn.Module):
         return self.out_conv(x.flatten(0, 1))
 
 
-class PreviousMasks(nn.Module):
-    """An object's and the other objects' masks in the previous frame, pooled to strides 8 and
-    4, added to the decoder's features at stride 8 and to its logits at stride 4: they locate
-    an object inside the stride-16 cells it shares with another (a bag on a person), which the
-    memory read cannot. Zero at first, so a model trained without them starts as it was."""
-
-    def __init__(self, d8: int):
-        super().__init__()
-        self.to_8 = nn.Conv2d(2, d8, 3, padding=1)
-        self.to_logit = nn.Conv2d(2, 1, 3, padding=1)
-        for conv in (self.to_8, self.to_logit):
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
-
-    @staticmethod
-    def planes(prev_prob: torch.Tensor) -> torch.Tensor:
-        """(B, N, H, W) previous probabilities -> (B*N, 2, H, W): own, the others' sum."""
-        others = prev_prob.sum(dim=1, keepdim=True) - prev_prob
-        return torch.stack([prev_prob, others], 2).flatten(0, 1)
-
-    def forward(self, planes: torch.Tensor, x: torch.Tensor, stride: int) -> torch.Tensor:
-        """x: the features (stride 8) or the logits (stride 4) they are added to."""
-        conv = self.to_8 if stride == 8 else self.to_logit
-        return x + conv(F.avg_pool2d(planes, stride))
-
-
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -110,23 +84,17 @@ class Decoder(nn.Module):
         self.up_16_8 = UpsampleBlock(c8, d16, d8)
         self.up_8_4 = UpsampleBlock(c4, d8, d4)
         self.pred = nn.Conv2d(d4, 1, 3, padding=1)
-        self.previous = PreviousMasks(d8) if cfg.previous_masks else None
 
     def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor,
-                upsample: Upsample | None = None,
-                previous: torch.Tensor | None = None) -> torch.Tensor:
+                upsample: Upsample | None = None) -> torch.Tensor:
         """x: (B*N, 2CV, h, w); f8, f4: (B, C, ...) -> logits (B*N, 1, 4*H/4, 4*W/4).
 
         upsample: the final x4 bilinear upsampling (default F.interpolate); the exported graph
-        passes an exact equivalent that runs faster (training/graphs.py). previous: (B*N, 2,
-        H, W) `PreviousMasks.planes`, required when the model has them."""
+        passes an exact equivalent that runs faster (training/graphs.py)."""
         x = self.compress(x)
         x = self.up_16_8(f8, x)
-        if self.previous is not None:
-            x = self.previous(previous, x, 8)
-        x = self.pred(F.relu(self.up_8_4(f4, x)))
-        if self.previous is not None:
-            x = self.previous(previous, x, 4)
+        x = self.up_8_4(f4, x)
+        x = self.pred(F.relu(x))
         if upsample is not None:
             return upsample(x)
         return F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=False)
@@ -346,23 +314,15 @@ class QDMN(nn.Module):
     def decode(
         self, readout: torch.Tensor, query_value: torch.Tensor, f8: torch.Tensor,
         f4: torch.Tensor, object_valid: torch.Tensor, upsample: Upsample | None = None,
-        prev_prob: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """readout: (B, N, CV, h, w); query_value: (B, CV, h, w); object_valid: (B, N) 1/0;
-        prev_prob: (B, N, H, W) the previous frame's object probabilities (what encode_query
-        took), used when cfg.previous_masks
+        """readout: (B, N, CV, h, w); query_value: (B, CV, h, w); object_valid: (B, N) 1/0
         -> logits (B, N+1, H, W) of the aggregated distribution, prob (B, N+1, H, W)
 
         upsample: see Decoder.forward."""
         b, n = readout.shape[:2]
         qv = query_value.unsqueeze(1).expand_as(readout)
         x = self.aspp(torch.cat([readout, qv], 2).flatten(0, 1))
-        previous = None
-        if self.cfg.previous_masks:
-            if prev_prob is None:
-                raise ValueError("this model's decoder takes the previous frame's masks")
-            previous = PreviousMasks.planes(prev_prob)
-        logits = self.decoder(x, f8, f4, upsample, previous)
+        logits = self.decoder(x, f8, f4, upsample)
         obj_prob = torch.sigmoid(logits).view(b, n, *logits.shape[-2:])
         obj_prob = obj_prob * object_valid.view(b, n, 1, 1)
         prob = aggregate(obj_prob, dim=1)

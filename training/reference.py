@@ -36,7 +36,7 @@ def reference_manifest(cfg: ModelConfig, height: int, width: int, max_objects: i
                        memory_size: int = DEFAULT_MEMORY_SIZE, **extra: object) -> Manifest:
     """In-memory manifest for the reference (no files); UNBOUNDED_MEMORY for no eviction."""
     specs = graph_specs(height, width, max_objects, memory_size, cfg.key_dim, cfg.value_dim,
-                        cfg.feature_dims, cfg.qam_size, previous_masks=cfg.previous_masks)
+                        cfg.feature_dims, cfg.qam_size)
     m = Manifest(height=height, width=width, max_objects=max_objects, memory_size=memory_size,
                  top_k=cfg.top_k, key_dim=cfg.key_dim, value_dim=cfg.value_dim,
                  precision="fp32", graphs=specs, model_config=cfg.to_dict(), **extra)

@@ -57,7 +57,6 @@ BEST_NAME = "best.pt"
 LOG_NAME = "log.csv"
 VAL_NAME = "val.csv"
 HISTORY_NAME = "segments.txt"  # where each segment of the run started from
-PREVIOUS_MASKS = "decoder.previous."  # parameters of model.PreviousMasks
 
 
 @register_dataclass
@@ -124,9 +123,6 @@ class TrainConfig:
     # the keys flatten to uniform read weights instead of matching (they pass that plateau at
     # 1e-3, stage 2), while the rest of the model must move slowly.
     key_lr_scale: float = 1.0
-    # the decoder's previous masks (model.PreviousMasks), added at zero to a trained model, learn
-    # at this multiple of the lr while the rest moves slowly
-    previous_masks_lr_scale: float = 1.0
     # (fraction of training done, max frame skip) pairs: grow the skip, then narrow it again.
     max_skip: tuple[tuple[float, int], ...] = ((0.1, 5), (0.4, 15), (0.8, 10), (1.0, 5))
     lr: float = 1e-4
@@ -254,8 +250,7 @@ def forward_clip(model: QDMN, frames: torch.Tensor, masks: torch.Tensor,
         qk, qv, f8, f4 = model.encode_query(images[t], prev.detach())
         mk, mv = torch.stack(keys, 1), torch.stack(values, 1)
         readout = model.read_memory(qk, mk, mv, mk.new_ones(b, len(keys)), None)
-        logits, prob = model.decode(readout, qv, f8, f4, object_valid,
-                                    prev_prob=prev.detach())
+        logits, prob = model.decode(readout, qv, f8, f4, object_valid)
         k, v, score = encode_memory(images[t], prob[:, 1:])
         keys.append(k)
         values.append(v)
@@ -406,8 +401,7 @@ class Trainer:
         # checkpoints' optimizer state has).
         scaled = {prefixes: scale for prefixes, scale in (
             (("rgb_encoder.", "mask_rgb_encoder."), cfg.encoder_lr_scale),
-            (("kv_q_f16.key_proj.", "kv_m_f16.key_proj."), cfg.key_lr_scale),
-            ((PREVIOUS_MASKS,), cfg.previous_masks_lr_scale)) if scale != 1.0}
+            (("kv_q_f16.key_proj.", "kv_m_f16.key_proj."), cfg.key_lr_scale)) if scale != 1.0}
         groups: list[dict[str, Any]] = [
             {"params": [p for n, p in named if not any(n.startswith(x) for x in scaled)],
              "lr_scale": 1.0}]
@@ -473,18 +467,9 @@ class Trainer:
         with open(self.out_dir / HISTORY_NAME, "a") as f:
             f.write(f"{stamp} step {self.step}: {text}\n")
 
-    def _check_model_config(self, obj: dict[str, Any], path: Path, *,
-                            adding_previous_masks: bool = False) -> None:
-        """ConfigError unless `obj` was trained with this run's model config (fields it
-        predates take their defaults); adding_previous_masks: weights from a model without
-        the decoder's previous masks may start one with them (they start at zero)."""
+    def _check_model_config(self, obj: dict[str, Any], path: Path) -> None:
         saved = obj.get("config", {}).get("model")
-        if saved is None:
-            return
-        saved = ModelConfig.from_dict(saved)
-        if adding_previous_masks and not saved.previous_masks:
-            saved = dataclasses.replace(saved, previous_masks=self.cfg.model.previous_masks)
-        if saved != self.cfg.model:
+        if saved is not None and saved != self.cfg.model.to_dict():
             raise ConfigError(f"{path} was trained with another model config; use a new out_dir")
 
     def resume(self) -> bool:
@@ -513,12 +498,8 @@ class Trainer:
         """
         path = Path(path)
         obj = read_checkpoint(path)
-        self._check_model_config(obj, path, adding_previous_masks=not continue_run)
+        self._check_model_config(obj, path)
         state = {k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()}
-        if not continue_run and not any(k.startswith(PREVIOUS_MASKS) for k in state):
-            # weights from before the decoder's previous masks: those start at zero
-            state |= {k: v for k, v in self.model.state_dict().items()
-                      if k.startswith(PREVIOUS_MASKS)}
         load_state(self.model, state, str(path))
         if continue_run:
             self.step = int(obj.get("step", 0))

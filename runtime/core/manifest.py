@@ -16,8 +16,7 @@ all float32 unless noted, FP16/INT8 graphs keep FP32 I/O):
     quality      quality_features -> quality (N,)   QAM score head, only for insertion candidates
     memory_read  query_key, mem_keys (N,S,P,CK), mem_values (N,S,P,CV), mem_valid (S,)
                  -> readout (N,CV,h,w)
-    decoder      readout, query_value, f8, f4, object_valid (N,)[, prev_prob: a model trained
-                 with the previous masks in its decoder]
+    decoder      readout, query_value, f8, f4, object_valid (N,)
                  -> prob (N+1,H,W)   background first, soft-aggregated
 
 The memory bank is stored in the layout memory_read consumes (BANK_AXES: object, slot,
@@ -127,11 +126,8 @@ class GraphSpec:
 def graph_specs(
     height: int, width: int, max_objects: int, memory_size: int, key_dim: int, value_dim: int,
     feature_dims: tuple[int, int, int], qam_size: int, files: dict[str, str] | None = None,
-    previous_masks: bool = False,
 ) -> dict[str, GraphSpec]:
-    """The graphs' I/O for one static configuration (see the module docstring).
-    previous_masks: the decoder also takes the encoder's `prev_prob` (a model trained with
-    them, training.config.ModelConfig.previous_masks)."""
+    """The graphs' I/O for one static configuration (see the module docstring)."""
     n, s = max_objects, bank_capacity(memory_size)
     h, w = height // STRIDE, width // STRIDE
     p = h * w
@@ -142,7 +138,6 @@ def graph_specs(
         return TensorSpec(name, tuple(shape), dtype)
 
     image = t("image", 1, height, width, 3, dtype="uint8")
-    prev_prob = t("prev_prob", n, height, width)
     qk, qv = t("query_key", 1, key_dim, h, w), t("query_value", 1, value_dim, h, w)
     f8, f4 = t("f8", 1, c8, height // 8, width // 8), t("f4", 1, c4, height // 4, width // 4)
     readout = t("readout", n, value_dim, h, w)
@@ -150,7 +145,7 @@ def graph_specs(
     dims = {"mem_key": key_dim, "mem_value": value_dim}
     chunks = tuple(t(name, p, dims[name.rsplit("_", 1)[0]]) for name, _, _ in slot_writes(n))
     return {
-        "encoder": GraphSpec(files["encoder"], (image, prev_prob),
+        "encoder": GraphSpec(files["encoder"], (image, t("prev_prob", n, height, width)),
                              (qk, qv, f8, f4)),
         "qam": GraphSpec(files["qam"], (image, t("masks", n, height, width)),
                          (*chunks, features)),
@@ -160,8 +155,7 @@ def graph_specs(
             (qk, t("mem_keys", n, s, p, key_dim), t("mem_values", n, s, p, value_dim),
              t("mem_valid", s)),
             (readout,)),
-        "decoder": GraphSpec(files["decoder"], (readout, qv, f8, f4, t("object_valid", n),
-                                                *((prev_prob,) if previous_masks else ())),
+        "decoder": GraphSpec(files["decoder"], (readout, qv, f8, f4, t("object_valid", n)),
                              (t("prob", n + 1, height, width),)),
     }
 
@@ -249,8 +243,6 @@ class Manifest:
             ("memory_read", "mem_valid"): (s,),
             ("decoder", "object_valid"): (n,),
         }
-        if any(t.name == "prev_prob" for t in self.graphs["decoder"].inputs):
-            expect["decoder", "prev_prob"] = expect["encoder", "prev_prob"]
         for (graph, name), shape in expect.items():
             got = self.graphs[graph].input(name).shape
             if got != shape:
