@@ -85,13 +85,19 @@ def test_run_json_lists_every_frame_but_no_run_holds_them_all(engine, tmp_path, 
         Image.fromarray(rgb).save(frames / f"{i:05d}.png")
     mask = np.zeros((64, 112), np.uint8)
     mask[16:48, 10:60] = 1
+
+    def records() -> int:
+        return sum(type(o) is FrameRecord for o in gc.get_objects())
+
+    gc.collect()
+    before = records()  # other tests' records that are still referenced
     alive: list[int] = []  # FrameRecords in memory after each frame went to the writer
     propagate = job.propagate
 
     def counted(*args, **kwargs):
         for out in propagate(*args, **kwargs):
             yield out
-            alive.append(sum(type(o) is FrameRecord for o in gc.get_objects()))
+            alive.append(records() - before)
 
     monkeypatch.setattr(job, "propagate", counted)
     out = tmp_path / "out"
