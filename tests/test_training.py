@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 import signal
 from pathlib import Path
@@ -323,19 +324,27 @@ def test_several_split_files_are_trained_on_together(tmp_path):
     assert split_sequences(cfg) == (["a", "b", "c"], ["d"])
 
 
-def test_ctrl_c_ends_a_training_segment_with_one_line(davis_root, tmp_path):
-    """Ctrl-C is how a segment is ended by hand: a line that says how to continue, exit 130,
-    the checkpoint kept; not a traceback from inside torch."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_ends_a_training_segment_with_one_line_and_loses_no_step(
+        davis_root, tmp_path, signum, code):
+    """Ctrl-C, or SIGTERM (a background run ignores SIGINT; a scheduler or a closing session
+    sends SIGTERM), ends a segment: a line that says how to continue, the shell's exit status,
+    not a traceback from inside torch, and the run saved as at its last step, however long
+    before that the last checkpoint was (SIGTERM killed the run without a word, and either
+    lost the steps since the last checkpoint)."""
     out = tmp_path / "run"
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "data_root": str(davis_root), "split_file": "ImageSets/demo.txt", "image_size": list(SIZE),
-        "crop_size": [96, 160], "batch_size": 1, "steps": 100_000, "ckpt_every": 1,
+        "crop_size": [96, 160], "batch_size": 1, "steps": 100_000, "ckpt_every": 100_000,
         "pretrained_backbone": False, "threads": 1, "out_dir": str(out)}))
-    code, err = signal_when_written("training/train.py", ["--config", str(config)], out,
-                                    "checkpoint.pt", signal.SIGINT)
-    assert code == 130, err
+    got, err = signal_when_written("training/train.py", ["--config", str(config)], out,
+                                   "log.csv", signum)
+    assert got == code, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         f"interrupted: continue from the run's last checkpoint with `--config {config} --resume`")
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1
+    with open(out / "log.csv") as f:
+        logged = [int(row["step"]) for row in csv.DictReader(f)]
+    assert logged == list(range(1, len(logged) + 1))
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == len(logged)

@@ -33,7 +33,13 @@ from runtime.core.config import check_threads
 from runtime.core.errors import OutputError
 from runtime.core.manifest import STRIDE
 from runtime.media.davis import list_sequences
-from runtime.media.outputs import OutputLock, interrupt_exit_code, replacing
+from runtime.media.outputs import (
+    OutputLock,
+    deferred_signals,
+    interrupt_exit_code,
+    replacing,
+    terminate_as_interrupt,
+)
 from training.checkpoint import load_state, read_checkpoint, save_weights
 from training.config import ConfigError, ModelConfig, from_dict, register_dataclass
 from training.correspondence import correspondence_loss, flow_correspondence_loss
@@ -587,25 +593,39 @@ class Trainer:
             batches = iter(batch_loader(self.cfg, sources, self.step, end,
                                         pin_memory=self.device.type == "cuda")
                            if self.step < end else ())
-            while self.step < end:
-                t0 = time.perf_counter()
-                stats = self.train_step(next(batches))
-                stats.update(step=self.step, sec=time.perf_counter() - t0)
-                if deadline is not None and time.monotonic() >= deadline:
-                    end = self.step  # out of time: finish as at the last step
-                history.append(stats)
-                writer.writerow(stats)
-                if self.step % self.cfg.log_every == 0:
+            unvalidated = False  # the last step is due a validation that has not run
+            try:
+                while self.step < end:
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    # A step is taken whole, and logged, or not at all: Ctrl-C/SIGTERM wait for
+                    # its end, so that the interrupt can save it (below).
+                    with deferred_signals():
+                        stats = self.train_step(batch)
+                        stats.update(step=self.step, sec=time.perf_counter() - t0)
+                        history.append(stats)
+                        writer.writerow(stats)
+                        if deadline is not None and time.monotonic() >= deadline:
+                            end = self.step  # out of time: finish as at the last step
+                        unvalidated = bool(self.cfg.val_every and self.val_videos and (
+                            self.step % self.cfg.val_every == 0 or self.step == end))
+                    if self.step % self.cfg.log_every == 0:
+                        f.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.3f}")
+                    if unvalidated:
+                        f.flush()
+                        self.validate_and_keep_best()
+                        unvalidated = False
+                    if self.step % self.cfg.ckpt_every == 0 or self.step == end:
+                        self.save()
+            except KeyboardInterrupt:
+                # Saved as at the last step, so that a resume loses none of them; unless that
+                # step's validation did not run, which a resume from the last checkpoint redoes.
+                if not unvalidated:
                     f.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.3f}")
-                validate_now = (self.cfg.val_every and self.val_videos
-                                and (self.step % self.cfg.val_every == 0 or self.step == end))
-                if validate_now:
-                    f.flush()
-                    self.validate_and_keep_best()
-                if self.step % self.cfg.ckpt_every == 0 or self.step == end:
                     self.save()
+                raise
         return history
 
     def validate_and_keep_best(self) -> dict[str, Any]:
@@ -717,12 +737,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(check_threads(cfg.threads))
         lock = OutputLock(cfg.out_dir)  # two runs in one out_dir would mix checkpoints and logs
         try:
-            _train(args, cfg)
+            # SIGTERM (how a scheduler or a closing session ends a background run, whose
+            # SIGINT the shell ignores) stops a segment as Ctrl-C does
+            with terminate_as_interrupt():
+                _train(args, cfg)
         finally:
             lock.release()
     except (ConfigError, ValueError, FileNotFoundError, OutputError) as e:
         return fail(e)
-    except KeyboardInterrupt as e:  # Ctrl-C is how a training segment is ended by hand
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: how a training segment is ended
         print(f"interrupted: continue from the run's last checkpoint with `--config "
               f"{args.config} --resume`", file=sys.stderr)
         return interrupt_exit_code(e)
