@@ -56,6 +56,7 @@ from runtime.corpus import (
 from runtime.job import check_apart, check_outputs, segment_video
 from runtime.media.outputs import (
     OutputLock,
+    as_received,
     check_writable_dir,
     deferred_signals,
     interrupt_exit_code,
@@ -354,7 +355,7 @@ def _schedule(actors: list[Any], where: list[str], todo: collections.deque[Video
         for video in todo:
             outcomes[video.name] = Outcome(video.name, "not run", input=str(video.input),
                                            mask=str(video.mask))
-        return stop
+        return as_received(stop)
     finally:
         bar.close()
 
@@ -557,8 +558,10 @@ def _report(result: CorpusRun, summary: Path, quiet: bool) -> int:
         return 1
     if not quiet:
         i = result.info
-        print(f"{total} videos -> {summary.parent}: {counts} ({i['frames']} frames, "
-              f"{i['frames_per_s']} frames/s, {i['videos_per_hour']} videos/hour)")
+        rate = ("none segmented in this run" if i["frames_per_s"] is None else
+                f"{i['frames']} frames, {i['frames_per_s']} frames/s, "
+                f"{i['videos_per_hour']} videos/hour")
+        print(f"{total} videos -> {summary.parent}: {counts} ({rate})")
     return 0
 
 

@@ -22,7 +22,8 @@ same frames, and the frames the input declared and those decoded: a video that e
 reported with a warning.
 
 Ctrl-C (or SIGTERM inside `runtime.media.outputs.terminate_as_interrupt()`) keeps the frames finished
-so far, marks run.json `"interrupted": true` and raises `JobInterrupted`.
+so far, marks run.json `"interrupted": true` and raises `JobInterrupted`; one that comes while the
+last frames are written or the outputs move in waits for that, and the whole run is kept.
 
 Frames of one video keep the first frame's size and colour mode: a frame of another size with
 the same aspect ratio is resized to the first frame's size with a warning, one of another
@@ -178,12 +179,15 @@ def segment_video(
                    "given_frames": sorted(given),
                    "overlay": overlay_log,
                    **dict(extra or {}), **log}
-            with deferred_signals():
-                with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
-                    f.writelines(dump_run_log(log, frames.lines()))
-                if video is not None:
-                    video.commit()
-                folder.commit()
+            try:
+                with deferred_signals():
+                    with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
+                        f.writelines(dump_run_log(log, frames.lines()))
+                    if video is not None:
+                        video.commit()
+                    folder.commit()
+            except KeyboardInterrupt as e:  # held until all was in place: it is kept
+                interrupted = interrupted or e
     except BaseException as e:
         folder.abort()
         if video is not None:
@@ -229,25 +233,39 @@ def _staged_folder(output_dir: Path) -> StagedFolder:
 
 
 def _earlier_log(output_dir: Path) -> dict[str, Any] | None:
-    """The run.json an earlier run left in `output_dir` (None: none), with `frames_written`:
-    the frames whose PNGs it wrote. OutputError for a run.json that is not one of ours, which
-    no run may replace."""
+    """The run.json an earlier run left in `output_dir` (None: none), its per-frame list
+    replaced by `listed_beyond`: the frames it lists past the ones it counts (none, from this
+    version on), so that a long video's list is not held. OutputError for a run.json that is
+    not one of ours, which no run may replace."""
     log = output_dir / RUN_LOG
     if not log.is_file():
         return None
+
+    def frame_number(x: Any) -> int:
+        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            raise ValueError(f"{x!r} is not a frame number")
+        return x
+
     try:
         data = json.loads(log.read_text())
-        listed = {int(f["frame"]) for f in data["frames"]}  # a live run lists its last ones
-        return {**data, "frames_written": listed | set(range(int(data["summary"]["frames"])))}
+        count = frame_number(data["summary"]["frames"])
+        listed = (frame_number(f["frame"]) for f in data.pop("frames"))
+        return {**data, "listed_beyond": {i for i in listed if i >= count}}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OutputError(f"{log} is not a run log of runtime/run.py ({e}): refusing to "
                           "overwrite it; choose another output folder") from None
 
 
 def _owned(output_dir: Path) -> set[str]:
-    """The files an earlier run wrote into `output_dir`, from its run.json."""
+    """The files an earlier run wrote into `output_dir`, from its run.json: the frames it
+    counts (0 ..) and those it lists (a live run lists its last ones), among the files there,
+    so that the set is never larger than the folder."""
     earlier = _earlier_log(output_dir)
-    return set() if earlier is None else {RUN_LOG, *map(frame_png, earlier["frames_written"])}
+    if earlier is None:
+        return set()
+    count, beyond = earlier["summary"]["frames"], earlier["listed_beyond"]
+    return {RUN_LOG} | {name for name in os.listdir(output_dir) if _FRAME_PNG.fullmatch(name)
+                        and (int(name[:-4]) < count or int(name[:-4]) in beyond)}
 
 
 def written_path(path: str | Path) -> str:
@@ -612,8 +630,11 @@ class _Run:
             raise
         finally:
             bar.close()
-        with deferred_signals():
-            self.writer.finish()
+        try:
+            with deferred_signals():  # the writer drains whole, then the signal comes
+                self.writer.finish()
+        except KeyboardInterrupt as e:  # after the last frame: the frames are all kept
+            interrupted = interrupted or e
         if not self.writer.written:
             if interrupted is not None:
                 raise interrupted

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image
 from runtime.core.config import RuntimeConfig
 from runtime.core.errors import InputError, OutputError
 from runtime.core.geometry import PAD_RGB, Placement
-from runtime.job import check_outputs, segment_video
+from runtime.job import JobInterrupted, check_outputs, frame_png, segment_video
 from runtime.media.masks import read_mask
 from runtime.media.outputs import StagedFile, StagedFolder
 from runtime.segmenter import Segmenter
@@ -128,8 +130,6 @@ def test_rerun_replaces_only_what_the_tool_wrote(engine, clips, tmp_path):
 
 def test_overlay_inside_the_output_folder(engine, clips, tmp_path):
     """The overlay may live in the output folder; both are ordinary files (umask, not 0600)."""
-    import os
-
     out = tmp_path / "new" / "out"
     umask = os.umask(0o022)
     try:
@@ -145,6 +145,39 @@ def test_overlay_inside_the_output_folder(engine, clips, tmp_path):
     assert (out.stat().st_mode & 0o777) == 0o755
 
 
+@pytest.mark.parametrize("phase", ["writer", "commit"])
+def test_a_signal_after_the_last_frame_keeps_the_whole_run(engine, clips, tmp_path, monkeypatch,
+                                                            phase):
+    """Ctrl-C/SIGTERM while the last frames are written, or while the outputs move in: held
+    until that is done, then the run ends as interrupted with every frame kept (it threw the
+    whole run away: the held signal came out of the block as an error)."""
+    from runtime import job
+
+    owner, name = (job._Writer, "finish") if phase == "writer" else (StagedFolder, "commit")
+    original = getattr(owner, name)
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # held by the block this runs in
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+    out = tmp_path / "out"
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        try:
+            segment_video(seg, *clips[ONE], out)
+        except JobInterrupted as e:
+            log = e.log
+        except KeyboardInterrupt:  # the job's own is JobInterrupted
+            pytest.fail("the held signal came out of the job as it was: the run was dropped")
+        else:
+            pytest.fail("the signal was lost")
+    assert log["summary"]["frames"] == 5
+    assert sorted(p.name for p in out.iterdir()) == [*(frame_png(i) for i in range(5)),
+                                                     "run.json"]
+    assert [f["frame"] for f in rs.run_frames(out)] == list(range(5))
+    assert not list(tmp_path.glob(".*"))
+
+
 def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -152,10 +185,14 @@ def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_pa
     with pytest.raises(OutputError, match=r"00000.png that no earlier run of this tool wrote"):
         check_outputs(out)
     (out / "00000.png").unlink()
-    (out / "run.json").write_text("my own notes")
-    with pytest.raises(OutputError, match="not a run log"):
-        check_outputs(out)
-    assert (out / "run.json").read_text() == "my own notes"
+    for text in ("my own notes", "{}", "[]", '{"frames": {"a": 1}, "summary": {"frames": 1}}',
+                 *(f'{{"frames": [], "summary": {{"frames": {n}}}}}'
+                   for n in ("Infinity", "1e9", "-3", "true", "NaN")),
+                 '{"frames": [{"frame": 1.5}], "summary": {"frames": 2}}'):
+        (out / "run.json").write_text(text)
+        with pytest.raises(OutputError, match="not a run log"):
+            check_outputs(out)
+        assert (out / "run.json").read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

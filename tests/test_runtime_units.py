@@ -228,3 +228,29 @@ def test_owners_is_argmax_ties_to_the_lower_index(planes: int, seed: int) -> Non
     probs = np.random.default_rng(seed).integers(0, 4, (planes, 5, 7)).astype(np.float32) / 4
     assert np.array_equal(owners(probs), probs.argmax(0))
     assert np.array_equal(owners(list(probs)), probs.argmax(0))  # planes one at a time
+
+
+def test_sigterm_re_raised_as_ctrl_c_by_a_library_still_exits_143():
+    """Ray re-raises the interrupt it caught as a plain KeyboardInterrupt: the corpus runner
+    exited 130 for SIGTERM, which the summary's clear-up had forgotten by then."""
+    import os
+    import signal
+
+    from runtime.media.outputs import (
+        Terminated,
+        as_received,
+        interrupt_exit_code,
+        terminate_as_interrupt,
+    )
+
+    with terminate_as_interrupt():
+        try:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line
+                pytest.fail("SIGTERM did not interrupt")
+            except Terminated:
+                raise KeyboardInterrupt from None  # what the library gives back
+        except KeyboardInterrupt as e:
+            stop = as_received(e)
+    assert interrupt_exit_code(stop) == 143
+    assert interrupt_exit_code(as_received(KeyboardInterrupt())) == 130  # Ctrl-C stays Ctrl-C

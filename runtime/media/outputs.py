@@ -388,6 +388,13 @@ def interrupt_exit_code(e: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if term else signal.SIGINT)
 
 
+def as_received(e: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The interrupt as the signal that came: SIGTERM's `Terminated` where a library re-raised
+    it as a plain KeyboardInterrupt (Ray does), within `terminate_as_interrupt`, so that its
+    exit status is still 143 once the block is left."""
+    return Terminated() if _terminated.is_set() and not isinstance(e, Terminated) else e
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` in the main thread (a KeyboardInterrupt),
