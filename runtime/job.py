@@ -179,6 +179,7 @@ def segment_video(
                    "given_frames": sorted(given),
                    "overlay": overlay_log,
                    **dict(extra or {}), **log}
+            committed = False
             try:
                 with deferred_signals():
                     with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
@@ -186,8 +187,11 @@ def segment_video(
                     if video is not None:
                         video.commit()
                     folder.commit()
-            except KeyboardInterrupt as e:  # held until all was in place: it is kept
-                interrupted = interrupted or e
+                    committed = True
+            except KeyboardInterrupt as e:
+                if not committed:  # came before the block held signals: nothing is in place
+                    raise
+                interrupted = interrupted or e  # held until all was in place: it is kept
     except BaseException as e:
         folder.abort()
         if video is not None:
@@ -235,8 +239,8 @@ def _staged_folder(output_dir: Path) -> StagedFolder:
 def _earlier_log(output_dir: Path) -> dict[str, Any] | None:
     """The run.json an earlier run left in `output_dir` (None: none), its per-frame list
     replaced by `listed_beyond`: the frames it lists past the ones it counts (none, from this
-    version on), so that a long video's list is not held. OutputError for a run.json that is
-    not one of ours, which no run may replace."""
+    version on), so that a long video's list is not held through the run (it is parsed, then
+    dropped). OutputError for a run.json that is not one of ours, which no run may replace."""
     log = output_dir / RUN_LOG
     if not log.is_file():
         return None
@@ -264,8 +268,14 @@ def _owned(output_dir: Path) -> set[str]:
     if earlier is None:
         return set()
     count, beyond = earlier["summary"]["frames"], earlier["listed_beyond"]
-    return {RUN_LOG} | {name for name in os.listdir(output_dir) if _FRAME_PNG.fullmatch(name)
-                        and (int(name[:-4]) < count or int(name[:-4]) in beyond)}
+
+    def written(name: str) -> bool:
+        if not _FRAME_PNG.fullmatch(name):
+            return False
+        i = int(name[:-4])
+        return name == frame_png(i) and (i < count or i in beyond)  # not 000001.png
+
+    return {RUN_LOG} | {name for name in os.listdir(output_dir) if written(name)}
 
 
 def written_path(path: str | Path) -> str:
@@ -630,11 +640,15 @@ class _Run:
             raise
         finally:
             bar.close()
+        finished = False
         try:
             with deferred_signals():  # the writer drains whole, then the signal comes
                 self.writer.finish()
-        except KeyboardInterrupt as e:  # after the last frame: the frames are all kept
-            interrupted = interrupted or e
+                finished = True
+        except KeyboardInterrupt as e:
+            if not finished:  # came before the block held signals
+                raise
+            interrupted = interrupted or e  # after the last frame: the frames are all kept
         if not self.writer.written:
             if interrupted is not None:
                 raise interrupted

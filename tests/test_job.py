@@ -178,6 +178,28 @@ def test_a_signal_after_the_last_frame_keeps_the_whole_run(engine, clips, tmp_pa
     assert not list(tmp_path.glob(".*"))
 
 
+def test_an_error_with_a_signal_held_is_the_error_and_leaves_nothing(engine, clips, tmp_path,
+                                                                     monkeypatch):
+    """A failing commit while a Ctrl-C is held: the failure is reported and nothing is left
+    (it was reported as an interrupted run with frames kept that were not there, the staging
+    folder and the lock left behind)."""
+    def failing(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StagedFolder, "commit", failing)
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        try:
+            segment_video(seg, *clips[ONE], tmp_path / "out")
+        except OutputError as e:
+            assert "No space left" in str(e)
+        except KeyboardInterrupt:
+            pytest.fail("the failure was reported as an interrupt")
+        else:
+            pytest.fail("the failure was lost")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -193,6 +215,14 @@ def test_a_users_file_of_an_output_name_is_refused_before_any_work(clips, tmp_pa
         with pytest.raises(OutputError, match="not a run log"):
             check_outputs(out)
         assert (out / "run.json").read_text() == text
+    (out / "run.json").write_text('{"frames": [{"frame": 0}, {"frame": 1}], '
+                                  '"summary": {"frames": 2}}')
+    check_outputs(out)  # ours: it wrote 00000.png and 00001.png
+    for name in ("000001.png", "0000000.png"):  # another numbering (ffmpeg's %06d)
+        (out / name).write_bytes(b"user")
+        with pytest.raises(OutputError, match=f"{name} that no earlier run"):
+            check_outputs(out)
+        (out / name).unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

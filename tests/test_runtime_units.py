@@ -254,3 +254,26 @@ def test_sigterm_re_raised_as_ctrl_c_by_a_library_still_exits_143():
             stop = as_received(e)
     assert interrupt_exit_code(stop) == 143
     assert interrupt_exit_code(as_received(KeyboardInterrupt())) == 130  # Ctrl-C stays Ctrl-C
+
+
+def test_a_block_that_fails_with_a_signal_held_keeps_its_error():
+    """deferred_signals holds Ctrl-C until the block is done; a block that raises keeps its own
+    error (the held Ctrl-C replaced it, so a failure read as an interrupt whose work was done),
+    and the handlers are back as they were."""
+    import os
+    import signal
+
+    from runtime.media.outputs import deferred_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError("disk full")
+    except OSError as e:
+        assert str(e) == "disk full"
+    except KeyboardInterrupt:
+        pytest.fail("the held Ctrl-C replaced the block's error")
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), deferred_signals():  # a clean block: then Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)

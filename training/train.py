@@ -35,6 +35,7 @@ from runtime.core.manifest import STRIDE
 from runtime.media.davis import list_sequences
 from runtime.media.outputs import (
     OutputLock,
+    as_received,
     deferred_signals,
     interrupt_exit_code,
     replacing,
@@ -594,12 +595,14 @@ class Trainer:
                                         pin_memory=self.device.type == "cuda")
                            if self.step < end else ())
             unvalidated = False  # the last step is due a validation that has not run
+            whole = True  # no step is half taken (one that raised is not saved)
             try:
                 while self.step < end:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     # A step is taken whole, and logged, or not at all: Ctrl-C/SIGTERM wait for
                     # its end, so that the interrupt can save it (below).
+                    whole = False
                     with deferred_signals():
                         stats = self.train_step(batch)
                         stats.update(step=self.step, sec=time.perf_counter() - t0)
@@ -609,6 +612,7 @@ class Trainer:
                             end = self.step  # out of time: finish as at the last step
                         unvalidated = bool(self.cfg.val_every and self.val_videos and (
                             self.step % self.cfg.val_every == 0 or self.step == end))
+                        whole = True
                     if self.step % self.cfg.log_every == 0:
                         f.flush()
                     bar.update(1)
@@ -621,10 +625,12 @@ class Trainer:
                         self.save()
             except KeyboardInterrupt:
                 # Saved as at the last step, so that a resume loses none of them; unless that
-                # step's validation did not run, which a resume from the last checkpoint redoes.
-                if not unvalidated:
-                    f.flush()
-                    self.save()
+                # step was due a validation that did not run, which a resume from the last
+                # checkpoint redoes (with the steps since).
+                if whole and not unvalidated:
+                    with deferred_signals():  # a second Ctrl-C does not cut the save short
+                        f.flush()
+                        self.save()
                 raise
         return history
 
@@ -740,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
             # SIGTERM (how a scheduler or a closing session ends a background run, whose
             # SIGINT the shell ignores) stops a segment as Ctrl-C does
             with terminate_as_interrupt():
-                _train(args, cfg)
+                try:
+                    _train(args, cfg)
+                except KeyboardInterrupt as e:  # as the signal that came, for the exit status
+                    raise as_received(e) from None
         finally:
             lock.release()
     except (ConfigError, ValueError, FileNotFoundError, OutputError) as e:

@@ -418,23 +418,25 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 @contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block (a few renames) is done, then act on them."""
+    """Hold SIGINT/SIGTERM until the block (work that must be done whole: renames, a training
+    step) is done, then act on them. A block that raises keeps its own error: the held signal
+    is dropped then, as the error ends the work anyway and must not be hidden by it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[tuple[signal.Signals, FrameType | None]] = []
     sigs = (signal.SIGINT, signal.SIGTERM)
     old = {s: signal.getsignal(s) for s in sigs}
-    for s in sigs:
-        signal.signal(s, lambda signum, frame: pending.append((signal.Signals(signum), frame)))
     try:
+        for s in sigs:
+            signal.signal(s, lambda signum, frame: pending.append((signal.Signals(signum), frame)))
         yield
     finally:
         for s in sigs:
             signal.signal(s, old[s])
-        for signum, frame in pending[:1]:
-            handler = old[signum]
-            if callable(handler):
-                handler(signum, frame)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
+    for signum, frame in pending[:1]:
+        handler = old[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
