@@ -58,7 +58,7 @@ from runtime.core.manifest import Manifest
 from runtime.core.resize import resize_frame
 from runtime.media.given import GivenMask, as_given, check_given, read_given_masks
 from runtime.media.masks import labels_array, object_ids, read_mask
-from runtime.media.outputs import StagedFile, StagedFolder, deferred_signals
+from runtime.media.outputs import StagedFile, StagedFolder, run_whole
 from runtime.media.palette import OverlayWriter, check_overlay_name, save_palette_png
 from runtime.media.sources import FolderSource, FrameSource, open_source, with_last
 from runtime.segmenter import FrameRecord, RunTotals, Segmenter
@@ -88,11 +88,12 @@ def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> 
     `segment_video` does first, for callers that want to know before loading the graphs."""
     if overlay is not None:
         check_overlay_name(overlay)
-    targets: list[StagedFolder | StagedFile] = [_staged_folder(Path(output_dir))]
+    folder, earlier = _staged_folder(Path(output_dir))
+    targets: list[StagedFolder | StagedFile] = [folder]
     try:
         if overlay is not None:
             targets.append(StagedFile(overlay))
-            check_overlay_owned(Path(output_dir), overlay, _earlier_log(Path(output_dir)))
+            check_overlay_owned(Path(output_dir), overlay, earlier)
     finally:
         for t in targets:
             t.abort()
@@ -160,10 +161,9 @@ def segment_video(
                             f"before (frames {beyond[:4]})")
         warnings.warn(f"masks given for frames {beyond[:4]} are not used: max_frames="
                       f"{max_frames} stops before them", stacklevel=2)
-    folder = _staged_folder(Path(output_dir))
+    folder, earlier = _staged_folder(Path(output_dir))
     video: StagedFile | None = None
     try:
-        earlier = _earlier_log(Path(output_dir))  # OUT is locked: no other run changes it
         if overlay is not None:
             video = StagedFile(overlay)
             check_overlay_owned(Path(output_dir), overlay, earlier)  # with the overlay locked
@@ -179,19 +179,15 @@ def segment_video(
                    "given_frames": sorted(given),
                    "overlay": overlay_log,
                    **dict(extra or {}), **log}
-            committed = False
-            try:
-                with deferred_signals():
-                    with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
-                        f.writelines(dump_run_log(log, frames.lines()))
-                    if video is not None:
-                        video.commit()
-                    folder.commit()
-                    committed = True
-            except KeyboardInterrupt as e:
-                if not committed:  # came before the block held signals: nothing is in place
-                    raise
-                interrupted = interrupted or e  # held until all was in place: it is kept
+            def commit() -> None:
+                with (folder.path / RUN_LOG).open("w", encoding="utf-8") as f:
+                    f.writelines(dump_run_log(log, frames.lines()))
+                if video is not None:
+                    video.commit()
+                folder.commit()
+
+            held = run_whole(commit)  # a signal held until all was in place: the run is kept
+            interrupted = interrupted or held
     except BaseException as e:
         folder.abort()
         if video is not None:
@@ -231,9 +227,19 @@ def _given(source: FrameSource, mask: str | Path | np.ndarray | None,
     return given
 
 
-def _staged_folder(output_dir: Path) -> StagedFolder:
-    return StagedFolder(output_dir, index=RUN_LOG, owned=lambda: _owned(output_dir),
-                        reserved=lambda name: bool(_FRAME_PNG.fullmatch(name)))
+def _staged_folder(output_dir: Path) -> tuple[StagedFolder, dict[str, Any] | None]:
+    """OUT staged (and locked), with the run.json an earlier run left there (`_earlier_log`),
+    read once under the lock for both the files that run owns and its overlay."""
+    earlier: dict[str, Any] | None = None
+
+    def owned() -> set[str]:
+        nonlocal earlier
+        earlier = _earlier_log(output_dir)
+        return _owned(output_dir, earlier)
+
+    folder = StagedFolder(output_dir, index=RUN_LOG, owned=owned,
+                          reserved=lambda name: bool(_FRAME_PNG.fullmatch(name)))
+    return folder, earlier
 
 
 def _earlier_log(output_dir: Path) -> dict[str, Any] | None:
@@ -260,11 +266,10 @@ def _earlier_log(output_dir: Path) -> dict[str, Any] | None:
                           "overwrite it; choose another output folder") from None
 
 
-def _owned(output_dir: Path) -> set[str]:
-    """The files an earlier run wrote into `output_dir`, from its run.json: the frames it
-    counts (0 ..) and those it lists (a live run lists its last ones), among the files there,
-    so that the set is never larger than the folder."""
-    earlier = _earlier_log(output_dir)
+def _owned(output_dir: Path, earlier: dict[str, Any] | None) -> set[str]:
+    """The files an earlier run wrote into `output_dir`, from its run.json `earlier`
+    (`_earlier_log`): the frames it counts (0 ..) and those it lists (a live run lists its last
+    ones), among the files there, so that the set is never larger than the folder."""
     if earlier is None:
         return set()
     count, beyond = earlier["summary"]["frames"], earlier["listed_beyond"]
@@ -640,15 +645,9 @@ class _Run:
             raise
         finally:
             bar.close()
-        finished = False
-        try:
-            with deferred_signals():  # the writer drains whole, then the signal comes
-                self.writer.finish()
-                finished = True
-        except KeyboardInterrupt as e:
-            if not finished:  # came before the block held signals
-                raise
-            interrupted = interrupted or e  # after the last frame: the frames are all kept
+        # the writer drains whole; a signal meanwhile ends the run with all its frames kept
+        held = run_whole(self.writer.finish)
+        interrupted = interrupted or held
         if not self.writer.written:
             if interrupted is not None:
                 raise interrupted

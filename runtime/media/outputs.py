@@ -440,3 +440,19 @@ def deferred_signals() -> Iterator[None]:
             handler(signum, frame)
         elif handler == signal.SIG_DFL:
             signal.raise_signal(signum)
+
+
+def run_whole(block: Callable[[], None]) -> KeyboardInterrupt | None:
+    """Run `block` with SIGINT/SIGTERM held (`deferred_signals`) and return the interrupt that
+    came meanwhile instead of raising it: the work is done, and the caller ends as interrupted
+    with it kept. One that came before the signals were held is raised (nothing was done)."""
+    done = False
+    try:
+        with deferred_signals():
+            block()
+            done = True
+    except KeyboardInterrupt as e:
+        if not done:
+            raise
+        return e
+    return None
