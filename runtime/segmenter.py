@@ -238,10 +238,12 @@ class Segmenter:
             self._ended = True
         else:
             # `image` is still in the backend's buffer from the encoder feed.
+            candidate = self.policy.is_candidate(self.frame_index)
+            be.next_qam_lasts(candidate)  # else it fills only the temporary slot
             be.run("qam", {"masks": probs})
             lap("qam")
             score = math.nan  # never used for a frame that is not a candidate
-            if self.policy.is_candidate(self.frame_index):
+            if candidate:
                 quality = be.run("quality", fetch=("quality",))["quality"][:k]
                 confidence = mask_confidence(prob, k)
                 scores = object_scores(quality, confidence, self.config.quality_score)

@@ -141,6 +141,52 @@ def test_openvino_matches_ort_cpu(engine):
     assert np.mean(ious) >= 0.99
 
 
+def test_openvino_bf16_computes_what_stays_in_memory_in_fp32(engine):
+    """What enters the long-term memory is read by every later frame, so `openvino-bf16` runs
+    the value encoder (`qam`) in FP32 for the annotated frame and for candidates: their keys and
+    values equal ORT FP32's to float rounding, where bf16 is about 2 % off. A frame that only
+    fills the temporary slot (read by one frame) is encoded in bf16, as the other graphs run."""
+    from runtime.backends import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16: OpenVINO runs every graph in FP32")
+    paths, mask_path = rs.davis_clip(TWO, 8)
+    frames, mask = [read_frame(p) for p in paths], read_mask(mask_path)
+    _, graphs = engine
+    exact = Segmenter(graphs, "ort-cpu", POLICY)
+    exact.start(frames[0], mask)
+    seg = Segmenter(graphs, "openvino-bf16", RuntimeConfig(mem_every=3, threads=1))
+    seg.start(frames[0], mask)
+    be = seg.backend
+    assert be.describe()["fp32_lasting_qam"] is True
+
+    def off(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    for fp32, mixed in zip(exact.backend.bank.read(0), be.bank.read(0)):  # the annotated frame
+        assert off(mixed, fp32) <= 1e-4
+    outputs = [t.name for t in seg.manifest.graphs["qam"].outputs]
+    place = seg._placement(frames[0])
+    feeds = {"image": place.image(frames[0])[None],
+             "masks": place.masks(mask, seg.object_ids, seg.manifest.max_objects)}
+    want = exact.backend.run("qam", feeds, outputs)
+    lasting = be.run("qam", feeds, outputs)
+    be.next_qam_lasts(False)
+    passing = be.run("qam", feeds, outputs)
+    again = be.run("qam", feeds, outputs)  # the hint is for one run only
+    for name in outputs:
+        assert off(lasting[name], want[name]) <= 1e-4 and off(again[name], want[name]) <= 1e-4
+        assert off(passing[name], want[name]) >= 1e-3
+
+    hints = []
+    be.next_qam_lasts = hints.append  # the segmenter says which propagated frames may stay
+    records = []
+    for _ in seg.segment(frames, mask, finite=True):
+        records.append(seg.last_record)
+    candidates = [r.decision["candidate"] for r in records[1:-1]]
+    assert hints == candidates and True in hints and False in hints
+
+
 def test_fewer_objects_than_graphs_and_stream_api(engine):
     """One object in 2-object graphs: padded object stays empty; `segment` as a generator."""
     paths, mask_path = rs.davis_clip(ONE, 3)

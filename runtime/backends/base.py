@@ -107,6 +107,12 @@ class Backend(ABC):
         """Run `graph`. feeds: host arrays for some of its inputs (copied in); returns host
         arrays for the `fetch` names (owned by the caller). Synchronous."""
 
+    def next_qam_lasts(self, lasting: bool) -> None:
+        """Whether the next `qam` run's keys and values may stay in the memory bank for many
+        frames (the default: the annotated frame, a candidate for the long-term memory) or for
+        one frame only (the temporary slot). A backend with a faster, less exact mode may use it
+        for the latter; the rest ignore this."""
+
     def describe(self) -> dict[str, Any]:
         """What run.json records about the backend."""
         return {"name": self.name}
