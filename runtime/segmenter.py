@@ -44,7 +44,7 @@ from runtime.core.config import RuntimeConfig
 from runtime.core.errors import InputError, MaskError
 from runtime.core.geometry import DEFAULT_FIT, Placement, export_size
 from runtime.core.locality import apply_locality
-from runtime.core.manifest import Manifest
+from runtime.core.manifest import STRIDE, Manifest
 from runtime.core.memory_policy import Decision, MemoryPolicy
 from runtime.core.quality import frame_score, mask_confidence, object_scores
 from runtime.media.masks import fit_mask, object_ids
@@ -52,6 +52,10 @@ from runtime.media.sources import with_last
 
 STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "quality", "bank",
           "post")
+# Memory-read cells under which a given object is usually lost to its neighbours: schoolgirls'
+# backpacks, 1.5-2.5 cells at 240x432, are lost from the first propagated frame; at 480x864,
+# 6-10 cells, partly kept (docs/training-log.md, "Identity training, third stage").
+SMALL_OBJECT_CELLS = 4.0
 
 
 FrameKind = Literal["first", "given", "propagated", "empty"]
@@ -175,10 +179,7 @@ class Segmenter:
         self._warn_aspect(place, (h0, w0))
         image = place.image(frame)[None] if image is None else image
         probs = place.masks(labels, ids, m.max_objects)
-        for i, obj in enumerate(ids):
-            if not probs[i].any():
-                warnings.warn(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
-                              "resolution: it cannot be tracked", stacklevel=2)
+        self._warn_small(probs, ids)
         self.object_ids = ids
         self._object_valid[:] = 0.0
         self._object_valid[: len(ids)] = 1.0
@@ -259,6 +260,24 @@ class Segmenter:
         self._record(decision, quality, score, lap, confidence)
         return labels
 
+    def _warn_small(self, probs: np.ndarray, ids: Iterable[int]) -> None:
+        """Warn about given objects too small for the memory read, which matches 16x16-pixel
+        cells of the graphs' input: below SMALL_OBJECT_CELLS an object shares every cell with
+        its neighbours and is usually taken by them from the next frame on."""
+        m = self.manifest
+        for plane, obj in zip(probs, ids):
+            cells = float(plane.sum()) / (STRIDE * STRIDE)
+            if cells == 0.0:
+                warnings.warn(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
+                              "resolution: it cannot be tracked", stacklevel=3)
+            elif cells < SMALL_OBJECT_CELLS:
+                k = math.ceil(math.sqrt(SMALL_OBJECT_CELLS / cells))
+                warnings.warn(f"object {obj} covers {cells:.1f} of the {STRIDE}x{STRIDE}-pixel "
+                              f"cells the memory is read at ({m.height}x{m.width} graphs): objects "
+                              f"under {SMALL_OBJECT_CELLS:g} are usually lost to their "
+                              f"neighbours; it covers {cells * k * k:.0f} in graphs exported with "
+                              f"to_onnx.py --size {k * m.height} {k * m.width}", stacklevel=3)
+
     def _next_index(self, index: int | None, what: str) -> int:
         if self.frame_index < 0:
             raise RuntimeError(f"Segmenter.{what}() before start()")
@@ -322,6 +341,7 @@ class Segmenter:
         ids = self.object_ids + new
         n = self.manifest.max_objects
         probs = place.masks(labels, ids, n)
+        self._warn_small(probs[len(self.object_ids):], new)
         if prob is not None:
             free = np.clip(1.0 - probs.sum(0), 0.0, 1.0)  # what the given objects leave
             for i in kept:

@@ -6,6 +6,7 @@ label maps, identical memory decisions, and identical bank contents slot by slot
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,27 @@ def test_one_onnx_runtime_session_configuration(engine):
         assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
         assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert so.log_severity_level == 3
+
+
+def test_an_object_too_small_for_the_memory_read_is_named_with_a_size_that_fits_it(engine):
+    """The memory is read at 16x16-pixel cells: a given object under 4 of them gets one warning
+    line with its cell count and the export size that gives it 4 or more; big objects none."""
+    paths, mask_path = rs.davis_clip(ONE, 2)
+    frame, mask = read_frame(paths[0]), read_mask(mask_path)
+    h, w = mask.shape
+    small = (np.arange(h)[:, None] < h * 20 // rs.SIZE[0]) & (np.arange(w) < w * 20 // rs.SIZE[1])
+    mask = np.where(small & (mask == 0), 2, mask)  # 20x20 pixels at the graphs' 128x224: 1.6 cells
+    _, graphs = engine
+    seg = Segmenter(graphs, "ort-cpu", POLICY)
+    with pytest.warns(UserWarning) as caught:
+        seg.start(frame, mask)
+    lines = [str(c.message) for c in caught]
+    assert len(lines) == 1 and lines[0].startswith("object 2 covers 1.")
+    assert "(128x224 graphs)" in lines[0] and lines[0].endswith("--size 256 448")
+    big = np.where(mask == 2, 0, mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg.start(frame, big)
+    with pytest.warns(UserWarning, match=r"^object 2 covers 1\.\d of") as caught:
+        seg.reference(read_frame(paths[1]), np.where(small, 2, 0), objects=[2])  # given later
+    assert len(caught) == 1
