@@ -235,7 +235,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
             await run_in_threadpool(session.put_mask, index, path, Path(name).name)
         finally:
             path.unlink(missing_ok=True)
-        return _state(session)
+        return _state(session, _size_notes(state, session, index, None))
 
     @app.post("/api/s/{sid}/box")
     def box(sid: str, body: Box) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         region = annotate.grabcut_box(rgb, body.box)
         session.edit(body.frame, lambda lab: annotate.set_object(lab, body.object, region),
                      {body.object})
-        return _state(session)
+        return _state(session, _size_notes(state, session, body.frame, body.object))
 
     @app.post("/api/s/{sid}/stroke")
     def stroke(sid: str, body: Stroke) -> dict[str, Any]:
@@ -254,10 +254,10 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         region = annotate.stroke((video.height, video.width), body.points, body.radius)
         if body.erase:
             session.edit(body.frame, lambda lab: annotate.erase(lab, region), set())
-        else:
-            session.edit(body.frame, lambda lab: annotate.paint(lab, body.object, region),
-                         {body.object})
-        return _state(session)
+            return _state(session)
+        session.edit(body.frame, lambda lab: annotate.paint(lab, body.object, region),
+                     {body.object})
+        return _state(session, _size_notes(state, session, body.frame, body.object))
 
     @app.websocket("/api/s/{sid}/propagate")
     async def propagate_ws(ws: WebSocket, sid: str) -> None:
@@ -301,8 +301,9 @@ def _fresh(session: Session, prefix: str, suffix: str) -> Path:
     return Path(name)
 
 
-def _state(session: Session) -> dict[str, Any]:
-    """What the page shows of a session: its video, the frames with masks, the objects."""
+def _state(session: Session, notes: list[str] | None = None) -> dict[str, Any]:
+    """What the page shows of a session: its video, the frames with masks, the objects, and
+    after an edit what the model will make of it (`notes`)."""
     video = session.video
     if video is None:
         return {"video": None}
@@ -312,7 +313,16 @@ def _state(session: Session) -> dict[str, Any]:
                       "frames": video.length, "width": video.width,
                       "height": video.height, "fps": video.fps},
             "given": sorted(session.given), "done": session.labels.indices(),
-            "objects": session.objects(), "running": session.stop is not None}
+            "objects": session.objects(), "running": session.stop is not None,
+            "notes": notes or []}
+
+
+def _size_notes(state: AppState, session: Session, index: int, obj: int | None) -> list[str]:
+    """The objects of frame `index` (or only `obj`) too small for the graphs' memory read."""
+    video = session.require_video()
+    labels = session.frame_labels(index)
+    objects = None if obj is None else [obj] if (labels == obj).any() else []
+    return state.segmenter.size_notes((video.height, video.width), labels, objects)
 
 
 def _display_png(labels: np.ndarray) -> bytes:

@@ -58,6 +58,27 @@ STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "qualit
 SMALL_OBJECT_CELLS = 4.0
 
 
+def _size_notes(probs: np.ndarray, ids: Iterable[int], m: Manifest) -> list[str]:
+    """A line for each object too small for the memory read, which matches 16x16-pixel cells
+    of the graphs' input: below SMALL_OBJECT_CELLS an object shares every cell with its
+    neighbours and is usually taken by them from the next frame on. probs: (>= len(ids), h, w)
+    at the graphs' size."""
+    notes = []
+    for plane, obj in zip(probs, ids):
+        cells = float(plane.sum()) / (STRIDE * STRIDE)
+        if cells == 0.0:
+            notes.append(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
+                         "resolution: it cannot be tracked")
+        elif cells < SMALL_OBJECT_CELLS:
+            k = math.ceil(math.sqrt(SMALL_OBJECT_CELLS / cells))
+            notes.append(f"object {obj} covers {cells:.1f} of the {STRIDE}x{STRIDE}-pixel cells "
+                         f"the memory is read at ({m.height}x{m.width} graphs): objects under "
+                         f"{SMALL_OBJECT_CELLS:g} are usually lost to their neighbours; it covers "
+                         f"{cells * k * k:.0f} in graphs exported with to_onnx.py --size "
+                         f"{k * m.height} {k * m.width}")
+    return notes
+
+
 FrameKind = Literal["first", "given", "propagated", "empty"]
 
 
@@ -260,23 +281,19 @@ class Segmenter:
         self._record(decision, quality, score, lap, confidence)
         return labels
 
+    def size_notes(self, frame_shape: tuple[int, int], labels: np.ndarray,
+                   objects: Iterable[int] | None = None) -> list[str]:
+        """One line per object of `labels` (H, W ids at the frame's size; default all of them,
+        else those of `objects`) too small for the memory read at the graphs' size: what
+        `start` and `reference` warn about, for a caller that shows it before (the app)."""
+        ids = object_ids(labels) if objects is None else tuple(objects)
+        place = Placement.of(frame_shape, (self.manifest.height, self.manifest.width),
+                             self.config.fit or DEFAULT_FIT)
+        return _size_notes(place.masks(labels, ids, len(ids)), ids, self.manifest)
+
     def _warn_small(self, probs: np.ndarray, ids: Iterable[int]) -> None:
-        """Warn about given objects too small for the memory read, which matches 16x16-pixel
-        cells of the graphs' input: below SMALL_OBJECT_CELLS an object shares every cell with
-        its neighbours and is usually taken by them from the next frame on."""
-        m = self.manifest
-        for plane, obj in zip(probs, ids):
-            cells = float(plane.sum()) / (STRIDE * STRIDE)
-            if cells == 0.0:
-                warnings.warn(f"object {obj} covers no pixel at the graphs' {m.height}x{m.width} "
-                              "resolution: it cannot be tracked", stacklevel=3)
-            elif cells < SMALL_OBJECT_CELLS:
-                k = math.ceil(math.sqrt(SMALL_OBJECT_CELLS / cells))
-                warnings.warn(f"object {obj} covers {cells:.1f} of the {STRIDE}x{STRIDE}-pixel "
-                              f"cells the memory is read at ({m.height}x{m.width} graphs): objects "
-                              f"under {SMALL_OBJECT_CELLS:g} are usually lost to their "
-                              f"neighbours; it covers {cells * k * k:.0f} in graphs exported with "
-                              f"to_onnx.py --size {k * m.height} {k * m.width}", stacklevel=3)
+        for note in _size_notes(probs, ids, self.manifest):
+            warnings.warn(note, stacklevel=3)
 
     def _next_index(self, index: int | None, what: str) -> int:
         if self.frame_index < 0:

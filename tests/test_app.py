@@ -207,6 +207,35 @@ def test_bad_uploads_get_their_message(segmenter, clip, tmp_path):
     assert client.get(f"/api/s/{sid}/frame/{FRAMES - 1}.jpg").status_code == 200
 
 
+def test_an_object_too_small_for_the_model_is_named_when_it_is_marked(client, clip):
+    """The page learns at once (the edit's reply) that an object it marked covers under 4 of the
+    memory read's 16x16-pixel cells, with the export size that fits it; a big one, nothing."""
+    _, truth = clip
+    sid = new_session(client)
+    client.post(f"/api/s/{sid}/open", json={"path": "clip"})
+    st = client.post(f"/api/s/{sid}/box",
+                     json={"frame": 0, "object": 1, "box": box_of(truth[0])}).json()
+    assert st["notes"] == []  # the clip's object: tens of cells
+    # a dot of radius 6 at the frame's 427x240 (graphs 240x432): 113 pixels, 0.4 cells
+    st = client.post(f"/api/s/{sid}/stroke", json={"frame": 0, "object": 2, "radius": 6,
+                                                   "points": [[10, 10]]}).json()
+    assert st["objects"] == [1, 2] and len(st["notes"]) == 1
+    note = st["notes"][0]
+    assert note.startswith("object 2 covers 0.4 of the 16x16-pixel cells the memory is read at "
+                           "(240x432 graphs)") and note.endswith("--size 960 1728"), note
+    st = client.post(f"/api/s/{sid}/stroke", json={"frame": 0, "object": 2, "radius": 6,
+                                                   "points": [[10, 10]], "erase": True}).json()
+    assert st["notes"] == []
+    labels = truth[3].copy()
+    labels[:12, :12] = 2
+    buf = io.BytesIO()
+    im = Image.fromarray(labels)
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] * 85 + [0])
+    im.save(buf, "PNG")
+    st = client.put(f"/api/s/{sid}/mask/3?name=m.png", content=buf.getvalue()).json()
+    assert [n.split(" covers ")[0] for n in st["notes"]] == ["object 2"]
+
+
 def test_masks_of_another_size_or_not_masks_are_refused(client, clip):
     _, truth = clip
     sid = new_session(client)

@@ -131,6 +131,7 @@ def test_mark_propagate_correct_export_in_chromium(server, browser):
     x0, y0, x1, y1 = box_of(truth[0])
     drag([(x0, y0), ((x0 + x1) / 2, (y0 + y1) / 2), (x1, y1)])
     wait.until(lambda d: given() == [0])
+    assert message() == "frame 0 marked. Propagate, or mark more."
     d.find_element(By.ID, "propagate").click()
     state_is("done")
     assert d.find_element(By.ID, "progress").get_attribute("value") == str(FRAMES)
@@ -185,3 +186,10 @@ def test_mark_propagate_correct_export_in_chromium(server, browser):
     if REAL_FRAMES and os.environ.get("QDMN_UPDATE_SCREENSHOT"):
         # 256 colours, dithered: a third of the plain PNG's size for the repository
         shot.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(SCREENSHOT, optimize=True)
+
+    # a second object marked with one small dot: the message says the model cannot keep it
+    d.find_element(By.ID, "add-object").click()
+    drag([(12.0, 12.0)])
+    wait.until(lambda d: "object 2 covers" in message())
+    assert message().startswith("frame 6 marked. object 2 covers 0.")
+    assert message().endswith("--size 960 1728") or message().endswith("--size 720 1296")

@@ -50,3 +50,41 @@ def test_mask_channels_start_silent():
     with torch.no_grad():
         for a, b in zip(rgb.eval()(image), rgbm.eval()(torch.cat([image, masks], 1))):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # conv summation order
+
+
+def test_a_lite0_model_deepened_to_lite1_computes_the_same_and_can_learn(tmp_path):
+    """scripts/deepen_lite.py: the trained blocks keep their places and each new Lite1 block
+    starts adding nothing, so the deepened model's keys, values and scores equal the Lite0
+    model's; the new blocks hold ImageNet weights (not zeros) so training can use them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runtime_support import make_checkpoint
+
+    from training.checkpoint import load_model
+
+    pytest.importorskip(LITE_VARIANTS["efficientnet_lite1"].package)
+    small = make_checkpoint(tmp_path / "lite0.pth")
+    deep = tmp_path / "lite1.pth"
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "deepen_lite.py")
+    r = subprocess.run([sys.executable, script, str(small), str(deep)],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, _ = load_model(small)
+    b, meta = load_model(deep)
+    assert (a.cfg.backbone, b.cfg.backbone) == ("efficientnet_lite0", "efficientnet_lite1")
+    assert meta["config"]["model"]["backbone"] == "efficientnet_lite1"
+    torch.manual_seed(1)
+    image, masks = torch.randn(1, 3, 64, 96), (torch.rand(1, 2, 64, 96) > 0.5).float()
+    with torch.no_grad():
+        for x, y in zip(a.encode_query(image, masks), b.encode_query(image, masks)):
+            assert torch.equal(x, y)
+        for x, y in zip(a.encode_memory(image, masks), b.encode_memory(image, masks)):
+            assert torch.equal(x, y)
+    new = [blk for blk in b.rgb_encoder._blocks if not blk._bn2.weight.any()]
+    assert len(new) == 4 and all(blk._expand_conv.weight.abs().sum() > 0 for blk in new)
+    r = subprocess.run([sys.executable, script, str(deep), str(tmp_path / "x")],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        f"error: {deep} is efficientnet_lite1, not efficientnet_lite0"]

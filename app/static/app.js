@@ -255,14 +255,15 @@ async function pointerUp(ev) {
       });
     }
     applyState(st);
-    say(`frame ${frame} marked. Propagate, or mark more.`);
+    say(`frame ${frame} marked. ` + (st.notes.length ? st.notes.join(". ") : "Propagate, or mark more."));
   } catch (e) { say(e.message, true); redraw(); }
 }
 
 async function maskFile(file) {
   try {
-    applyState(await api("PUT", sessionPath(`mask/${S.frame}?name=${encodeURIComponent(file.name)}`), file, true));
-    say(`frame ${S.frame}: mask ${file.name} loaded`);
+    const st = await api("PUT", sessionPath(`mask/${S.frame}?name=${encodeURIComponent(file.name)}`), file, true);
+    applyState(st);
+    say(`frame ${S.frame}: mask ${file.name} loaded. ` + st.notes.join(". "));
   } catch (e) { say(e.message, true); }
 }
 
