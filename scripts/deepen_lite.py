@@ -1,10 +1,12 @@
 """Grow a trained EfficientNet-Lite0 QDMN into Lite1 that computes exactly the same function.
 
 Lite1 has Lite0's widths and one more block at the end of stages 2-5, each a stride-1 residual
-block. The trained blocks keep their places; each new block takes Lite1's ImageNet weights with
-its last BatchNorm's scale and shift at zero, so it adds nothing until training moves it
-(Net2Net's deepening: training starts from the trained model, not from ImageNet). Everything
-outside the two trunks has the same shapes and is copied.
+block. The trained blocks keep their places; each new block takes Lite1's ImageNet weights but
+its last convolution, which starts at zero, with its BatchNorm's mean and shift at zero, so the
+block adds nothing until training moves that convolution (Net2Net's deepening: training starts
+from the trained model, not from ImageNet). Training keeps BatchNorm fixed
+(`training.model.freeze_batchnorm`), so zeroing its scale instead would leave the block dead.
+Everything outside the two trunks has the same shapes and is copied.
 
     python scripts/deepen_lite.py models/qdmn-light.pth lite1-init.pth
     python training/train.py --config configs/lite1-deepened.yaml --init lite1-init.pth
@@ -53,7 +55,7 @@ def deepen(state: dict[str, torch.Tensor], deep_model: QDMN, small: str,
         src = mapping[int(index)]
         if src is not None:
             out[name] = state[f"{name.split('._blocks.')[0]}._blocks.{src}.{leaf}"]
-        elif leaf in ("_bn2.weight", "_bn2.bias"):
+        elif leaf in ("_project_conv.weight", "_bn2.running_mean", "_bn2.bias"):
             out[name] = torch.zeros_like(target)  # the residual branch adds nothing at first
         else:
             out[name] = imagenet[f"_blocks.{index}.{leaf}"].to(target.dtype)

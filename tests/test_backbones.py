@@ -55,7 +55,7 @@ def test_mask_channels_start_silent():
 def test_a_lite0_model_deepened_to_lite1_computes_the_same_and_can_learn(tmp_path):
     """scripts/deepen_lite.py: the trained blocks keep their places and each new Lite1 block
     starts adding nothing, so the deepened model's keys, values and scores equal the Lite0
-    model's; the new blocks hold ImageNet weights (not zeros) so training can use them."""
+    model's; and training (BatchNorm frozen, as train.py runs) moves the new blocks."""
     import subprocess
     import sys
     from pathlib import Path
@@ -63,6 +63,7 @@ def test_a_lite0_model_deepened_to_lite1_computes_the_same_and_can_learn(tmp_pat
     from runtime_support import make_checkpoint
 
     from training.checkpoint import load_model
+    from training.model import freeze_batchnorm
 
     pytest.importorskip(LITE_VARIANTS["efficientnet_lite1"].package)
     small = make_checkpoint(tmp_path / "lite0.pth")
@@ -82,8 +83,11 @@ def test_a_lite0_model_deepened_to_lite1_computes_the_same_and_can_learn(tmp_pat
             assert torch.equal(x, y)
         for x, y in zip(a.encode_memory(image, masks), b.encode_memory(image, masks)):
             assert torch.equal(x, y)
-    new = [blk for blk in b.rgb_encoder._blocks if not blk._bn2.weight.any()]
+    new = [blk for blk in b.rgb_encoder._blocks if not blk._project_conv.weight.any()]
     assert len(new) == 4 and all(blk._expand_conv.weight.abs().sum() > 0 for blk in new)
+    freeze_batchnorm(b.train())
+    b.encode_query(image, masks)[0].square().mean().backward()
+    assert all(blk._project_conv.weight.grad.abs().sum() > 0 for blk in new)
     r = subprocess.run([sys.executable, script, str(deep), str(tmp_path / "x")],
                        check=False, capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [
