@@ -235,7 +235,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
             await run_in_threadpool(session.put_mask, index, path, Path(name).name)
         finally:
             path.unlink(missing_ok=True)
-        return _state(session, _size_notes(state, session, index, None))
+        return _state(session, await run_in_threadpool(_size_notes, state, session, index))
 
     @app.post("/api/s/{sid}/box")
     def box(sid: str, body: Box) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         region = annotate.grabcut_box(rgb, body.box)
         session.edit(body.frame, lambda lab: annotate.set_object(lab, body.object, region),
                      {body.object})
-        return _state(session, _size_notes(state, session, body.frame, body.object))
+        return _state(session, _size_notes(state, session, body.frame))
 
     @app.post("/api/s/{sid}/stroke")
     def stroke(sid: str, body: Stroke) -> dict[str, Any]:
@@ -254,10 +254,10 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         region = annotate.stroke((video.height, video.width), body.points, body.radius)
         if body.erase:
             session.edit(body.frame, lambda lab: annotate.erase(lab, region), set())
-            return _state(session)
-        session.edit(body.frame, lambda lab: annotate.paint(lab, body.object, region),
-                     {body.object})
-        return _state(session, _size_notes(state, session, body.frame, body.object))
+        else:
+            session.edit(body.frame, lambda lab: annotate.paint(lab, body.object, region),
+                         {body.object})
+        return _state(session, _size_notes(state, session, body.frame))
 
     @app.websocket("/api/s/{sid}/propagate")
     async def propagate_ws(ws: WebSocket, sid: str) -> None:
@@ -317,12 +317,11 @@ def _state(session: Session, notes: list[str] | None = None) -> dict[str, Any]:
             "notes": notes or []}
 
 
-def _size_notes(state: AppState, session: Session, index: int, obj: int | None) -> list[str]:
-    """The objects of frame `index` (or only `obj`) too small for the graphs' memory read."""
+def _size_notes(state: AppState, session: Session, index: int) -> list[str]:
+    """The objects of frame `index` too small for the graphs' memory read (an edit may shrink
+    an object it did not mark)."""
     video = session.require_video()
-    labels = session.frame_labels(index)
-    objects = None if obj is None else [obj] if (labels == obj).any() else []
-    return state.segmenter.size_notes((video.height, video.width), labels, objects)
+    return state.segmenter.size_notes((video.height, video.width), session.frame_labels(index))
 
 
 def _display_png(labels: np.ndarray) -> bytes:

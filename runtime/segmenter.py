@@ -56,6 +56,7 @@ STAGES = ("pre", "encoder", "memory_read", "decoder", "locality", "qam", "qualit
 # backpacks, 1.5-2.5 cells at 240x432, are lost from the first propagated frame; at 480x864,
 # 6-10 cells, partly kept (docs/training-log.md, "Identity training, third stage").
 SMALL_OBJECT_CELLS = 4.0
+MAX_SCALE = 4  # the largest export (times the graphs' height and width) a note suggests
 
 
 def _size_notes(probs: np.ndarray, ids: Iterable[int], m: Manifest) -> list[str]:
@@ -71,11 +72,12 @@ def _size_notes(probs: np.ndarray, ids: Iterable[int], m: Manifest) -> list[str]
                          "resolution: it cannot be tracked")
         elif cells < SMALL_OBJECT_CELLS:
             k = math.ceil(math.sqrt(SMALL_OBJECT_CELLS / cells))
+            fix = (f"it covers {cells * k * k:.0f} in graphs exported with to_onnx.py --size "
+                   f"{k * m.height} {k * m.width}" if k <= MAX_SCALE else
+                   f"it would need graphs more than {MAX_SCALE} times larger: mark it larger")
             notes.append(f"object {obj} covers {cells:.1f} of the {STRIDE}x{STRIDE}-pixel cells "
                          f"the memory is read at ({m.height}x{m.width} graphs): objects under "
-                         f"{SMALL_OBJECT_CELLS:g} are usually lost to their neighbours; it covers "
-                         f"{cells * k * k:.0f} in graphs exported with to_onnx.py --size "
-                         f"{k * m.height} {k * m.width}")
+                         f"{SMALL_OBJECT_CELLS:g} are usually lost to their neighbours; {fix}")
     return notes
 
 
@@ -262,7 +264,10 @@ class Segmenter:
             # `image` is still in the backend's buffer from the encoder feed.
             candidate = self.policy.is_candidate(self.frame_index)
             be.next_qam_lasts(candidate)  # else it fills only the temporary slot
-            be.run("qam", {"masks": probs})
+            try:
+                be.run("qam", {"masks": probs})
+            finally:  # a run that failed before using the hint leaves none behind
+                be.next_qam_lasts(True)
             lap("qam")
             score = math.nan  # never used for a frame that is not a candidate
             if candidate:

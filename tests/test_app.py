@@ -226,6 +226,13 @@ def test_an_object_too_small_for_the_model_is_named_when_it_is_marked(client, cl
     st = client.post(f"/api/s/{sid}/stroke", json={"frame": 0, "object": 2, "radius": 6,
                                                    "points": [[10, 10]], "erase": True}).json()
     assert st["notes"] == []
+    # a blob of 5 cells is fine; the eraser taking most of it is named
+    st = client.post(f"/api/s/{sid}/stroke", json={"frame": 0, "object": 2, "radius": 21,
+                                                   "points": [[30, 30]]}).json()
+    assert st["notes"] == []
+    st = client.post(f"/api/s/{sid}/stroke", json={"frame": 0, "object": 2, "radius": 18,
+                                                   "points": [[30, 30]], "erase": True}).json()
+    assert [n.split(" covers ")[0] for n in st["notes"]] == ["object 2"]
     labels = truth[3].copy()
     labels[:12, :12] = 2
     buf = io.BytesIO()

@@ -185,7 +185,8 @@ def test_openvino_bf16_computes_what_stays_in_memory_in_fp32(engine):
     for _ in seg.segment(frames, mask, finite=True):
         records.append(seg.last_record)
     candidates = [r.decision["candidate"] for r in records[1:-1]]
-    assert hints == candidates and True in hints and False in hints
+    assert hints[::2] == candidates and True in candidates and False in candidates
+    assert all(hints[1::2]) and len(hints) == 2 * len(candidates)  # and the default after each
 
 
 def test_fewer_objects_than_graphs_and_stream_api(engine):
@@ -238,3 +239,7 @@ def test_an_object_too_small_for_the_memory_read_is_named_with_a_size_that_fits_
     with pytest.warns(UserWarning, match=r"^object 2 covers 1\.\d of") as caught:
         seg.reference(read_frame(paths[1]), np.where(small, 2, 0), objects=[2])  # given later
     assert len(caught) == 1
+    dot = np.zeros_like(mask)
+    dot[h // 2, w // 2] = 1  # a pixel or so at the graphs' size: no export size would do
+    (note,) = seg.size_notes(dot.shape, dot)
+    assert note.endswith("it would need graphs more than 4 times larger: mark it larger"), note

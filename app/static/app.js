@@ -263,7 +263,7 @@ async function maskFile(file) {
   try {
     const st = await api("PUT", sessionPath(`mask/${S.frame}?name=${encodeURIComponent(file.name)}`), file, true);
     applyState(st);
-    say(`frame ${S.frame}: mask ${file.name} loaded. ` + st.notes.join(". "));
+    say(`frame ${S.frame}: mask ${file.name} loaded` + (st.notes.length ? `. ${st.notes.join(". ")}` : ""));
   } catch (e) { say(e.message, true); }
 }
 

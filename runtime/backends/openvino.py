@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends import cpu_has_bf16
 from runtime.backends.base import HostBackend
 from runtime.backends.ort import import_ort, session_options
 from runtime.core.config import check_threads, default_threads
@@ -70,7 +71,7 @@ class OpenVinoBackend(HostBackend):
                                               f"the manifest says {(t.shape, t.dtype)}")
             self._requests[g] = compiled.create_infer_request()
             self._outputs[g] = [(t.name, ports[t.name]) for t in spec.outputs]
-            if g == "qam" and self.inference_precision == "bf16":
+            if g == "qam" and self.inference_precision == "bf16" and cpu_has_bf16():
                 self._lasting_qam = _compile(core, path, device, {
                     **props, "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
 
