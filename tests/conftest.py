@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -79,11 +80,13 @@ def script_env() -> dict[str, str]:
     return env
 
 
-def wait_for_file(proc: subprocess.Popen, folder: Path, pattern: str) -> None:
-    """Poll, for up to ~5 minutes, until `folder` holds a file matching `pattern` while `proc`
-    still runs (the moment a test signals it or starts a rival); fail if it exits first."""
+def wait_for_file(proc: subprocess.Popen, folder: Path, pattern: str,
+                  ready: Callable[[Path], bool] = Path.exists) -> None:
+    """Poll, for up to ~5 minutes, until `folder` holds a file matching `pattern` (and `ready`
+    says so of it) while `proc` still runs (the moment a test signals it or starts a rival);
+    fail if it exits first."""
     for _ in range(3000):
-        if list(folder.glob(pattern)):
+        if any(ready(p) for p in folder.glob(pattern)):
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.1)  # waits on the process, returns at once if it exited
@@ -92,13 +95,14 @@ def wait_for_file(proc: subprocess.Popen, folder: Path, pattern: str) -> None:
 
 
 def signal_when_written(script: str, args: list[str], folder: Path, pattern: str,
-                        signum: int) -> tuple[int, str]:
+                        signum: int, ready: Callable[[Path], bool] = Path.exists
+                        ) -> tuple[int, str]:
     """Run `python script args` (interruptible), send it `signum` once `folder` holds a file
-    matching `pattern`; its exit status and stderr."""
+    matching `pattern` (and `ready`); its exit status and stderr."""
     proc = subprocess.Popen(interruptible(script, *args), cwd=REPO, env=script_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_file(proc, folder, pattern)
+        wait_for_file(proc, folder, pattern, ready)
         return interrupt(proc, signum)
     finally:
         proc.kill()

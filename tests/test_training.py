@@ -337,14 +337,16 @@ def test_an_interrupt_ends_a_training_segment_with_one_line_and_loses_no_step(
     config.write_text(yaml.safe_dump({
         "data_root": str(davis_root), "split_file": "ImageSets/demo.txt", "image_size": list(SIZE),
         "crop_size": [96, 160], "batch_size": 1, "steps": 100_000, "ckpt_every": 100_000,
-        "pretrained_backbone": False, "threads": 1, "out_dir": str(out)}))
+        "pretrained_backbone": False, "threads": 1, "out_dir": str(out), "log_every": 1}))
+    # once a step is logged (the header is written before the first batch is drawn)
     got, err = signal_when_written("training/train.py", ["--config", str(config)], out,
-                                   "log.csv", signum)
+                                   "log.csv", signum,
+                                   ready=lambda p: len(p.read_text().splitlines()) >= 2)
     assert got == code, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         f"interrupted: continue from the run's last checkpoint with `--config {config} --resume`")
     with open(out / "log.csv") as f:
         logged = [int(row["step"]) for row in csv.DictReader(f)]
-    assert logged == list(range(1, len(logged) + 1))
+    assert logged and logged == list(range(1, len(logged) + 1))
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == len(logged)
