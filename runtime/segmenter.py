@@ -176,8 +176,11 @@ class Segmenter:
     def _placement(self, frame: np.ndarray) -> Placement:
         if frame.ndim != 3:
             raise InputError(f"frames must be (H, W, 3) uint8 RGB, got {frame.shape}")
+        return self._placement_of(frame.shape[:2])
+
+    def _placement_of(self, frame_shape: tuple[int, int]) -> Placement:
         m = self.manifest
-        return Placement.of(frame.shape[:2], (m.height, m.width), self.config.fit or DEFAULT_FIT)
+        return Placement.of(frame_shape, (m.height, m.width), self.config.fit or DEFAULT_FIT)
 
     def start(self, frame: np.ndarray, mask: np.ndarray, *,
               image: np.ndarray | None = None, index: int = 0) -> np.ndarray:
@@ -286,15 +289,13 @@ class Segmenter:
         self._record(decision, quality, score, lap, confidence)
         return labels
 
-    def size_notes(self, frame_shape: tuple[int, int], labels: np.ndarray,
-                   objects: Iterable[int] | None = None) -> list[str]:
-        """One line per object of `labels` (H, W ids at the frame's size; default all of them,
-        else those of `objects`) too small for the memory read at the graphs' size: what
-        `start` and `reference` warn about, for a caller that shows it before (the app)."""
-        ids = object_ids(labels) if objects is None else tuple(objects)
-        place = Placement.of(frame_shape, (self.manifest.height, self.manifest.width),
-                             self.config.fit or DEFAULT_FIT)
-        return _size_notes(place.masks(labels, ids, len(ids)), ids, self.manifest)
+    def size_notes(self, frame_shape: tuple[int, int], labels: np.ndarray) -> list[str]:
+        """One line per object of `labels` (H, W ids at the frame's size) too small for the
+        memory read at the graphs' size: what `start` and `reference` warn about, for a caller
+        that shows it before (the app)."""
+        ids = object_ids(labels)
+        masks = self._placement_of(frame_shape).masks(labels, ids, len(ids))
+        return _size_notes(masks, ids, self.manifest)
 
     def _warn_small(self, probs: np.ndarray, ids: Iterable[int]) -> None:
         for note in _size_notes(probs, ids, self.manifest):
