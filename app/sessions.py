@@ -88,8 +88,13 @@ class Session:
         return self.labels.labels(index)
 
     def objects(self) -> list[int]:
-        """Every id some given mask decides, in order."""
-        return sorted({o for g in self.given.values() for o in g.decided})
+        """Every id with pixels in some given mask, in order: an object erased wherever it was
+        marked is gone, as the runtime counts objects (a given mask may still decide it absent
+        on its frame, which costs nothing)."""
+        return sorted(self._present())
+
+    def _present(self, but: int | None = None) -> set[int]:
+        return {o for i, g in self.given.items() if i != but for o in object_ids(g.labels)}
 
     def edit(self, index: int, change: Callable[[np.ndarray], np.ndarray],
              touched: set[int]) -> None:
@@ -121,8 +126,8 @@ class Session:
         ids = [o for o in mask.decided if o > MAX_OBJECT_ID]
         if ids:
             raise MaskError(f"object ids {ids}: ids go from 1 to {MAX_OBJECT_ID}")
-        known = {o for i, g in self.given.items() if i != index for o in g.decided}
-        self.manifest.check_object_count(len(known | set(mask.decided)), "the video")
+        objects = self._present(but=index) | set(object_ids(mask.labels))
+        self.manifest.check_object_count(len(objects), "the video")
         assert self.labels is not None
         self.given[index] = mask
         self.labels[index] = mask.labels
@@ -146,7 +151,8 @@ class Session:
                 if shown is None:
                     raise MaskError(f"frame {start} has no masks yet: propagate from a marked "
                                     "frame before it first")
-                self._set_given(start, GivenMask(shown.copy(), tuple(self.objects())))
+                decided = set(self.objects()) | set(object_ids(shown))  # as the page shows it
+                self._set_given(start, GivenMask(shown.copy(), tuple(sorted(decided))))
             self.stop = stop
             return video, dict(self.given)
 

@@ -545,6 +545,29 @@ def test_an_object_erased_where_it_was_marked_and_marked_later_propagates(client
         assert not any(m.any() for m in masks[:3]) and all((m == 1).any() for m in masks[3:])
 
 
+def test_an_object_erased_wherever_it_was_marked_no_longer_counts(client, clip):
+    """Two-object graphs: objects 1 and 2 marked, 2 erased again, then a new object 3 is
+    accepted (before, the erased 2 still counted: "the video has 3 objects"), and the run
+    segments 1 and 3 only."""
+    _, truth = clip
+    sid = new_session(client)
+    client.post(f"/api/s/{sid}/open", json={"path": "clip"})
+    client.post(f"/api/s/{sid}/box", json={"frame": 0, "object": 1, "box": box_of(truth[0])})
+    dot = {"frame": 0, "object": 2, "radius": 6, "points": [[12, 12]]}
+    assert client.post(f"/api/s/{sid}/stroke", json=dot).json()["objects"] == [1, 2]
+    st = client.post(f"/api/s/{sid}/stroke", json={**dot, "radius": 10, "erase": True}).json()
+    assert st["objects"] == [1] and set(np.unique(mask_of(client, sid, 0))) == {0, 1}
+    r = client.post(f"/api/s/{sid}/stroke", json={**dot, "object": 3, "points": [[14, 200]]})
+    assert r.status_code == 200, r.text
+    assert r.json()["objects"] == [1, 3]
+    # a third object is still one too many for these graphs
+    assert "at most 2" in error(client.post(f"/api/s/{sid}/stroke",
+                                            json={**dot, "object": 4, "points": [[60, 12]]}))
+    assert propagate(client, sid, 0)[-1]["type"] == "done"
+    shown = {int(o) for i in range(FRAMES) for o in np.unique(mask_of(client, sid, i))}
+    assert shown <= {0, 1, 3} and 1 in shown
+
+
 def test_requests_from_another_site_are_refused(client):
     r = client.post("/api/sessions", headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "another site" in r.json()["error"]
