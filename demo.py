@@ -33,7 +33,7 @@ import numpy as np
 from evaluation.datasets import GET_DAVIS, PROJECT_ROOT, cache_dir, demo_root, download_davis2017
 from evaluation.metrics import evaluate_sequence, summarize
 from runtime import run as run_cli
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.manifest import Manifest, ManifestError, file_sha256
 from runtime.media.davis import DatasetError, DavisLayout, list_sequences, read_sequence
 from runtime.media.masks import MaskMode, read_labels
@@ -60,10 +60,10 @@ def ensure_engines(checkpoint: Path, engine_dir: Path) -> Manifest:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "demo",
+    ap.add_argument("--out", type=path_arg, default=REPO / "out" / "demo",
                     help="output folder (default: out/demo)")
     data = ap.add_mutually_exclusive_group()
-    data.add_argument("--data", type=Path, help="a DAVIS 480p root (2016 or 2017) holding "
+    data.add_argument("--data", type=path_arg, help="a DAVIS 480p root (2016 or 2017) holding "
                       "blackswan, cows and libby (default: ../shared/data/DAVIS2016 if present)")
     data.add_argument("--download", action="store_true",
                       help=f"download DAVIS 2017 480p (833 MB) into {cache_dir()} and use it")

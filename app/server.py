@@ -54,7 +54,7 @@ from app.paths import list_folder, under_root
 from app.propagation import run_propagation
 from app.sessions import DEFAULT_IDLE_S, Session, Sessions, UnknownSession
 from runtime.backends import create_backend
-from runtime.cli import fail, one_line, warnings_as_lines
+from runtime.cli import fail, one_line, path_arg, warnings_as_lines
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
 from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
@@ -424,15 +424,15 @@ async def _propagate(ws: WebSocket, state: AppState, sid: str) -> None:
 # ---------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="qdmn-app", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", required=True, type=Path,
+    p.add_argument("--root", required=True, type=path_arg,
                    help="the folder whose videos and frame folders the page may open")
-    p.add_argument("--engine-dir", type=Path, default=DEFAULT_ENGINES,
+    p.add_argument("--engine-dir", type=path_arg, default=DEFAULT_ENGINES,
                    help=f"the exported graphs (default: {DEFAULT_ENGINES})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    p.add_argument("--work-dir", type=Path,
+    p.add_argument("--work-dir", type=path_arg,
                    help="where sessions keep their files (default: a fresh temporary folder, "
                         "removed at exit)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_UPLOAD_MB,

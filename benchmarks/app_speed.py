@@ -33,7 +33,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.errors import QDMNRuntimeError
 from runtime.options import add_execution_options
 
@@ -74,14 +74,14 @@ def _ok(r: Any) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", type=Path, default=Path("engines/qdmn-light"))
-    p.add_argument("--input", type=Path, default=None,
+    p.add_argument("--engine-dir", type=path_arg, default=Path("engines/qdmn-light"))
+    p.add_argument("--input", type=path_arg, default=None,
                    help="frames folder or video (default: the demo's one-object clip)")
-    p.add_argument("--mask", type=Path, default=None,
+    p.add_argument("--mask", type=path_arg, default=None,
                    help="first-frame mask (default: the DAVIS annotation of --input)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each path (default 3)")
     add_execution_options(p, ("backend", "threads"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT / "app_speed")
+    p.add_argument("--out", type=path_arg, default=DEFAULT_OUT / "app_speed")
     args = p.parse_args(argv)
     try:
         from fastapi.testclient import TestClient

@@ -18,14 +18,13 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import BenchmarkError, machine_info, table, write_json
 from evaluation.datasets import PROJECT_ROOT
 from evaluation.metrics import evaluate_sequence, summarize
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.config import RuntimeConfig, default_threads
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.geometry import FITS
@@ -70,13 +69,13 @@ def segment(seg: Segmenter, frames: list[np.ndarray], mask: np.ndarray) -> np.nd
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path)
-    p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
+    p.add_argument("--engine-dir", required=True, type=path_arg)
+    p.add_argument("--data", required=True, type=path_arg, help="DAVIS-layout root")
     p.add_argument("--sequences", default="blackswan,cows,libby",
                    help="comma-separated (default: the shipped model's held-out sequences)")
     p.add_argument("--aspects", default="9:16", help="W:H list, e.g. 9:16,1:1")
     add_execution_options(p, ("backend", "threads"), backend_default="ort-cpu")
-    p.add_argument("--out", type=Path, default=REPO / "results/aspect_fit")
+    p.add_argument("--out", type=path_arg, default=REPO / "results/aspect_fit")
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")

@@ -35,7 +35,7 @@ from typing import Any
 
 from benchmarks.common import REPO, BenchmarkError, machine_info, table, write_json
 from evaluation.datasets import demo_root
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.media.davis import DavisLayout
 from runtime.options import add_execution_options
 
@@ -108,13 +108,13 @@ def run_layout(engine: Path, corpus: Path, out: Path, workers: int, threads: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", type=Path, default=REPO / "engines" / "qdmn-light")
+    p.add_argument("--engine-dir", type=path_arg, default=REPO / "engines" / "qdmn-light")
     p.add_argument("--layouts", default="1x2,2x1", help="WORKERSxTHREADS,... (default 1x2,2x1)")
     p.add_argument("--clips", type=int, default=12)
     p.add_argument("--frames", type=int, default=16, help="frames per clip")
     p.add_argument("--repeats", type=int, default=2)
     add_execution_options(p, ("backend",))
-    p.add_argument("--out", type=Path, default=REPO / "results" / "batch_throughput")
+    p.add_argument("--out", type=path_arg, default=REPO / "results" / "batch_throughput")
     args = p.parse_args(argv)
     try:
         layouts = parse_layouts(args.layouts)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.datasets import DEMO_SPLIT, PROJECT_ROOT, demo_root
+from runtime.cli import path_arg
 from runtime.core.config import default_threads
 from runtime.core.geometry import same_aspect
 from runtime.core.manifest import file_sha256
@@ -70,14 +71,14 @@ def parse_ints(text: str, what: str) -> list[int]:
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """The options every benchmark shares: execution settings, the clip, the output folder."""
     add_execution_options(p, ("threads", "device", "spin"))
-    p.add_argument("--input", type=Path, default=None,
+    p.add_argument("--input", type=path_arg, default=None,
                    help="frames folder or video (default: the demo's one-object clip, "
                         "evaluation.datasets.demo_root)")
-    p.add_argument("--mask", type=Path, default=None,
+    p.add_argument("--mask", type=path_arg, default=None,
                    help="first-frame mask (default: the DAVIS annotation of --input)")
     p.add_argument("--max-source-frames", type=int, default=200,
                    help="decode at most this many input frames (the rest of the video loops)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, help="output folder")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from evaluation.sequences import (
     evaluate_sequences,
     predicted_sequences,
 )
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.media.davis import DatasetError, list_sequences
 
 if TYPE_CHECKING:
@@ -147,25 +147,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="J&F (DAVIS 2017 semi-supervised rules) of the runtime and the reference.",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--engine-dir", type=Path, help="exported engine directory")
-    what.add_argument("--predictions", type=Path,
+    what.add_argument("--engine-dir", type=path_arg, help="exported engine directory")
+    what.add_argument("--predictions", type=path_arg,
                       help="score the masks in this output folder of run.py/batch.py instead")
-    p.add_argument("--data", required=True, type=Path, help="DAVIS-layout root")
+    p.add_argument("--data", required=True, type=path_arg, help="DAVIS-layout root")
     p.add_argument("--resolution", default="480p",
                    help="the root's resolution folder (default 480p; e.g. 240p)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--sequences", help="comma-separated sequence names")
     which.add_argument(
-        "--split-file", type=Path, help="one sequence per line (default: ImageSets/*/val.txt)"
+        "--split-file", type=path_arg, help="one sequence per line (default: ImageSets/*/val.txt)"
     )
     add_execution_options(p, ("backend", "threads", "device"))
-    p.add_argument("--reference", type=Path, help="also evaluate this PyTorch checkpoint")
+    p.add_argument("--reference", type=path_arg, help="also evaluate this PyTorch checkpoint")
     p.add_argument(
         "--reference-unbounded",
         action="store_true",
         help="reference without eviction (memory grows with the video) instead of the engine's bank",
     )
-    p.add_argument("--out", required=True, type=Path, help="folder for the CSV files")
+    p.add_argument("--out", required=True, type=path_arg, help="folder for the CSV files")
     p.add_argument("--set", default=None, help="name in the CSV file names (default: split stem)")
     p.add_argument("--save-masks", action="store_true", help="also write predicted PNGs to --out")
     add_runtime_options(p)

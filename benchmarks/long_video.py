@@ -62,7 +62,7 @@ from benchmarks.common import (
     write_json,
 )
 from runtime.backends import GPU_BACKENDS
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.config import default_threads
 from runtime.core.memory_policy import ACCEPT_ALL
 from runtime.options import add_execution_options
@@ -510,8 +510,8 @@ def plot_read_scaling(rs: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
-    p.add_argument("--checkpoint", type=Path,
+    p.add_argument("--engine-dir", required=True, type=path_arg, help="exported engine directory")
+    p.add_argument("--checkpoint", type=path_arg,
                    help="the engine's checkpoint (needed by --unbounded, --reference-bounded, "
                         "--per-size-engines)")
     p.add_argument("--frames", type=int, default=5000, help="length of the long video")

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from training.checkpoint import official_config
 from training.model import QDMN
 
@@ -43,7 +42,7 @@ def speed_only_model(seed: int = 0) -> QDMN:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", type=Path, help="where to write the bare state dict (.pth)")
+    p.add_argument("out", type=path_arg, help="where to write the bare state dict (.pth)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:

@@ -54,7 +54,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 
 Memory = dict[str, np.ndarray]  # query_key (1,CK,h,w), mem_keys/mem_values (N,S,P,C), mem_valid
 
@@ -304,7 +304,7 @@ def bf16_selection(mem: Memory, top_k: int) -> dict[str, float]:
 # -------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
+    p.add_argument("--engine-dir", required=True, type=path_arg, help="exported engine directory")
     p.add_argument("--iters", type=int, default=20, help="timed calls per option")
     add_common_arguments(p)  # --threads, --input, --mask, --out, ...
     args = p.parse_args(argv)

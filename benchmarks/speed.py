@@ -60,7 +60,7 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.config import default_threads
 from runtime.core.memory_policy import ACCEPT_ALL
 from runtime.segmenter import STAGES
@@ -336,8 +336,8 @@ def plot_results(results: Sequence[dict[str, Any]], title: str, path: Path) -> P
 # -------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path, help="exported engine directory")
-    p.add_argument("--checkpoint", type=Path,
+    p.add_argument("--engine-dir", required=True, type=path_arg, help="exported engine directory")
+    p.add_argument("--checkpoint", type=path_arg,
                    help="the engine's checkpoint (PyTorch variants, INT8 export)")
     p.add_argument("--variants", default="all",
                    help=f"'all' or comma-separated: {', '.join(VARIANTS)}")
@@ -345,8 +345,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed frames before timing (default: mem_every x memory_size + 5, "
                         "so the memory bank is full as in a long video)")
-    p.add_argument("--int8-engine-dir", type=Path, help="INT8 export of the same checkpoint")
-    p.add_argument("--calib", type=Path,
+    p.add_argument("--int8-engine-dir", type=path_arg, help="INT8 export of the same checkpoint")
+    p.add_argument("--calib", type=path_arg,
                    help="calibration frames for the INT8 export (default: the input's frames)")
     p.add_argument("--note", default="", help="what the checkpoint is, recorded in the JSON and "
                    "the plot title (e.g. 'random weights, speed only')")

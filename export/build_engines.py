@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.manifest import GRAPH_NAMES, MANIFEST_NAME, GraphSpec, Manifest, ManifestError
 from runtime.media.outputs import write_atomic
 
@@ -183,14 +183,14 @@ def _static_check(engine_dir: Path, manifest: Manifest) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("engine_dir", type=Path, help="folder written by export/to_onnx.py")
+    p.add_argument("engine_dir", type=path_arg, help="folder written by export/to_onnx.py")
     p.add_argument("--fp16", action="store_true",
                    help="weakly typed build with BuilderFlag.FP16 (default: strongly typed)")
     p.add_argument("--int8", action="store_true",
                    help="weakly typed build with BuilderFlag.INT8 (needs an --int8 export)")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB",
                    help="builder workspace memory pool limit (default 4)")
-    p.add_argument("--timing-cache", type=Path, help=f"default: DIR/{TIMING_CACHE}")
+    p.add_argument("--timing-cache", type=path_arg, help=f"default: DIR/{TIMING_CACHE}")
     p.add_argument("--verbose", action="store_true", help="TensorRT INFO log")
     args = p.parse_args(argv)
     if not (math.isfinite(args.workspace) and args.workspace > 0):

@@ -41,7 +41,7 @@ import torch
 from export.errors import ExportError
 from export.fp16 import convert_to_fp16
 from export.trt_check import check_model, errors_of
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from runtime.core.errors import OutputError
 from runtime.core.manifest import (
     GRAPH_NAMES,
@@ -302,8 +302,8 @@ def _owned(out_dir: Path) -> set[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", type=Path, help="training checkpoint or official ckpt.pth")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("checkpoint", type=path_arg, help="training checkpoint or official ckpt.pth")
+    p.add_argument("--out", type=path_arg, required=True,
                    help="output folder (an earlier export there is replaced; other files kept)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help=f"static input size, multiples of {STRIDE} (default: the checkpoint's "
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="FP16 weights/compute, FP32 I/O")
     prec.add_argument("--int8", action="store_true", help="static QDQ INT8 (needs --calib)")
-    p.add_argument("--calib", type=Path, help="folder of calibration frames for --int8")
+    p.add_argument("--calib", type=path_arg, help="folder of calibration frames for --int8")
     p.add_argument("--opset", type=int, default=17)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -35,7 +35,7 @@ from onnx import TensorProto, numpy_helper
 
 from export.fp16 import FP16_MAX
 from export.trt_ops import MAX_OPSET, MIN_OPSET, ONNX_TYPE_NAMES, OPS, TRT_VERSION
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 
 TOPK_MAX_K = 3840
 MAX_VOLUME = 2**31 - 1
@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", type=Path, help=".onnx files or export folders")
+    p.add_argument("paths", nargs="+", type=path_arg, help=".onnx files or export folders")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     args = p.parse_args(argv)
     failed = False

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS, GPU_BACKENDS  # each GPU worker asks Ray for one GPU
-from runtime.cli import fail, one_line, warnings_as_lines
+from runtime.cli import fail, one_line, path_arg, warnings_as_lines
 from runtime.core.config import RuntimeConfig
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
@@ -449,16 +449,16 @@ def _printer(progress: bool) -> Any:
 # ---------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path,
+    p.add_argument("--engine-dir", required=True, type=path_arg,
                    help="folder with manifest.json and the graphs (the same path on every node)")
-    p.add_argument("--videos", required=True, type=Path,
+    p.add_argument("--videos", required=True, type=path_arg,
                    help="DAVIS-layout root, or a .csv/.json list of input,mask[,name] (mask: "
                         "the first frame's PNG, or a folder of masks on any frames)")
     p.add_argument("--masks", action="store_true",
                    help="a DAVIS-layout root's videos take every annotation PNG as a given "
                         "mask (YouTube-VOS: objects first marked where they appear), not only "
                         "the first")
-    p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<video>/)")
+    p.add_argument("--output", required=True, type=path_arg, help="output folder (OUT/<video>/)")
     p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
                                      "(default: a local Ray with this machine's cores)")
     p.add_argument("--workers", type=int,

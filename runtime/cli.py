@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from runtime.core.errors import QDMNRuntimeError
 
@@ -34,6 +35,19 @@ def fail(e: BaseException | str) -> int:
     """Print `error: <one line>` on stderr; the exit code of a refused or failed command."""
     print(f"error: {e if isinstance(e, str) else one_line(e)}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def text_arg(text: str) -> str:
+    """An argparse type for a value that may not be empty (an unset shell variable gives one):
+    a usage error, where an empty path would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """An argparse type for a file or folder: `text_arg`, as a Path."""
+    return Path(text_arg(text))
 
 
 def size_arg(text: str) -> tuple[int, int]:

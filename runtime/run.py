@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.backends import BACKENDS, create_backend
-from runtime.cli import fail, warnings_as_lines
+from runtime.cli import fail, path_arg, text_arg, warnings_as_lines
 from runtime.core.errors import QDMNRuntimeError
 from runtime.core.manifest import Manifest
 from runtime.job import RUN_LOG, JobInterrupted, check_apart, check_outputs, segment_video
@@ -40,22 +40,22 @@ from runtime.segmenter import Segmenter
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine-dir", required=True, type=Path,
+    p.add_argument("--engine-dir", required=True, type=path_arg,
                    help="folder with manifest.json and the graphs")
-    p.add_argument("--input", required=True,
+    p.add_argument("--input", required=True, type=text_arg,
                    help="folder of frames, video file, camera index or stream URL")
-    p.add_argument("--mask", type=Path,
+    p.add_argument("--mask", type=path_arg,
                    help="first-frame mask: a palette PNG (index = object id, DAVIS 2017), a "
                         "0/255 grayscale PNG (DAVIS 2016) or an RGB PNG in DAVIS colours")
-    p.add_argument("--masks", type=Path,
+    p.add_argument("--masks", type=path_arg,
                    help="folder of masks on any frames, <frame>.png (a frame file's name, or "
                         "a video's frame number: 00010.png), YouTube-VOS/DAVIS layout: each "
                         "decides the objects it marks on its frame (objects may first appear "
                         "there) and is kept as a reference; propagation starts at the first")
-    p.add_argument("--output", required=True, type=Path, help="output folder")
+    p.add_argument("--output", required=True, type=path_arg, help="output folder")
     add_execution_options(p)
     add_runtime_options(p)
-    p.add_argument("--overlay", type=Path,
+    p.add_argument("--overlay", type=path_arg,
                    help=f"also write an overlay video ({', '.join(OVERLAY_CODECS)}), outside "
                         "the output folder")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")

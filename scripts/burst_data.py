@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from runtime.cli import path_arg
 from training.checkpoint import save_weights
 from training.model import QDMN
 from training.train import load_config
@@ -64,13 +65,13 @@ def write_imagenet_init(config: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("src", type=Path, help="DAVIS-2016 root (JPEGImages, Annotations, ImageSets)")
-    ap.add_argument("dst", type=Path, help="where the reduced copy goes, e.g. .burst/DAVIS2016")
+    ap.add_argument("src", type=path_arg, help="DAVIS-2016 root (JPEGImages, Annotations, ImageSets)")
+    ap.add_argument("dst", type=path_arg, help="where the reduced copy goes, e.g. .burst/DAVIS2016")
     ap.add_argument("--split", default="ImageSets/2016/val.txt",
                     help="file under src listing the sequences (default: %(default)s)")
-    ap.add_argument("--imagenet-init", type=Path, metavar="PATH",
+    ap.add_argument("--imagenet-init", type=path_arg, metavar="PATH",
                     help="also write the ImageNet-initialised model of --config here")
-    ap.add_argument("--config", type=Path, default=Path("configs/gpu/light-scratch.yaml"),
+    ap.add_argument("--config", type=path_arg, default=Path("configs/gpu/light-scratch.yaml"),
                     help="training config whose model --imagenet-init builds (default: %(default)s)")
     args = ap.parse_args(argv)
     if not (args.src / "JPEGImages").is_dir():

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from runtime.cli import path_arg
+
 
 def read_columns(path: Path) -> dict[str, np.ndarray]:
     """A CSV as float columns (blank cells -> NaN)."""
@@ -72,8 +74,8 @@ def plot_run(run_dir: Path, out: Path, window: int = 50, title: str = "") -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("run_dir", type=path_arg)
+    ap.add_argument("--out", type=path_arg, required=True)
     ap.add_argument("--window", type=int, default=50)
     ap.add_argument("--title", default="")
     args = ap.parse_args(argv)

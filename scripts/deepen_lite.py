@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from runtime.cli import fail
+from runtime.cli import fail, path_arg
 from training.backbones import LITE_VARIANTS, lite_weights_path
 from training.checkpoint import CheckpointError, load_model, save_weights
 from training.config import ModelConfig
@@ -64,8 +64,8 @@ def deepen(state: dict[str, torch.Tensor], deep_model: QDMN, small: str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", help="a trained efficientnet_lite0 QDMN")
-    ap.add_argument("out", help="the deepened checkpoint to write (FP32)")
+    ap.add_argument("checkpoint", type=path_arg, help="a trained efficientnet_lite0 QDMN")
+    ap.add_argument("out", type=path_arg, help="the deepened checkpoint to write (FP32)")
     ap.add_argument("--to", default="efficientnet_lite1", choices=["efficientnet_lite1"])
     args = ap.parse_args()
     try:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from evaluation.metrics import jaccard
+from runtime.cli import path_arg
 from runtime.core.geometry import DEFAULT_FIT, Placement
 from runtime.core.locality import object_owners
 from training.checkpoint import load_model
@@ -106,9 +106,9 @@ class GatedReference(ReferenceSegmenter):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
-    ap.add_argument("--out", type=Path, help="write the results here (JSON)")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
+    ap.add_argument("--out", type=path_arg, help="write the results here (JSON)")
     ap.add_argument("--size", type=int, nargs=2, default=(240, 432), metavar=("H", "W"))
     ap.add_argument("--sigma", type=float, default=None,
                     help="the gate's threshold (default: the runtime's)")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from evaluation.datasets import shared_data
+from runtime.cli import path_arg
 from runtime.media.outputs import OutputLock
 from training.checkpoint import load_model
 from training.reference import ReferenceSegmenter
@@ -45,9 +46,9 @@ def per_video(points: list[tuple[float, float]], sigma: float) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--out", type=Path, required=True, help="folder for gate.json and gate.png")
-    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--out", type=path_arg, required=True, help="folder for gate.json and gate.png")
+    ap.add_argument("--data", type=path_arg, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     data = args.data or shared_data()

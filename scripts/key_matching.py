@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from runtime.cli import path_arg
 from training.checkpoint import load_model
 from training.validation import DEFAULT_NAMES, key_match_shares, load_val_videos
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
     ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
     ap.add_argument("--size", nargs=2, type=int, default=(240, 432), metavar=("H", "W"))
     ap.add_argument("--frames", nargs="+", type=int, default=[1, 5, 20])
     ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--out", type=path_arg, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     model = load_model(args.checkpoint)[0].eval()

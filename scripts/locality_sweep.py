@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
+from runtime.cli import path_arg
 from training.checkpoint import load_model
 from training.reference import ReferenceSegmenter
 from training.validation import pasted_video, read_video, side_by_side_video, validate
@@ -27,11 +27,11 @@ PASTED = (("paragliding-launch", "scooter-black"), ("horsejump-high", "soapbox")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
     ap.add_argument("--widths", nargs="+", type=float, default=[0.0, 0.35, 0.5, 1.0])
     ap.add_argument("--size", nargs=2, type=int, default=None, help="H W (default: the checkpoint's)")
-    ap.add_argument("--out", type=Path, help="JSON with J&F per width and clip")
+    ap.add_argument("--out", type=path_arg, help="JSON with J&F per width and clip")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     videos = ([side_by_side_video(read_video(args.data, a), read_video(args.data, b))

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from evaluation.datasets import PROJECT_ROOT
-from runtime.cli import size_arg
+from runtime.cli import path_arg, size_arg
 from runtime.core.config import RuntimeConfig
 from runtime.core.locality import DEFAULT_LOCALITY
 from runtime.core.manifest import Manifest, ManifestError, file_sha256
@@ -107,13 +107,13 @@ def scatter(stats: QualityStats, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
     ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=path_arg)
     ap.add_argument("--sizes", nargs="+", type=size_arg, default=[(240, 432), (480, 864)],
                     metavar="HxW")
-    ap.add_argument("--engines", type=Path, default=REPO / "engines" / "report")
+    ap.add_argument("--engines", type=path_arg, default=REPO / "engines" / "report")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--locality", type=float, default=DEFAULT_LOCALITY,
                     help="the runtime's locality prior (runtime.core.locality; 0: off)")

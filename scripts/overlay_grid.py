@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.datasets import DEMO_SPLIT, PROJECT_ROOT, demo_root
+from runtime.cli import path_arg
 from runtime.media.davis import DavisLayout, list_sequences
 from runtime.media.palette import overlay
 
@@ -45,12 +46,12 @@ def clip_row(layout: DavisLayout, masks_dir: Path, name: str, columns: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, help="the DAVIS root demo.py used (default: its own)")
-    ap.add_argument("--masks", type=Path, default=REPO / "out" / "demo")
+    ap.add_argument("--data", type=path_arg, help="the DAVIS root demo.py used (default: its own)")
+    ap.add_argument("--masks", type=path_arg, default=REPO / "out" / "demo")
     ap.add_argument("--clips", nargs="+", help="default: the demo's clips")
     ap.add_argument("--columns", type=int, default=4)
     ap.add_argument("--height", type=int, default=240)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=path_arg, required=True)
     args = ap.parse_args(argv)
     root = demo_root(args.data)[0]
     layout = DavisLayout(root)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from evaluation.datasets import shared_data
-from runtime.cli import fail, size_arg
+from runtime.cli import fail, path_arg, size_arg
 from runtime.core.errors import InputError
 from runtime.media.masks import VOID_ID
 from training.checkpoint import CheckpointError
@@ -46,12 +45,12 @@ def read_back(segmenter: ReferenceSegmenter, frame: np.ndarray, labels: np.ndarr
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=path_arg)
     ap.add_argument("--sizes", nargs="+", type=size_arg, default=[(240, 432), (480, 864)],
                     metavar="HxW")
-    ap.add_argument("--data", type=Path, help="the shared data folder (default ../shared/data)")
+    ap.add_argument("--data", type=path_arg, help="the shared data folder (default ../shared/data)")
     ap.add_argument("--video", default="schoolgirls", help="a DAVIS 2017 sequence (240p)")
-    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--out", type=path_arg, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     data = args.data or shared_data()

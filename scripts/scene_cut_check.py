@@ -14,20 +14,20 @@ size, runtime defaults.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from evaluation.metrics import jaccard
+from runtime.cli import path_arg
 from training.data import load_sequence
 from training.reference import ReferenceSegmenter
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
+    ap.add_argument("checkpoint", type=path_arg)
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
     ap.add_argument("--video", default="blackswan", help="the video to follow (one object)")
     ap.add_argument("--insert", default="car-shadow", help="the scene spliced in")
     ap.add_argument("--at", type=int, default=20, help="frame of --video where it is inserted")

@@ -11,20 +11,20 @@ docs/training-log.md "Export size") then exports there unless told otherwise.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from export.errors import ExportError
 from export.to_onnx import check_size
+from runtime.cli import path_arg
 from runtime.core.manifest import STRIDE
 from training.checkpoint import CheckpointError, read_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("snapshot", type=Path, help="a checkpoint with weights and config")
-    ap.add_argument("out", type=Path, help="the shipped file")
+    ap.add_argument("snapshot", type=path_arg, help="a checkpoint with weights and config")
+    ap.add_argument("out", type=path_arg, help="the shipped file")
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
                     help=f"default export size (multiples of {STRIDE})")
     args = ap.parse_args(argv)

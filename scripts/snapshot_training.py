@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.cli import path_arg
 from training.checkpoint import read_checkpoint
 
 FILES = ("log.csv", "val.csv", "segments.txt")
@@ -38,8 +39,8 @@ def half_copy(src: Path, dst: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("run_dir", type=path_arg)
+    ap.add_argument("out_dir", type=path_arg)
     ap.add_argument("--name", default="light")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,20 @@ def test_script_folders_shadow_no_module():
             p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
         clashes += [f"{d}/{n}" for n in sorted(names) if n in taken and n != "__init__"]
     assert clashes == []
+
+
+@pytest.mark.parametrize("args", [
+    ["runtime/run.py", "--engine-dir", "e", "--input", "in", "--mask", "m.png", "--output", ""],
+    ["runtime/run.py", "--engine-dir", "e", "--input", "", "--mask", "m.png", "--output", "o"],
+    ["export/to_onnx.py", "models/qdmn-light.pth", "--out", ""],
+    ["runtime/batch.py", "--engine-dir", "", "--videos", "v", "--output", "o"],
+    ["training/train.py", "--config", "c.yaml", "--out-dir", ""],
+], ids=["run-output", "run-input", "export-out", "batch-engine-dir", "train-out-dir"])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, tmp_path):
+    """An unset shell variable (`--output "$OUT"`) used to mean the current folder: run.py and
+    the exporter wrote their files there."""
+    script, *rest = args
+    r = run([sys.executable, str(REPO / script), *rest], tmp_path)
+    flag = rest[rest.index("") - 1]
+    assert r.returncode == 2 and f"argument {flag}: empty value" in r.stderr, r.stderr[-2000:]
+    assert not any(tmp_path.iterdir())

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from evaluation.datasets import side_by_side, write_clip
 from evaluation.metrics import evaluate_sequence, jaccard
+from runtime.cli import path_arg
 from runtime.core.manifest import STRIDE
 from runtime.core.memory_policy import DEFAULT_QUALITY_THRESHOLD
 from runtime.core.quality import (
@@ -309,8 +310,8 @@ def write_quality_points(stats: QualityStats, path: str | Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write the validation videos in the DAVIS layout.")
-    ap.add_argument("--data", required=True, type=Path, help="DAVIS-2016 root")
-    ap.add_argument("--write", required=True, type=Path, help="output root")
+    ap.add_argument("--data", required=True, type=path_arg, help="DAVIS-2016 root")
+    ap.add_argument("--write", required=True, type=path_arg, help="output root")
     ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES))
     args = ap.parse_args(argv)
     write_davis(load_val_videos(args.data, args.names), args.write)
