@@ -55,7 +55,13 @@ from runtime.core.manifest import (
 )
 from runtime.core.memory_policy import DEFAULT_MEMORY_SIZE
 from runtime.media.masks import VOID_ID
-from runtime.media.outputs import StagedFolder, interrupt_exit_code, terminate_as_interrupt
+from runtime.media.outputs import (
+    StagedFolder,
+    ignore_interrupts,
+    interrupt_exit_code,
+    run_whole,
+    terminate_as_interrupt,
+)
 from training.checkpoint import CheckpointError, checkpoint_quality_score, load_model
 from training.config import ConfigError
 from training.graphs import build_graphs, example_inputs, specs_for
@@ -120,7 +126,9 @@ def export_checkpoint(
     try:
         manifest = _export_into(model, meta, Path(ckpt_path), staged.path, height, width,
                                 max_objects, memory_size, precision, opset, calib_frames)
-        staged.commit()
+        # an interrupt that comes while it is moved in is too late to stop it: the export is
+        # whole, and reported as done
+        run_whole(staged.commit)
     except OutputError as e:
         raise ExportError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up
@@ -334,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupt_exit_code(e)
     except (ExportError, CheckpointError, ConfigError, ManifestError, OSError) as e:
         return fail(e)  # OSError: e.g. the temporary folder's disk is full
+    ignore_interrupts()
     print(json.dumps({"out": str(args.out), "size": [m.height, m.width],
                       "max_objects": m.max_objects, "memory_size": m.memory_size,
                       "precision": m.precision, "graphs": [g.file for g in m.graphs.values()]}))

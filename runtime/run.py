@@ -31,7 +31,7 @@ from runtime.core.manifest import Manifest
 from runtime.job import RUN_LOG, JobInterrupted, check_apart, check_outputs, segment_video
 from runtime.media.given import read_given_masks
 from runtime.media.masks import read_mask
-from runtime.media.outputs import interrupt_exit_code, terminate_as_interrupt
+from runtime.media.outputs import ignore_interrupts, interrupt_exit_code, terminate_as_interrupt
 from runtime.media.palette import OVERLAY_CODECS
 from runtime.media.sources import open_source
 from runtime.options import add_execution_options, add_runtime_options, runtime_config
@@ -59,7 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"also write an overlay video ({', '.join(OVERLAY_CODECS)}), outside "
                         "the output folder")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar, no summary line (warnings and errors still print)")
     args = p.parse_args(argv)
     if args.mask is None and args.masks is None:
         p.error("give the first frame's mask (--mask FILE), masks on some frames "
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("interrupted: nothing written", file=sys.stderr)
         return interrupt_exit_code(e)
+    ignore_interrupts()
     if not args.quiet:
         s = log["summary"]
         print(f"{s['frames']} frames -> {args.output} ({log['backend']['name']}, "

@@ -638,6 +638,34 @@ def test_a_dangling_link_above_the_output_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dang"]  # nowhere/ not created
 
 
+def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
+        request, tmp_path, monkeypatch, capsys):
+    """Before: a Ctrl-C held while the graphs were moved in was raised once they were in place:
+    the export was complete, but the exporter said "interrupted: nothing written" (exit 130)."""
+    from export import to_onnx
+
+    ckpt = rs.cached_engine(request)[0]
+    move_in = StagedFolder._move_in
+
+    def interrupted_move_in(self: StagedFolder) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # held by the commit until the move is done
+        move_in(self)
+
+    monkeypatch.setattr(StagedFolder, "_move_in", interrupted_move_in)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # the exporter ignores signals once its work is in place: this process must not
+        rc = to_onnx.main([str(ckpt), "--out", str(tmp_path / "gs"), "--size", "64", "128"])
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert json.loads(out)["out"] == str(tmp_path / "gs")
+    m = Manifest.load(tmp_path / "gs")
+    assert all((tmp_path / "gs" / g.file).is_file() for g in m.graphs.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gs"]
+
+
 @pytest.mark.parametrize("mask, expect", [
     (np.ones((2, 480, 854), np.uint8), r"shape \(2, 480, 854\)"),
     (np.ones((0, 0), np.uint8), r"shape \(0, 0\)"),

@@ -442,6 +442,15 @@ def deferred_signals() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def ignore_interrupts() -> None:
+    """The program's work is done and in place: from here to its exit (its result line, the
+    interpreter's shutdown) a Ctrl-C/SIGTERM can undo nothing, so it must not turn a finished
+    run into a death by signal. Main thread only, as every signal handler."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+
+
 def run_whole(block: Callable[[], None]) -> KeyboardInterrupt | None:
     """Run `block` with SIGINT/SIGTERM held (`deferred_signals`) and return the interrupt that
     came meanwhile instead of raising it: the work is done, and the caller ends as interrupted
