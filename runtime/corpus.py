@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +30,12 @@ from runtime.core.errors import OutputError, QDMNRuntimeError
 from runtime.core.manifest import Manifest, file_sha256
 from runtime.job import RUN_LOG
 from runtime.media.davis import DavisLayout
-from runtime.media.outputs import OutputLock, write_atomic
+from runtime.media.outputs import STAGING, OutputLock, remove_stale_staging, write_atomic
 from runtime.media.sources import frame_files, in_name_order
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 TOOL = "runtime/batch.py"  # marks the summary files this tool wrote (and may replace)
-STAGING = ".partial-"  # runtime.media.outputs stages `OUT/<name>` as `OUT/.<name>.partial-*`
 OVERLAY = "overlay.mp4"  # OUT/<name>/overlay.mp4, staged as OUT/<name>/.overlay.partial-*.mp4
 STATUSES = ("done", "skipped", "failed", "interrupted", "not run")
 
@@ -197,23 +195,15 @@ def remove_staging(output: Path, name: str) -> None:
     and their lock files (only names runtime.media.outputs gives them) and `OUT/<name>/` if that is
     left empty."""
     folder = output / name
-    overlay = Path(OVERLAY)
-    for p in [*output.glob(f".{glob_escape(name)}{STAGING}*"),
-              *folder.glob(f".{overlay.stem}{STAGING}*{overlay.suffix}")]:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    remove_stale_staging(folder, folder=True)
+    if folder.is_dir():
+        remove_stale_staging(folder / OVERLAY, folder=False)
     for target in (folder / OVERLAY, folder):
         if target.parent.is_dir():
             with contextlib.suppress(OutputError):  # held: a live run's, not ours to remove
                 OutputLock(target).release()  # a dead holder's file, taken over and removed
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # -------------------------------------------------------------------------------- summary

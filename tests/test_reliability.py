@@ -638,6 +638,28 @@ def test_a_dangling_link_above_the_output_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dang"]  # nowhere/ not created
 
 
+def test_a_run_into_an_output_removes_what_a_killed_run_staged_there(engine, video, tmp_path):
+    """Before: a run killed with SIGKILL left `.OUT.partial-*/` and `.overlay.partial-*.mp4`
+    beside its outputs, and no later run removed them. Staging of other targets stays."""
+    _, folder, mask = video
+    out, overlay = tmp_path / "k9", tmp_path / "k9.mp4"
+    stale = [tmp_path / ".k9.partial-2x1f9q", tmp_path / ".k9.partial-8hd0.mp4"]
+    stale[0].mkdir()
+    (stale[0] / "00000.png").write_bytes(b"staged")
+    stale[1].write_bytes(b"staged")
+    others = [tmp_path / ".k9.partial-notes.txt", tmp_path / ".k10.partial-8hd0",
+              tmp_path / ".k9.partial-a.avi"]  # a file where a folder stages, another target's
+    others[0].write_text("a user's")
+    others[1].mkdir()
+    others[2].write_bytes(b"another overlay's")
+    with Segmenter(engine, backend="ort-cpu") as seg:
+        segment_video(seg, folder, mask, out, overlay=overlay, max_frames=3)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in others)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["k9", "k9.mp4", *(p.name for p in others)])
+
+
 def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
         request, tmp_path, monkeypatch, capsys):
     """Before: a Ctrl-C held while the graphs were moved in was raised once they were in place:

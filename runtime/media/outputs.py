@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import signal
@@ -27,6 +28,9 @@ from pathlib import Path
 from types import FrameType
 
 from runtime.core.errors import OutputError
+
+# a target's staging is `.<name>.partial-*` beside it (a staged file's `.<stem>.partial-*<suffix>`)
+STAGING = ".partial-"
 
 
 def _reason(e: OSError) -> str:
@@ -78,7 +82,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path`, moved onto it when the block succeeds and removed when it
     fails: a reader never sees half a file, and a failed write keeps the old one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{STAGING}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -254,6 +258,25 @@ def check_writable_dir(folder: str | Path) -> None:
         _remove_if_empty(created)
 
 
+def staging_pattern(target: Path, *, folder: bool) -> str:
+    """The glob of the names `StagedFolder` / `StagedFile` stage `target` under, beside it."""
+    if folder:
+        return f".{glob.escape(target.name)}{STAGING}*"
+    return f".{glob.escape(target.stem)}{STAGING}*{glob.escape(target.suffix)}"
+
+
+def remove_stale_staging(target: Path, *, folder: bool) -> None:
+    """Remove what a killed run into `target` left beside it (only SIGKILL, or a machine that
+    went down, leaves staging behind). Called with the target locked: no live run writes it."""
+    for p in target.resolve().parent.glob(staging_pattern(target, folder=folder)):
+        if p.is_symlink() or p.is_dir() != folder:
+            continue
+        if folder:
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 class StagedFolder:
     """A tool's output folder, staged next to the target and moved in by `commit()`.
 
@@ -278,8 +301,9 @@ class StagedFolder:
         except BaseException:
             self._lock.release()
             raise
+        remove_stale_staging(self.target, folder=True)
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-",
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{STAGING}",
                                               dir=self.target.resolve().parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
@@ -348,8 +372,9 @@ class StagedFile:
         if self.target.is_dir():
             raise OutputError(f"{self.target} is a folder, expected a file path")
         self._lock = OutputLock(self.target)  # creates the missing parent folders
+        remove_stale_staging(self.target, folder=False)
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.stem}.partial-",
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.stem}{STAGING}",
                                         suffix=self.target.suffix,
                                         dir=self.target.resolve().parent)
             os.close(fd)
