@@ -249,6 +249,12 @@ def test_a_videos_masks_are_named_by_frame_number_and_each_frame_once(tmp_path):
         read_given_masks(tmp_path / "dup", _Video(20))
     with pytest.raises(MaskError, match="not named after a frame number"):
         read_given_masks(tmp_path / "ok", _Video(5))  # frame 7 is past the end
+    # named by the folder, not by run.py's option: the batch runner reads annotation folders
+    (tmp_path / "none").mkdir()
+    with pytest.raises(MaskError, match=r"^masks folder \S+none holds no .png mask$"):
+        read_given_masks(tmp_path / "none", _Video(5))
+    with pytest.raises(MaskError, match=r"^\S+missing is not a folder of <frame>.png masks$"):
+        read_given_masks(tmp_path / "missing", _Video(5))
 
 
 def test_masks_past_max_frames_are_said_or_refused(shipped, clip, tmp_path):

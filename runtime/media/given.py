@@ -62,10 +62,10 @@ def read_given_masks(folder: str | Path, source: FrameSource) -> dict[int, Given
     MaskError naming the file for one that matches no frame or cannot be read."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MaskError(f"--masks {folder} is not a folder of <frame>.png masks")
+        raise MaskError(f"{folder} is not a folder of <frame>.png masks")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     if not files:
-        raise MaskError(f"--masks {folder} holds no .png mask")
+        raise MaskError(f"masks folder {folder} holds no .png mask")
     stems = ({p.stem: i for i, p in enumerate(source.files)}
              if isinstance(source, FolderSource) else None)
     out: dict[int, GivenMask] = {}
