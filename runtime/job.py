@@ -223,7 +223,7 @@ def _given(source: FrameSource, mask: str | Path | np.ndarray | None,
             given[0] = GivenMask(read_mask(mask), name=f"first mask {mask}", fit=True)
     given = dict(sorted(given.items()))
     ids = {o for g in given.values() for o in object_ids(g.labels)}
-    manifest.check_object_count(len(ids), "the given masks together")
+    manifest.check_object_count(len(ids), "the given masks")
     return given
 
 

@@ -273,7 +273,7 @@ def test_masks_of_another_size_or_not_masks_are_refused(client, clip):
                                               "points": [[10, 10]]})
     text = error(client.post(f"/api/s/{sid}/stroke", json={"frame": 5, "object": 3,
                                                            "radius": 5, "points": [[10, 10]]}))
-    assert "has 3 objects but the graphs were exported for at most 2" in text
+    assert "3 objects in the video, but the graphs were exported for at most 2" in text
     assert "frame 99" in error(client.post(f"/api/s/{sid}/stroke", json={
         "frame": 99, "object": 1, "radius": 5, "points": [[1, 1]]}))
     assert "draw a larger one" in error(client.post(f"/api/s/{sid}/box", json={
@@ -547,7 +547,7 @@ def test_an_object_erased_where_it_was_marked_and_marked_later_propagates(client
 
 def test_an_object_erased_wherever_it_was_marked_no_longer_counts(client, clip):
     """Two-object graphs: objects 1 and 2 marked, 2 erased again, then a new object 3 is
-    accepted (before, the erased 2 still counted: "the video has 3 objects"), and the run
+    accepted (before, the erased 2 still counted: "3 objects in the video"), and the run
     segments 1 and 3 only."""
     _, truth = clip
     sid = new_session(client)

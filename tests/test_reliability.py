@@ -112,7 +112,7 @@ def test_first_frame_error_exits_with_one_line_and_no_abort(engine, video, tmp_p
         mask, expect = np.zeros((500, 500), np.uint8), "another aspect ratio"
         mask[100:300, 100:300] = 1
     else:  # three objects on graphs exported for two
-        mask, expect = np.zeros((480, 854), np.uint8), "has 3 objects"
+        mask, expect = np.zeros((480, 854), np.uint8), "3 objects in the given masks, but"
         for i in range(3):
             mask[100:200, 100 + 200 * i:250 + 200 * i] = i + 1
     bad = write_mask(tmp_path / "bad.png", mask)

@@ -285,7 +285,7 @@ class Manifest:
         """Refuse (TooManyObjectsError) more objects than the graphs were exported for."""
         if n > self.max_objects:
             raise TooManyObjectsError(
-                f"{what} has {n} objects but the graphs were exported for at most "
+                f"{n} objects in {what}, but the graphs were exported for at most "
                 f"{self.max_objects}: re-export with `python export/to_onnx.py CKPT --out DIR "
                 f"--max-objects {n}`")
 
