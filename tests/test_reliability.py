@@ -226,6 +226,15 @@ def test_a_video_ffmpeg_cannot_read_is_our_one_line_alone(engine, video, tmp_pat
     assert "not a readable video" in one_error_line(r.stderr), r.stderr  # its only line
 
 
+def test_a_camera_that_cannot_be_opened_is_our_one_line_alone(engine, video, tmp_path):
+    """OpenCV logged a warning per capture backend it tried (V4L2, FFmpeg) before our line.
+    Camera 99 exists on no test machine."""
+    r = run_cli("--engine-dir", engine, "--input", "99", "--mask", video[2], "--output",
+                tmp_path / "out", "--backend", "ort-cpu")
+    assert r.returncode == 1
+    assert "cannot open 99: not a readable" in one_error_line(r.stderr), r.stderr
+
+
 def test_names_that_are_not_utf8(engine, tmp_path):
     """File names are bytes on Linux: a frame folder, mask and output named in Latin-1 run like
     any other (writing the lock once raised UnicodeEncodeError and left the lock file behind);

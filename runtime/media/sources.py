@@ -89,7 +89,14 @@ class CaptureSource(FrameSource):
         super().__init__(f"{kind} {target}", n if n > 0 else None, fps, live)
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(self.target)
+        # OpenCV logs a warning per backend it tried for an input it cannot open; the error
+        # below says it once
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            cap = cv2.VideoCapture(self.target)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             raise InputError(f"cannot open {self.target!s}: not a readable video/camera/stream")
