@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from tqdm import tqdm
+
 from runtime.core.errors import QDMNRuntimeError
 
 EXIT_FAILED = 1
@@ -63,10 +65,11 @@ def size_arg(text: str) -> tuple[int, int]:
 
 
 def warnings_as_lines() -> None:
-    """Show warnings as `warning: <message>` lines, not Python's two-line format."""
+    """Show warnings as `warning: <message>` lines, not Python's two-line format, each on a
+    line of its own while a progress bar is drawn (tqdm.write moves the bar below it)."""
 
     def show(message: Warning | str, category: type[Warning], *rest: object,
              **kw: object) -> None:
-        print(f"warning: {message}", file=sys.stderr)
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show  # type: ignore[assignment]

@@ -235,6 +235,22 @@ def test_a_camera_that_cannot_be_opened_is_our_one_line_alone(engine, video, tmp
     assert "cannot open 99: not a readable" in one_error_line(r.stderr), r.stderr
 
 
+def test_a_warning_during_the_progress_bar_is_a_line_of_its_own(engine, tmp_path):
+    """The first warning (here: an object too small for the memory read) was glued to the
+    progress bar's line: `\\r  0%|     | 0/3 [00:00<?, ?frame/s]warning: object 1 ...`."""
+    rgb, mask = frames(3, 120, 200)
+    small = np.zeros_like(mask)
+    small[40:44, 60:64] = 1  # 16 pixels: far below 4 cells of the graphs' read
+    r = run_cli("--engine-dir", engine, "--input", write_folder(tmp_path / "f", rgb), "--mask",
+                write_mask(tmp_path / "m.png", small), "--output", tmp_path / "out",
+                "--backend", "ort-cpu")
+    assert r.returncode == 0, r.stderr
+    pieces = [p for line in r.stderr.split("\n") for p in line.split("\r")]
+    assert "frame/s" in r.stderr  # the bar was drawn
+    noted = [p for p in pieces if "warning:" in p]
+    assert noted and all(p.startswith("warning: ") for p in noted), r.stderr
+
+
 def test_names_that_are_not_utf8(engine, tmp_path):
     """File names are bytes on Linux: a frame folder, mask and output named in Latin-1 run like
     any other (writing the lock once raised UnicodeEncodeError and left the lock file behind);
