@@ -194,7 +194,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         session = sessions.get(sid)
         real = under_root(state.root, body.path)
         session.open(real, body.path or ".", state.root)
-        return _state(session)
+        return _state(session, list(session.require_video().notes))
 
     @app.put("/api/s/{sid}/upload")
     async def upload(sid: str, request: Request, name: str = "video") -> dict[str, Any]:
@@ -208,7 +208,7 @@ def _routes(app: FastAPI, state: AppState, hosts: tuple[str, ...]) -> None:
         except QDMNRuntimeError:
             path.unlink(missing_ok=True)
             raise
-        return _state(session)
+        return _state(session, list(session.require_video().notes))
 
     @app.get("/api/s/{sid}/state")
     def get_state(sid: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 from app.paths import check_inside
 from runtime.core.errors import InputError
 from runtime.core.resize import resize_frame
-from runtime.media.sources import FolderSource, open_source, read_frame
+from runtime.media.sources import FolderSource, open_source, read_frame, truncation_note
 
 MAX_FRAMES = 3000  # the page keeps every frame; a longer video is one for `qdmn-run`
 JPEG_QUALITY = 90
@@ -32,6 +32,7 @@ class Video:
     height: int
     width: int
     fps: float | None
+    notes: tuple[str, ...] = ()  # what the page says of it once opened (a truncated file)
 
     def frame_path(self, index: int) -> Path:
         if not 0 <= index < self.length:
@@ -70,7 +71,9 @@ def open_video(source: Path, name: str, frames_dir: Path, root: Path | None = No
         n += 1
     if size is None:
         raise InputError(f"{name}: no frame could be decoded")
-    return Video(name, source, frames_dir, n, size[0], size[1], src.fps)
+    note = truncation_note(src, n)
+    notes = () if note is None else (note.replace(str(source), name),)
+    return Video(name, source, frames_dir, n, size[0], size[1], src.fps, notes)
 
 
 def _too_long(name: str) -> InputError:

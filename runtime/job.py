@@ -60,7 +60,13 @@ from runtime.media.given import GivenMask, as_given, check_given, read_given_mas
 from runtime.media.masks import labels_array, object_ids, read_mask
 from runtime.media.outputs import StagedFile, StagedFolder, run_whole
 from runtime.media.palette import OverlayWriter, check_overlay_name, save_palette_png
-from runtime.media.sources import FolderSource, FrameSource, open_source, with_last
+from runtime.media.sources import (
+    FolderSource,
+    FrameSource,
+    open_source,
+    truncation_note,
+    with_last,
+)
 from runtime.segmenter import FrameRecord, RunTotals, Segmenter
 
 RUN_LOG = "run.json"
@@ -484,11 +490,9 @@ class _Reader:
     def _check_length(self) -> None:
         """A video that ends before the frame count its container declares is damaged or
         truncated: say so rather than segment part of it silently."""
-        declared = self.source.length
-        if declared is not None and not self.source.live and self.decoded < declared:
-            warnings.warn(f"{self.source.description} declares {declared} frames but only "
-                          f"{self.decoded} could be decoded: the file looks truncated or "
-                          "damaged (both counts are in run.json)", stacklevel=2)
+        note = truncation_note(self.source, self.decoded)
+        if note is not None:
+            warnings.warn(f"{note} (both counts are in run.json)", stacklevel=2)
 
     def _put(self, item: object) -> bool:
         """Queue an item unless the consumer stopped the reader (then False)."""

@@ -207,6 +207,27 @@ def test_bad_uploads_get_their_message(segmenter, clip, tmp_path):
     assert client.get(f"/api/s/{sid}/frame/{FRAMES - 1}.jpg").status_code == 200
 
 
+def test_a_truncated_video_is_said_when_it_is_opened(client, clip, tmp_path):
+    """qdmn-run warns of a file that decodes short of the frames it declares; the page opened
+    it silently, with fewer frames than the video has."""
+    root, _ = clip
+    frames = [cv2.imread(str(p)) for p in sorted((root / "clip").glob("*.jpg"))] * 3
+    h, w = frames[0].shape[:2]
+    whole = tmp_path / "whole.avi"
+    out = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 24, (w, h))
+    for f in frames:
+        out.write(f)
+    out.release()
+    data = whole.read_bytes()
+    sid = new_session(client)
+    st = client.put(f"/api/s/{sid}/upload?name=cut.avi", content=data[: len(data) // 2]).json()
+    assert 0 < st["video"]["frames"] < len(frames)
+    assert st["notes"] == [f"video cut.avi declares {len(frames)} frames but only "
+                           f"{st['video']['frames']} could be decoded: the file looks "
+                           "truncated or damaged"]
+    assert client.put(f"/api/s/{sid}/upload?name=whole.avi", content=data).json()["notes"] == []
+
+
 def test_an_object_too_small_for_the_model_is_named_when_it_is_marked(client, clip):
     """The page learns at once (the edit's reply) that an object it marked covers under 4 of the
     memory read's 16x16-pixel cells, with the export size that fits it; a big one, nothing."""

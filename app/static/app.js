@@ -148,19 +148,28 @@ async function upload(file) {
   say(`uploading and decoding ${file.name}…`);
   setBusy("opening");
   try {
-    applyState(await api("PUT", sessionPath(`upload?name=${encodeURIComponent(file.name)}`), file, true));
-    say(`${file.name}: ${S.video.frames} frames, ${S.video.width}x${S.video.height}. Draw a box around an object.`);
+    const st = await api("PUT", sessionPath(`upload?name=${encodeURIComponent(file.name)}`), file, true);
+    applyState(st);
+    sayOpened(file.name, st.notes);
   } catch (e) { say(e.message, true); }
   setBusy("idle");
+}
+
+// what the page says of a video just opened, and of a file that decoded short of its length
+function sayOpened(name, notes) {
+  const v = S.video;
+  say(`${name}: ${v.frames} frames, ${v.width}x${v.height}. ` +
+      (notes.length ? `${notes.join(". ")}.` : "Draw a box around an object."));
 }
 
 async function openPath(path) {
   say(`opening ${path}…`);
   setBusy("opening");
   try {
-    applyState(await api("POST", sessionPath("open"), { path }));
+    const st = await api("POST", sessionPath("open"), { path });
+    applyState(st);
     $("browser").hidden = true;
-    say(`${S.video.name}: ${S.video.frames} frames, ${S.video.width}x${S.video.height}. Draw a box around an object.`);
+    sayOpened(S.video.name, st.notes);
   } catch (e) { say(e.message, true); }
   setBusy("idle");
 }

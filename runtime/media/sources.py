@@ -118,6 +118,16 @@ class CaptureSource(FrameSource):
             cap.release()
 
 
+def truncation_note(source: FrameSource, decoded: int) -> str | None:
+    """What to say of a video that ends before the frame count its container declares (a cut
+    download, a damaged file) after `decoded` frames; None when it does not."""
+    declared = source.length
+    if declared is None or source.live or decoded >= declared:
+        return None
+    return (f"{source.description} declares {declared} frames but only {decoded} could be "
+            "decoded: the file looks truncated or damaged")
+
+
 def open_source(src: str | Path) -> FrameSource:
     """Folder of frames, video file, camera index ("0") or stream URL ("rtsp://..."); a path
     that exists is a path, even one named like a camera index (a folder `123`)."""
