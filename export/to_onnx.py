@@ -342,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupt_exit_code(e)
     except (ExportError, CheckpointError, ConfigError, ManifestError, OSError) as e:
         return fail(e)  # OSError: e.g. the temporary folder's disk is full
-    ignore_interrupts()
+    if argv is None:  # this process is the exporter's alone
+        ignore_interrupts()
     print(json.dumps({"out": str(args.out), "size": [m.height, m.width],
                       "max_objects": m.max_objects, "memory_size": m.memory_size,
                       "precision": m.precision, "graphs": [g.file for g in m.graphs.values()]}))

@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("interrupted: nothing written", file=sys.stderr)
         return interrupt_exit_code(e)
-    ignore_interrupts()
+    if argv is None:  # this process is run.py's alone
+        ignore_interrupts()
     if not args.quiet:
         s = log["summary"]
         print(f"{s['frames']} frames -> {args.output} ({log['backend']['name']}, "

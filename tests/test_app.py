@@ -222,9 +222,9 @@ def test_a_truncated_video_is_said_when_it_is_opened(client, clip, tmp_path):
     sid = new_session(client)
     st = client.put(f"/api/s/{sid}/upload?name=cut.avi", content=data[: len(data) // 2]).json()
     assert 0 < st["video"]["frames"] < len(frames)
-    assert st["notes"] == [f"video cut.avi declares {len(frames)} frames but only "
-                           f"{st['video']['frames']} could be decoded: the file looks "
-                           "truncated or damaged"]
+    assert st["notes"] == [(f"video cut.avi declares {len(frames)} frames but only "
+                            f"{st['video']['frames']} could be decoded: the file looks "
+                            "truncated or damaged")]
     assert client.put(f"/api/s/{sid}/upload?name=whole.avi", content=data).json()["notes"] == []
 
 

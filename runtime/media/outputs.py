@@ -470,7 +470,9 @@ def deferred_signals() -> Iterator[None]:
 def ignore_interrupts() -> None:
     """The program's work is done and in place: from here to its exit (its result line, the
     interpreter's shutdown) a Ctrl-C/SIGTERM can undo nothing, so it must not turn a finished
-    run into a death by signal. Main thread only, as every signal handler."""
+    run into a death by signal. For a program's main() that owns its process (called with
+    argv=None, as its console script and `python x.py` call it), never for one called in
+    process (a test, demo.py), which goes on after it. Main thread only."""
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
