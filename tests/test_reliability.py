@@ -685,6 +685,24 @@ def test_a_run_into_an_output_removes_what_a_killed_run_staged_there(engine, vid
         ["k9", "k9.mp4", *(p.name for p in others)])
 
 
+def test_an_interrupt_after_the_export_printed_its_result_does_not_fail_it(request, tmp_path):
+    """Before: a Ctrl-C once the result line was out (the print, the interpreter's shutdown)
+    killed the finished exporter by the signal, with a traceback: a script saw it fail."""
+    ckpt = rs.cached_engine(request)[0]
+    proc = subprocess.Popen(interruptible("export/to_onnx.py", str(ckpt), "--out",
+                                          str(tmp_path / "gs"), "--size", "64", "128"),
+                            cwd=rs.REPO, env=script_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the result: the export is in place
+        rc, err = interrupt(proc, signal.SIGINT)
+    finally:
+        proc.kill()
+    assert json.loads(line)["out"] == str(tmp_path / "gs")
+    assert rc == 0 and err == "", err
+    assert Manifest.load(tmp_path / "gs").max_objects >= 1
+
+
 def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
         request, tmp_path, monkeypatch, capsys):
     """Before: a Ctrl-C held while the graphs were moved in was raised once they were in place:
