@@ -12,13 +12,38 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm import tqdm
 
 from runtime.core.errors import QDMNRuntimeError
+from runtime.media.outputs import ignore_interrupts
 
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C before the program started its work
+PROGRAMS = "qdmn.programs"  # entry-point group: each console script's program (pyproject.toml)
+
+
+def launch() -> NoReturn:
+    """Every console script: run the `qdmn.programs` entry point of the script's name. Loading
+    it imports torch, OpenCV, ONNX Runtime... for up to seconds, and a Ctrl-C meanwhile ended
+    in a traceback through those imports; now in one line. Once the program has returned, its
+    work is done: Ctrl-C/SIGTERM while the interpreter shuts down cannot fail it."""
+    name = Path(sys.argv[0]).name
+    try:
+        found = metadata.entry_points(group=PROGRAMS, name=name)
+        if len(found) != 1:
+            sys.exit(fail(f"{name}: no program of this name is installed (reinstall the "
+                          "project: pip install -e .)"))
+        main = next(iter(found)).load()
+    except KeyboardInterrupt:
+        print("interrupted: nothing done", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    code = main()
+    ignore_interrupts()
+    sys.exit(code)
 
 
 def one_line(e: BaseException) -> str:

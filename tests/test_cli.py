@@ -30,7 +30,12 @@ SCRIPT_DIRS = ("runtime", "export", "benchmarks", "training", "scripts")
 
 
 def declared_scripts() -> dict[str, str]:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    """Each console script's program (the `qdmn.programs` entry point its launcher runs)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert set(project["scripts"].values()) == {"runtime.cli:launch"}
+    programs = project["entry-points"]["qdmn.programs"]
+    assert set(programs) == set(project["scripts"])
+    return programs
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -53,7 +58,7 @@ def test_entry_point_help(name, tmp_path):
     if installed_from_here():
         cmd = [str(Path(sysconfig.get_path("scripts")) / name), "--help"]
         assert name in {e.name for e in metadata.distribution("qdmn-deploy").entry_points}
-    else:
+    else:  # the program the launcher would run
         module, func = declared_scripts()[name].split(":")
         code = f"import sys; from {module} import {func}; sys.argv[0] = {name!r}; sys.exit({func}())"
         cmd = [sys.executable, "-c", code, "--help"]
@@ -106,3 +111,24 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, tmp_path):
     flag = rest[rest.index("") - 1]
     assert r.returncode == 2 and f"argument {flag}: empty value" in r.stderr, r.stderr[-2000:]
     assert not any(tmp_path.iterdir())
+
+
+LAUNCH = ("import os, signal, sys; from importlib import metadata; from runtime.cli import launch; "
+          "signal.signal(signal.SIGINT, signal.default_int_handler); {arrange}; "
+          "sys.argv[0] = {name!r}; launch()")
+
+
+@pytest.mark.skipif(not metadata.entry_points(group="qdmn.programs", name="qdmn-export"),
+                    reason="the launcher reads the installed entry points: pip install -e .")
+def test_a_ctrl_c_while_a_program_loads_is_one_line(tmp_path):
+    """The console scripts import torch, OpenCV, ONNX Runtime... before the program can catch
+    anything: a Ctrl-C then ended in a traceback through those imports. Here it comes as the
+    exporter's module starts loading."""
+    arrange = ("load = metadata.EntryPoint.load; metadata.EntryPoint.load = "
+               "lambda self: (os.kill(os.getpid(), signal.SIGINT), load(self))[1]")
+    r = run([sys.executable, "-c", LAUNCH.format(arrange=arrange, name="qdmn-export"),
+             "models/qdmn-light.pth", "--out", str(tmp_path / "out")], tmp_path)
+    assert (r.returncode, r.stderr) == (130, "interrupted: nothing done\n")
+    assert not any(tmp_path.iterdir())
+    r = run([sys.executable, "-c", LAUNCH.format(arrange="pass", name="qdmn-nothing")], tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("error: qdmn-nothing: no program of this")
