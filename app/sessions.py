@@ -42,6 +42,7 @@ class Session:
         self.video: Video | None = None
         self.labels: FrameLabels | None = None
         self.given: dict[int, GivenMask] = {}
+        self._ids: dict[int, frozenset[int]] = {}  # the ids with pixels in each given mask
         self.records: dict[int, FrameRecord] = {}  # the latest run's record of each frame
         self.stop: threading.Event | None = None  # set while a run is going
         # what run.json reads from the segmenter, as this session's last run left it (the one
@@ -65,7 +66,8 @@ class Session:
                 raise
             old, self.video = self.video, video
             self.labels = FrameLabels(video.height, video.width)
-            self.given, self.records, self.model_state = {}, {}, ((), None)
+            self.given, self._ids, self.records = {}, {}, {}
+            self.model_state = ((), None)
             if old is not None:
                 shutil.rmtree(old.frames_dir, ignore_errors=True)
                 if old.source != source and old.source.is_relative_to(self.folder):
@@ -94,7 +96,7 @@ class Session:
         return sorted(self._present())
 
     def _present(self, but: int | None = None) -> set[int]:
-        return {o for i, g in self.given.items() if i != but for o in object_ids(g.labels)}
+        return {o for i, ids in self._ids.items() if i != but for o in ids}
 
     def edit(self, index: int, change: Callable[[np.ndarray], np.ndarray],
              touched: set[int]) -> None:
@@ -126,11 +128,28 @@ class Session:
         ids = [o for o in mask.decided if o > MAX_OBJECT_ID]
         if ids:
             raise MaskError(f"object ids {ids}: ids go from 1 to {MAX_OBJECT_ID}")
-        objects = self._present(but=index) | set(object_ids(mask.labels))
+        ids = frozenset(object_ids(mask.labels))
+        objects = self._present(but=index) | ids
         self.manifest.check_object_count(len(objects), "the video")
+        gone = self._present() - objects
         assert self.labels is not None
-        self.given[index] = mask
+        self.given[index], self._ids[index] = mask, ids
         self.labels[index] = mask.labels
+        if gone:
+            self._forget(gone)
+
+    def _forget(self, gone: set[int]) -> None:
+        """Objects erased wherever they were marked leave the frames an earlier run showed them
+        on too: the page shows what a run from here would make, and a later edit of such a frame
+        does not bring them back."""
+        assert self.labels is not None
+        for i in self.labels.indices():
+            shown = self.labels.get(i)
+            if i in self.given or shown is None:
+                continue
+            hit = np.isin(shown, sorted(gone))
+            if hit.any():
+                self.labels[i] = np.where(hit, 0, shown).astype(np.uint8)
 
     # ------------------------------------------------------------------ runs
     def begin_run(self, stop: threading.Event, start: int

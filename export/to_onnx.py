@@ -38,7 +38,7 @@ import onnx
 import onnxslim
 import torch
 
-from export.errors import ExportError
+from export.errors import ExportError, ExportInterrupted
 from export.fp16 import convert_to_fp16
 from export.trt_check import check_model, errors_of
 from runtime.cli import fail, path_arg
@@ -93,7 +93,8 @@ def export_checkpoint(
 
     size: (H, W), multiples of STRIDE (16); None = the checkpoint's config["image_size"], else 480x864.
     calib_frames: a folder of frames (or of sequence folders), required for precision="int8".
-    Raises ExportError, or CheckpointError for an unusable checkpoint.
+    Raises ExportError, or CheckpointError for an unusable checkpoint; ExportInterrupted (a
+    KeyboardInterrupt) for a Ctrl-C/SIGTERM that came while the finished export was moved in.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} not in {PRECISIONS}")
@@ -126,9 +127,7 @@ def export_checkpoint(
     try:
         manifest = _export_into(model, meta, Path(ckpt_path), staged.path, height, width,
                                 max_objects, memory_size, precision, opset, calib_frames)
-        # an interrupt that comes while it is moved in is too late to stop it: the export is
-        # whole, and reported as done
-        run_whole(staged.commit)
+        held = run_whole(staged.commit)  # an interrupt meanwhile comes too late to stop it
     except OutputError as e:
         raise ExportError(str(e)) from None
     except OSError as e:  # e.g. the disk filled up
@@ -137,6 +136,8 @@ def export_checkpoint(
     except BaseException:
         staged.abort()
         raise
+    if held is not None:
+        raise ExportInterrupted(manifest) from held
     return manifest
 
 
@@ -337,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.checkpoint, args.out, size=args.size, max_objects=args.max_objects,
                 memory_size=args.memory_size, precision=precision, opset=args.opset,
                 calib_frames=args.calib)
+    except ExportInterrupted as e:  # too late: the export is whole, which is what was asked
+        m = e.manifest
     except KeyboardInterrupt as e:
         print("interrupted: nothing written", file=sys.stderr)
         return interrupt_exit_code(e)

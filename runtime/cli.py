@@ -30,7 +30,7 @@ def launch() -> NoReturn:
     """Every console script: run the `qdmn.programs` entry point of the script's name. Loading
     it imports torch, OpenCV, ONNX Runtime... for up to seconds, and a Ctrl-C meanwhile ended
     in a traceback through those imports; now in one line. Once the program has returned, its
-    work is done: Ctrl-C/SIGTERM while the interpreter shuts down cannot fail it."""
+    work is done: a Ctrl-C while the interpreter shuts down cannot fail it."""
     name = Path(sys.argv[0]).name
     try:
         found = metadata.entry_points(group=PROGRAMS, name=name)

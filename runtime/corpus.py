@@ -193,15 +193,17 @@ def completed_log(output: Path, video: Video, key: Mapping[str, Any]) -> dict[st
 def remove_staging(output: Path, name: str) -> None:
     """Remove what a killed worker left of video `name`: its hidden staging folder/overlay
     and their lock files (only names runtime.media.outputs gives them) and `OUT/<name>/` if that is
-    left empty."""
+    left empty. Each under its lock, taken over from the dead holder; one a live run holds
+    is left alone."""
     folder = output / name
-    remove_stale_staging(folder, folder=True)
-    if folder.is_dir():
-        remove_stale_staging(folder / OVERLAY, folder=False)
-    for target in (folder / OVERLAY, folder):
+    for target, is_folder in ((folder / OVERLAY, False), (folder, True)):
         if target.parent.is_dir():
             with contextlib.suppress(OutputError):  # held: a live run's, not ours to remove
-                OutputLock(target).release()  # a dead holder's file, taken over and removed
+                lock = OutputLock(target)  # a dead holder's file, taken over
+                try:
+                    remove_stale_staging(target, folder=is_folder)
+                finally:
+                    lock.release()
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
 

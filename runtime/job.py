@@ -90,8 +90,9 @@ class JobInterrupted(KeyboardInterrupt):
 
 
 def check_outputs(output_dir: str | Path, overlay: str | Path | None = None) -> None:
-    """Refuse unusable output paths (OutputError) without writing anything: what
-    `segment_video` does first, for callers that want to know before loading the graphs."""
+    """Refuse unusable output paths (OutputError) without writing any output (what a killed
+    run staged there is removed, as any run into them does): what `segment_video` does first,
+    for callers that want to know before loading the graphs."""
     if overlay is not None:
         check_overlay_name(overlay)
     folder, earlier = _staged_folder(Path(output_dir))

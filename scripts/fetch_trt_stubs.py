@@ -27,8 +27,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from runtime.cli import path_arg
-
 STUBS = "tensorrt-stubs==10.13.0.35.1"
 PACKAGES = ("tensorrt/", "tensorrt_bindings/")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "tensorrt-stubs"
@@ -99,7 +97,7 @@ def fetch(out: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=path_arg, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     print(f"{STUBS} -> {fetch(args.out)}")
     return 0

@@ -101,8 +101,7 @@ def test_script_folders_shadow_no_module():
     ["runtime/run.py", "--engine-dir", "e", "--input", "", "--mask", "m.png", "--output", "o"],
     ["export/to_onnx.py", "models/qdmn-light.pth", "--out", ""],
     ["runtime/batch.py", "--engine-dir", "", "--videos", "v", "--output", "o"],
-    ["training/train.py", "--config", "c.yaml", "--out-dir", ""],
-], ids=["run-output", "run-input", "export-out", "batch-engine-dir", "train-out-dir"])
+], ids=["run-output", "run-input", "export-out", "batch-engine-dir"])
 def test_an_empty_path_is_a_usage_error_not_the_current_folder(args, tmp_path):
     """An unset shell variable (`--output "$OUT"`) used to mean the current folder: run.py and
     the exporter wrote their files there."""

@@ -668,15 +668,17 @@ def test_a_run_into_an_output_removes_what_a_killed_run_staged_there(engine, vid
     beside its outputs, and no later run removed them. Staging of other targets stays."""
     _, folder, mask = video
     out, overlay = tmp_path / "k9", tmp_path / "k9.mp4"
-    stale = [tmp_path / ".k9.partial-2x1f9q", tmp_path / ".k9.partial-8hd0.mp4"]
+    stale = [tmp_path / ".k9.partial-2x1f9q_a", tmp_path / ".k9.partial-8hd0zz4k.mp4"]
     stale[0].mkdir()
     (stale[0] / "00000.png").write_bytes(b"staged")
     stale[1].write_bytes(b"staged")
-    others = [tmp_path / ".k9.partial-notes.txt", tmp_path / ".k10.partial-8hd0",
-              tmp_path / ".k9.partial-a.avi"]  # a file where a folder stages, another target's
+    # a file where a folder stages, other targets' staging, a user's folder of another name
+    others = [tmp_path / ".k9.partial-notes123", tmp_path / ".k10.partial-8hd0zz4k",
+              tmp_path / ".k9.partial-a1b2c3d4.avi", tmp_path / ".k9.partial-backup"]
     others[0].write_text("a user's")
     others[1].mkdir()
     others[2].write_bytes(b"another overlay's")
+    others[3].mkdir()
     with Segmenter(engine, backend="ort-cpu") as seg:
         segment_video(seg, folder, mask, out, overlay=overlay, max_frames=3)
     assert not any(p.exists() for p in stale)
@@ -706,8 +708,10 @@ def test_an_interrupt_after_the_export_printed_its_result_does_not_fail_it(reque
 def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
         request, tmp_path, monkeypatch, capsys):
     """Before: a Ctrl-C held while the graphs were moved in was raised once they were in place:
-    the export was complete, but the exporter said "interrupted: nothing written" (exit 130)."""
+    the export was complete, but the exporter said "interrupted: nothing written" (exit 130).
+    Now the program reports it done; a library caller still learns of the interrupt."""
     from export import to_onnx
+    from export.errors import ExportInterrupted
 
     ckpt = rs.cached_engine(request)[0]
     move_in = StagedFolder._move_in
@@ -718,8 +722,13 @@ def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
 
     monkeypatch.setattr(StagedFolder, "_move_in", interrupted_move_in)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:  # the exporter ignores signals once its work is in place: this process must not
+    with pytest.raises(ExportInterrupted) as caught:
+        to_onnx.export_checkpoint(ckpt, tmp_path / "lib", size=(64, 128))
+    assert caught.value.manifest.graphs == Manifest.load(tmp_path / "lib").graphs
+    try:
         rc = to_onnx.main([str(ckpt), "--out", str(tmp_path / "gs"), "--size", "64", "128"])
+        # called in process (argv given), it leaves Ctrl-C working for whoever called it
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
@@ -728,7 +737,7 @@ def test_an_interrupt_while_the_export_moves_in_keeps_it_and_says_it_is_done(
     assert json.loads(out)["out"] == str(tmp_path / "gs")
     m = Manifest.load(tmp_path / "gs")
     assert all((tmp_path / "gs" / g.file).is_file() for g in m.graphs.values())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gs", "lib"]
 
 
 @pytest.mark.parametrize("mask, expect", [

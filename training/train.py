@@ -28,7 +28,7 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from runtime.cli import fail, text_arg
+from runtime.cli import fail
 from runtime.core.config import check_threads
 from runtime.core.errors import OutputError
 from runtime.core.manifest import STRIDE
@@ -715,16 +715,16 @@ def split_sequences(cfg: TrainConfig) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, type=text_arg, help="YAML file with TrainConfig fields")
+    ap.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
-    ap.add_argument("--resume-weights", metavar="PATH", type=text_arg,
+    ap.add_argument("--resume-weights", metavar="PATH",
                     help="when out_dir has no checkpoint: continue from these weights (their "
                          "recorded step) with a fresh optimizer and a warm-up")
-    ap.add_argument("--init", metavar="PATH", type=text_arg,
+    ap.add_argument("--init", metavar="PATH",
                     help="when out_dir has no checkpoint: initialise from these weights, step 0")
     ap.add_argument("--steps", type=int, help="stop at this step (default: config steps)")
-    ap.add_argument("--out-dir", type=text_arg, help="override the config's out_dir")
-    ap.add_argument("--data-root", type=text_arg, help="override the config's data_root (a copy of the data "
+    ap.add_argument("--out-dir", help="override the config's out_dir")
+    ap.add_argument("--data-root", help="override the config's data_root (a copy of the data "
                                         "on another machine)")
     ap.add_argument("--time-limit", type=float, metavar="SEC",
                     help="stop after this many seconds of training (validated and saved as at "
@@ -732,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate", action="store_true",
                     help="after training, report validation J&F on the config's val_sequences "
                          "(and append the row to out_dir/validate.csv)")
-    ap.add_argument("--export-fp16", metavar="PATH", type=text_arg,
+    ap.add_argument("--export-fp16", metavar="PATH",
                     help="after training, write FP16 weights + config (no optimizer) here")
     args = ap.parse_args(argv)
     try:

@@ -29,8 +29,10 @@ from types import FrameType
 
 from runtime.core.errors import OutputError
 
-# a target's staging is `.<name>.partial-*` beside it (a staged file's `.<stem>.partial-*<suffix>`)
+# a target's staging is `.<name>.partial-XXXXXXXX` beside it (a staged file's
+# `.<stem>.partial-XXXXXXXX<suffix>`): tempfile's eight random characters
 STAGING = ".partial-"
+_RANDOM = "?" * 8
 
 
 def _reason(e: OSError) -> str:
@@ -259,22 +261,26 @@ def check_writable_dir(folder: str | Path) -> None:
 
 
 def staging_pattern(target: Path, *, folder: bool) -> str:
-    """The glob of the names `StagedFolder` / `StagedFile` stage `target` under, beside it."""
+    """The glob of the names `StagedFolder` / `StagedFile` stage `target` under, beside its
+    real path (as `OutputLock` keys its lock: a link and its destination stage alike)."""
+    real = Path(os.path.realpath(target))
     if folder:
-        return f".{glob.escape(target.name)}{STAGING}*"
-    return f".{glob.escape(target.stem)}{STAGING}*{glob.escape(target.suffix)}"
+        return f".{glob.escape(real.name)}{STAGING}{_RANDOM}"
+    return f".{glob.escape(real.stem)}{STAGING}{_RANDOM}{glob.escape(real.suffix)}"
 
 
 def remove_stale_staging(target: Path, *, folder: bool) -> None:
-    """Remove what a killed run into `target` left beside it (only SIGKILL, or a machine that
-    went down, leaves staging behind). Called with the target locked: no live run writes it."""
-    for p in target.resolve().parent.glob(staging_pattern(target, folder=folder)):
+    """Remove, as far as it can, what an unfinished run into `target` left beside it (one
+    killed by SIGKILL, a machine that went down). Only with the target locked: then no live run
+    is writing it."""
+    for p in Path(os.path.realpath(target)).parent.glob(staging_pattern(target, folder=folder)):
         if p.is_symlink() or p.is_dir() != folder:
             continue
         if folder:
             shutil.rmtree(p, ignore_errors=True)
         else:
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. another user's, in a shared folder
+                p.unlink()
 
 
 class StagedFolder:
@@ -298,13 +304,13 @@ class StagedFolder:
         try:  # what an earlier run left is read under the lock: no run can be committing now
             self.owned = set(owned())
             self._check_target(reserved)
+            remove_stale_staging(self.target, folder=True)
         except BaseException:
             self._lock.release()
             raise
-        remove_stale_staging(self.target, folder=True)
+        real = Path(os.path.realpath(self.target))
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{STAGING}",
-                                              dir=self.target.resolve().parent))
+            self.path = Path(tempfile.mkdtemp(prefix=f".{real.name}{STAGING}", dir=real.parent))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
             self._lock.release()
@@ -372,11 +378,11 @@ class StagedFile:
         if self.target.is_dir():
             raise OutputError(f"{self.target} is a folder, expected a file path")
         self._lock = OutputLock(self.target)  # creates the missing parent folders
-        remove_stale_staging(self.target, folder=False)
+        real = Path(os.path.realpath(self.target))
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.stem}{STAGING}",
-                                        suffix=self.target.suffix,
-                                        dir=self.target.resolve().parent)
+            remove_stale_staging(self.target, folder=False)
+            fd, name = tempfile.mkstemp(prefix=f".{real.stem}{STAGING}", suffix=real.suffix,
+                                        dir=real.parent)
             os.close(fd)
             os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:
@@ -469,13 +475,13 @@ def deferred_signals() -> Iterator[None]:
 
 def ignore_interrupts() -> None:
     """The program's work is done and in place: from here to its exit (its result line, the
-    interpreter's shutdown) a Ctrl-C/SIGTERM can undo nothing, so it must not turn a finished
-    run into a death by signal. For a program's main() that owns its process (called with
+    interpreter's shutdown) a Ctrl-C can undo nothing, so it must not turn a finished run into
+    a traceback and a death by signal. SIGTERM keeps its default, so that a shutdown that
+    hangs can still be ended. For a program's main() that owns its process (called with
     argv=None, as its console script and `python x.py` call it), never for one called in
     process (a test, demo.py), which goes on after it. Main thread only."""
     if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_whole(block: Callable[[], None]) -> KeyboardInterrupt | None:

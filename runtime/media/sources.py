@@ -6,7 +6,9 @@ Frames are RGB uint8 (H0, W0, 3) at their original size.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -73,6 +75,36 @@ def is_utf8(path: str | Path) -> bool:
     return True
 
 
+class _OpenCvSilence:
+    """OpenCV logs a line per capture backend it tried on an input it cannot open. Its log level
+    is the process's: the first of the threads opening a capture silences it, the last one
+    restores it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._level = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        log = cv2.utils.logging
+        with self._lock:
+            if self._users == 0:
+                self._level = log.getLogLevel()
+                log.setLogLevel(log.LOG_LEVEL_SILENT)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    log.setLogLevel(self._level)
+
+
+_opencv_silent = _OpenCvSilence()
+
+
 class CaptureSource(FrameSource):
     """A video file, camera index or stream URL read with cv2.VideoCapture."""
 
@@ -89,14 +121,8 @@ class CaptureSource(FrameSource):
         super().__init__(f"{kind} {target}", n if n > 0 else None, fps, live)
 
     def _open(self) -> cv2.VideoCapture:
-        # OpenCV logs a warning per backend it tried for an input it cannot open; the error
-        # below says it once
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        try:
+        with _opencv_silent():  # the error below says it once
             cap = cv2.VideoCapture(self.target)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             raise InputError(f"cannot open {self.target!s}: not a readable video/camera/stream")
