@@ -128,12 +128,12 @@ class Session:
         ids = [o for o in mask.decided if o > MAX_OBJECT_ID]
         if ids:
             raise MaskError(f"object ids {ids}: ids go from 1 to {MAX_OBJECT_ID}")
-        ids = frozenset(object_ids(mask.labels))
-        objects = self._present(but=index) | ids
+        present = frozenset(object_ids(mask.labels))
+        objects = self._present(but=index) | present
         self.manifest.check_object_count(len(objects), "the video")
         gone = self._present() - objects
         assert self.labels is not None
-        self.given[index], self._ids[index] = mask, ids
+        self.given[index], self._ids[index] = mask, present
         self.labels[index] = mask.labels
         if gone:
             self._forget(gone)
