@@ -471,3 +471,10 @@ class RunTotals:
             "evictions": self.evictions,
         }
 
+
+def summarize(records: Iterable[FrameRecord]) -> dict[str, Any]:
+    """run.json's summary of these frames (see RunTotals)."""
+    totals = RunTotals()
+    for r in records:
+        totals.add(r)
+    return totals.summary()

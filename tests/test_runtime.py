@@ -17,7 +17,7 @@ from conftest import ONE, TWO, require_real_frames
 from runtime.core.config import RuntimeConfig
 from runtime.media.masks import read_mask
 from runtime.media.sources import read_frame
-from runtime.segmenter import RunTotals, Segmenter
+from runtime.segmenter import Segmenter, summarize
 
 # mem_every 1 and sigma 1 (the top of its range) on this model with the paper's score (QAM
 # alone): normalised scores vary 0.95..1.39 (two below 1, the nearest 0.983), so frames are
@@ -49,14 +49,6 @@ def run_both(engine, frames, mask, config, backend="ort-cpu"):
     return seg, ref, out
 
 
-def totals(records) -> RunTotals:
-    """run.json's running totals over these frame records."""
-    t = RunTotals()
-    for r in records:
-        t.add(r)
-    return t
-
-
 def decisions(records):
     """Decisions without the float score (compared with a tolerance separately)."""
     out = []
@@ -79,8 +71,8 @@ def test_ort_cpu_matches_reference_single_object(engine):
     assert decisions(ra) == decisions(rb)
     assert [r.slots for r in ra] == [r.slots for r in rb]
     np.testing.assert_allclose([r.score or 0 for r in ra], [r.score or 0 for r in rb], atol=1e-4)
-    s = totals(ra)
-    assert s.insertions >= 2 and s.evictions >= 1, "policy not exercised: retune POLICY"
+    s = summarize(ra)
+    assert s["insertions"] >= 2 and s["evictions"] >= 1, "policy not exercised: retune POLICY"
     assert any(d and not d["accepted"] for d in (r.decision for r in ra))
     # The foreground is neither empty nor everything: IoU above is not vacuous.
     assert 0.05 < np.mean([(a > 0).mean() for a in la[1:]]) < 0.95
@@ -133,7 +125,7 @@ def test_two_objects_side_by_side(engine):
     assert np.mean(ious) >= 0.99
     assert seg.object_ids == (1, 2)
     assert all(len(r.quality) == 2 for r in ra[:-1])
-    assert decisions(ra) == decisions(rb) and totals(ra).evictions >= 1
+    assert decisions(ra) == decisions(rb) and summarize(ra)["evictions"] >= 1
     assert set(np.unique(la[-1])) <= {0, 1, 2}
 
 
