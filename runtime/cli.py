@@ -10,6 +10,7 @@ Ctrl-C / SIGTERM (`runtime.media.outputs.interrupt_exit_code`, the shell's 128 +
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from importlib import metadata
@@ -31,13 +32,13 @@ def launch() -> NoReturn:
     it imports torch, OpenCV, ONNX Runtime... for up to seconds, and a Ctrl-C meanwhile ended
     in a traceback through those imports; now in one line. Once the program has returned, its
     work is done: a Ctrl-C while the interpreter shuts down cannot fail it."""
-    name = Path(sys.argv[0]).name
-    try:
-        found = metadata.entry_points(group=PROGRAMS, name=name)
-        if len(found) != 1:
-            sys.exit(fail(f"{name}: no program of this name is installed (reinstall the "
-                          "project: pip install -e .)"))
-        main = next(iter(found)).load()
+    names = dict.fromkeys(Path(p).name for p in (sys.argv[0], os.path.realpath(sys.argv[0])))
+    try:  # the script's name, else the one a link or alias to it leads to
+        found = [e for n in names for e in metadata.entry_points(group=PROGRAMS, name=n)]
+        if not found:
+            sys.exit(fail(f"{' / '.join(names)}: no qdmn program of this name is installed "
+                          "(reinstall the project: pip install -e .)"))
+        main = found[0].load()
     except KeyboardInterrupt:
         print("interrupted: nothing done", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

@@ -95,9 +95,17 @@ def fetch(out: Path) -> Path:
     return out
 
 
+def _folder(text: str) -> Path:
+    """--out, which is replaced whole: an empty one (an unset variable) would be the current
+    folder. (Checked here: this script runs before the project is installed.)"""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value")
+    return Path(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=_folder, default=DEFAULT_OUT)
     args = ap.parse_args()
     print(f"{STUBS} -> {fetch(args.out)}")
     return 0

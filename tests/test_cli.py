@@ -130,4 +130,4 @@ def test_a_ctrl_c_while_a_program_loads_is_one_line(tmp_path):
     assert (r.returncode, r.stderr) == (130, "interrupted: nothing done\n")
     assert not any(tmp_path.iterdir())
     r = run([sys.executable, "-c", LAUNCH.format(arrange="pass", name="qdmn-nothing")], tmp_path)
-    assert r.returncode == 1 and r.stderr.startswith("error: qdmn-nothing: no program of this")
+    assert r.returncode == 1 and r.stderr.startswith("error: qdmn-nothing: no qdmn program of this")

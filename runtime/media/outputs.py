@@ -262,11 +262,12 @@ def check_writable_dir(folder: str | Path) -> None:
 
 def staging_pattern(target: Path, *, folder: bool) -> str:
     """The glob of the names `StagedFolder` / `StagedFile` stage `target` under, beside its
-    real path (as `OutputLock` keys its lock: a link and its destination stage alike)."""
+    real path (as `OutputLock` keys its lock: a link and its destination stage alike; a file
+    keeps the target's own extension, which the overlay's codec follows)."""
     real = Path(os.path.realpath(target))
     if folder:
         return f".{glob.escape(real.name)}{STAGING}{_RANDOM}"
-    return f".{glob.escape(real.stem)}{STAGING}{_RANDOM}{glob.escape(real.suffix)}"
+    return f".{glob.escape(real.stem)}{STAGING}{_RANDOM}{glob.escape(Path(target).suffix)}"
 
 
 def remove_stale_staging(target: Path, *, folder: bool) -> None:
@@ -381,8 +382,8 @@ class StagedFile:
         real = Path(os.path.realpath(self.target))
         try:
             remove_stale_staging(self.target, folder=False)
-            fd, name = tempfile.mkstemp(prefix=f".{real.stem}{STAGING}", suffix=real.suffix,
-                                        dir=real.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{real.stem}{STAGING}",
+                                        suffix=self.target.suffix, dir=real.parent)
             os.close(fd)
             os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:

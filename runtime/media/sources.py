@@ -88,18 +88,21 @@ class _OpenCvSilence:
     @contextmanager
     def __call__(self) -> Iterator[None]:
         log = cv2.utils.logging
-        with self._lock:
-            if self._users == 0:
-                self._level = log.getLogLevel()
-                log.setLogLevel(log.LOG_LEVEL_SILENT)
-            self._users += 1
+        entered = False
         try:
+            with self._lock:
+                self._users += 1
+                entered = True
+                if self._users == 1:
+                    self._level = log.getLogLevel()
+                    log.setLogLevel(log.LOG_LEVEL_SILENT)
             yield
         finally:
             with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    log.setLogLevel(self._level)
+                if entered:
+                    self._users -= 1
+                    if self._users == 0:
+                        log.setLogLevel(self._level)
 
 
 _opencv_silent = _OpenCvSilence()
