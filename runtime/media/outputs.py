@@ -260,21 +260,23 @@ def check_writable_dir(folder: str | Path) -> None:
         _remove_if_empty(created)
 
 
-def staging_pattern(target: Path, *, folder: bool) -> str:
-    """The glob of the names `StagedFolder` / `StagedFile` stage `target` under, beside its
-    real path (as `OutputLock` keys its lock: a link and its destination stage alike; a file
-    keeps the target's own extension, which the overlay's codec follows)."""
+def _staging(target: Path, *, folder: bool) -> tuple[Path, str, str]:
+    """Where `StagedFolder` / `StagedFile` stage `target`, and the prefix and suffix around
+    tempfile's random part: beside its real path (as `OutputLock` keys its lock: a link and its
+    destination stage alike); a file keeps the target's own extension, which the overlay's
+    codec follows."""
     real = Path(os.path.realpath(target))
     if folder:
-        return f".{glob.escape(real.name)}{STAGING}{_RANDOM}"
-    return f".{glob.escape(real.stem)}{STAGING}{_RANDOM}{glob.escape(Path(target).suffix)}"
+        return real.parent, f".{real.name}{STAGING}", ""
+    return real.parent, f".{real.stem}{STAGING}", Path(target).suffix
 
 
 def remove_stale_staging(target: Path, *, folder: bool) -> None:
     """Remove, as far as it can, what an unfinished run into `target` left beside it (one
     killed by SIGKILL, a machine that went down). Only with the target locked: then no live run
     is writing it."""
-    for p in Path(os.path.realpath(target)).parent.glob(staging_pattern(target, folder=folder)):
+    where, prefix, suffix = _staging(target, folder=folder)
+    for p in where.glob(f"{glob.escape(prefix)}{_RANDOM}{glob.escape(suffix)}"):
         if p.is_symlink() or p.is_dir() != folder:
             continue
         if folder:
@@ -309,9 +311,9 @@ class StagedFolder:
         except BaseException:
             self._lock.release()
             raise
-        real = Path(os.path.realpath(self.target))
+        where, prefix, _ = _staging(self.target, folder=True)
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{real.name}{STAGING}", dir=real.parent))
+            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
             self.path.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary
         except OSError as e:
             self._lock.release()
@@ -379,11 +381,10 @@ class StagedFile:
         if self.target.is_dir():
             raise OutputError(f"{self.target} is a folder, expected a file path")
         self._lock = OutputLock(self.target)  # creates the missing parent folders
-        real = Path(os.path.realpath(self.target))
+        where, prefix, suffix = _staging(self.target, folder=False)
         try:
             remove_stale_staging(self.target, folder=False)
-            fd, name = tempfile.mkstemp(prefix=f".{real.stem}{STAGING}",
-                                        suffix=self.target.suffix, dir=real.parent)
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=where)
             os.close(fd)
             os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary
         except OSError as e:
