@@ -601,9 +601,10 @@ class Trainer:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     # A step is taken whole, and logged, or not at all: Ctrl-C/SIGTERM wait for
-                    # its end, so that the interrupt can save it (below).
-                    whole = False
+                    # its end, so that the interrupt can save it (below). One that comes as the
+                    # signals are being held finds the last step whole: it is saved.
                     with deferred_signals():
+                        whole = False
                         stats = self.train_step(batch)
                         stats.update(step=self.step, sec=time.perf_counter() - t0)
                         history.append(stats)
